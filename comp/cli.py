@@ -1,0 +1,68 @@
+"""The `comp` command line: a thin layer that parses arguments and calls one stage function.
+
+Each stage module exposes `register(subparsers, parents)`, adding its command(s) with
+`set_defaults(func=...)`. Stage modules import keras only inside their functions, so
+`--backend` can take effect before the first import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .console import console, set_quiet
+from .context import add_global_options, set_backend
+from .errors import CompError
+
+# One module per stage; each registers its own commands.
+COMMAND_MODULES = ["comp.data_cli", "comp.train", "comp.tune", "comp.predict", "comp.ensemble",
+                   "comp.report", "comp.transfer"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="comp",
+        description="Win image-classification competitions without pretrained weights: "
+                    "comp tune -> comp train --fold all -> comp ensemble --out submission.csv",
+    )
+    parser.add_argument("--version", action="version", version=f"comp {__version__}")
+    add_global_options(parser)
+    globals_parent = argparse.ArgumentParser(add_help=False)
+    add_global_options(globals_parent, suppress=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # a stage not written yet; the others still work
+                continue
+            raise
+        module.register(subparsers, [globals_parent])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    set_quiet(args.quiet)
+    set_backend(args.backend)
+    try:
+        result = args.func(args)
+    except CompError as err:
+        console.quiet = False
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: everything written so far is consistent; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`comp data ...`: check a download, write the demo or CIFAR-10 set, preview augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .console import info
+from .context import add_data_options, dataset_from, workspace_from
+
+
+def register(subparsers, parents) -> None:
+    data = subparsers.add_parser("data", help="inspect and prepare competition data", parents=parents)
+    verbs = data.add_subparsers(dest="data_command", metavar="VERB", required=True)
+
+    check = verbs.add_parser("check", parents=parents, help="class counts, sizes, modes, duplicates, damaged files")
+    add_data_options(check)
+    check.add_argument("--grid", help="sample grid PNG (default: folds/data_samples.png)")
+    check.set_defaults(func=run_check)
+
+    demo = verbs.add_parser("demo", parents=parents, help="write the embedded demo dataset (8x8 digits -> 32x32)")
+    demo.add_argument("out", help="folder to write (DACON layout)")
+    demo.set_defaults(func=lambda args: _write(args, "demo"))
+
+    cifar = verbs.add_parser("cifar10", parents=parents, help="download CIFAR-10 into DACON layout")
+    cifar.add_argument("out", help="folder to write (DACON layout)")
+    cifar.set_defaults(func=lambda args: _write(args, "cifar10"))
+
+    preview = verbs.add_parser("augment-preview", parents=parents, help="PNG grid of augmented training samples")
+    add_data_options(preview)
+    preview.add_argument("--augment", default="simple", help="augmentation preset(s), comma-separated")
+    preview.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+    preview.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
+    preview.add_argument("--out", help="PNG path (default: folds/augment_preview.png)")
+    preview.set_defaults(func=run_augment_preview)
+
+
+def run_check(args) -> int:
+    from .check import report
+
+    dataset = dataset_from(args)
+    workspace = workspace_from(args)
+    report(dataset, Path(args.grid) if args.grid else workspace.folds / "data_samples.png")
+    return 0
+
+
+def _write(args, which: str) -> int:
+    from .demo import write_cifar10, write_demo
+
+    out = Path(args.out).expanduser().resolve()
+    (write_demo if which == "demo" else write_cifar10)(out)
+    return 0
+
+
+def run_augment_preview(args) -> int:
+    from .augment import preview_grid
+
+    dataset = dataset_from(args)
+    out = Path(args.out) if args.out else workspace_from(args).folds / "augment_preview.png"
+    preview_grid(dataset, args.augment, args.mixup, args.cutmix, out, seed=args.seed or 0)
+    info(f"augmentation preview: {out}")
+    return 0
