@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # no hard wraps in logs and CI output
 _state = {"quiet": False}
 
 

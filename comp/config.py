@@ -1,0 +1,156 @@
+"""RunConfig: the one object that describes a training run, saved with it as config.json.
+
+`comp train` builds it from (in order of precedence) CLI flags, `--config FILE` (a JSON file or
+a named recipe), the model's preset defaults, and the dataclass defaults below. Tuning writes
+its best trial as a file of the same shape, so `comp train --config folds/<study>/best.json`
+trains exactly what was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import CompError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class RunConfig:
+    name: str = ""  # run folder under folds/; empty -> "<model>-<hash of the config>"
+    model: str = "baseline"  # a key of comp.models.MODELS
+    # Architecture knobs; None means "the model's own default".
+    depth: list[int] | None = None  # convs (vgg) or residual blocks (resnet) per stage
+    width: float = 1.0  # channel multiplier
+    dropout: float | None = None
+    head: list[int] | None = None  # dense layers before the classifier
+    # Optimisation.
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"  # adam | adamw | sgd (Nesterov momentum)
+    lr: float = 1e-3
+    schedule: str = "constant"  # constant | cosine | onecycle
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    ema: float = 0.0  # >0: keep an exponential moving average of weights with this momentum
+    label_smoothing: float = 0.0
+    patience: int = 0  # early stopping on val accuracy; 0 = off
+    keep: str = "best"  # best (epoch with best val accuracy) | last
+    # Augmentation, on the device inside the train step.
+    augment: str = "none"  # comma-separated presets: none, simple, flip, flip-crop, cutout
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) box area; 0 = off
+    # Test-time augmentation used for the predictions this run writes.
+    tta: str = "auto"  # none | flip | flip-shift | auto (the views training augmentation taught the net)
+    # Execution.
+    precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision)
+    jit: str = "auto"  # auto | on | off ("auto" = Keras's choice: off on CPU with TF)
+    folds: int = 5
+    seed: int = 42
+    limit: int = 0  # 0 = all train rows
+
+    # -- construction -----------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known - IGNORED_KEYS)
+        if unknown:
+            raise CompError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        config.validate(source)
+        return config
+
+    def replace(self, **changes) -> "RunConfig":
+        changes = {k: v for k, v in changes.items() if v is not None}
+        config = dataclasses.replace(self, **changes)
+        config.validate("options")
+        return config
+
+    def validate(self, source: str) -> None:
+        from .models import MODELS
+
+        choices = {
+            "optimizer": ("adam", "adamw", "sgd"),
+            "schedule": ("constant", "cosine", "onecycle"),
+            "precision": ("float32", "bfloat16", "float16"),
+            "jit": ("auto", "on", "off"),
+            "keep": ("best", "last"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise CompError(f"{source}: {key} = {getattr(self, key)!r}; choose one of {', '.join(allowed)}")
+        if self.model not in MODELS:
+            raise CompError(f"{source}: model = {self.model!r}; choose one of {', '.join(MODELS)}")
+        from .augment import parse_presets
+
+        parse_presets(self.augment, source)
+        from .tta import TTA_POLICIES, policy_for_augment
+
+        if self.tta == "auto":
+            self.tta = policy_for_augment(self.augment)
+        if self.tta not in TTA_POLICIES:
+            raise CompError(f"{source}: tta = {self.tta!r}; choose one of {', '.join(TTA_POLICIES)}")
+        for key in ("epochs", "batch_size", "folds"):
+            if getattr(self, key) < (2 if key == "folds" else 1):
+                raise CompError(f"{source}: {key} = {getattr(self, key)} is too small")
+        if isinstance(self.depth, int):
+            self.depth = [self.depth]
+
+    # -- identity ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def identity_hash(self) -> str:
+        """Hash of everything that changes the trained weights (not the name)."""
+        values = self.to_dict()
+        values.pop("name")
+        return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.model}-{self.identity_hash()}"
+
+
+# Keys a saved config.json carries beside the config proper (provenance), skipped on load.
+IGNORED_KEYS = {"provenance", "pretrained", "comment", "study", "trial", "value"}
+
+
+def load_config_file(path_or_name: str) -> dict:
+    """--config takes a JSON file path or the name of a bundled recipe (see `comp train --list-recipes`)."""
+    path = Path(path_or_name)
+    if not path.exists():
+        recipe = RECIPES_DIR / f"{path_or_name.removesuffix('.json')}.json"
+        if recipe.exists():
+            path = recipe
+        else:
+            names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.json")))
+            raise CompError(f"{path_or_name}: no such config file or recipe; recipes: {names}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CompError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); fix the file") from None
+    if not isinstance(values, dict):
+        raise CompError(f"{path}: must hold a JSON object of config keys")
+    return values
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
+
+
+def build_config(file_values: dict | None, overrides: dict, source: str = "config") -> RunConfig:
+    """Dataclass defaults < the model's preset < --config file < CLI flags."""
+    from .models import model_defaults
+
+    values = dict(file_values or {})
+    model = overrides.get("model") or values.get("model") or RunConfig.model
+    merged = {**model_defaults(model), **values, **{k: v for k, v in overrides.items() if v is not None}}
+    return RunConfig.from_dict(merged, source)
+

@@ -1,0 +1,107 @@
+"""The K-fold split: written once to folds/folds.csv and reused by every run and trial.
+
+The split belongs to one dataset (its fingerprint is in folds/folds.json). When the workdir is
+pointed at another dataset, the old split is moved to folds/splits/<fingerprint>/ and brought
+back when that dataset returns, so runs made on either stay valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .console import info
+from .errors import CompError
+from .fileio import read_json, save_csv, write_json
+from .workspace import Workspace
+
+
+@dataclass
+class Split:
+    folds: np.ndarray  # fold index of every row of the full train set
+    k: int
+    seed: int
+    fingerprint: str
+    hash: str
+
+    def rows(self, fold: int, subset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(train positions, validation positions) within `subset` (row indices of the full set)."""
+        in_fold = self.folds[subset] == fold
+        return np.flatnonzero(~in_fold), np.flatnonzero(in_fold)
+
+
+def _hash(folds: np.ndarray, k: int) -> str:
+    return hashlib.sha1(folds.astype(np.int8).tobytes() + bytes([k])).hexdigest()[:12]
+
+
+def make_split(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = np.bincount(labels).min()
+    if smallest < k:
+        raise CompError(f"--folds {k}: the smallest class has only {smallest} images; use --folds {max(2, smallest)}")
+    folds = np.empty(len(labels), dtype=np.int64)
+    for fold, (_, val) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(labels, labels)):
+        folds[val] = fold
+    return folds
+
+
+def _swap_in(workspace: Workspace, fingerprint: str) -> None:
+    """Park the current split (another dataset's) and bring back this dataset's, if any."""
+    current = read_json(workspace.folds / "folds.json")
+    parked = workspace.folds / "splits" / current["fingerprint"]
+    parked.mkdir(parents=True, exist_ok=True)
+    for name in ("folds.csv", "folds.json"):
+        shutil.move(workspace.folds / name, parked / name)
+    info(f"folds/folds.csv belonged to another dataset; kept it in {parked}")
+    wanted = workspace.folds / "splits" / fingerprint
+    if (wanted / "folds.json").exists():
+        for name in ("folds.csv", "folds.json"):
+            shutil.move(wanted / name, workspace.folds / name)
+        shutil.rmtree(wanted, ignore_errors=True)
+
+
+def ensure_split(workspace: Workspace, labels: np.ndarray, fingerprint: str, k: int, seed: int,
+                 train_files: list[str] | None = None, resplit: bool = False) -> Split:
+    """Read folds/folds.csv, or write it for this dataset on first use."""
+    meta_path, csv_path = workspace.folds / "folds.json", workspace.folds / "folds.csv"
+    if meta_path.exists() and read_json(meta_path)["fingerprint"] != fingerprint:
+        _swap_in(workspace, fingerprint)
+    if meta_path.exists() and csv_path.exists() and not resplit:
+        meta = read_json(meta_path)
+        if meta["k"] != k:
+            raise CompError(
+                f"{csv_path}: this data's split has {meta['k']} folds, not {k}; pass --folds {meta['k']}, "
+                "or --resplit to write a new split (runs on the old one will no longer ensemble with new ones)"
+            )
+        folds = pd.read_csv(csv_path)["fold"].to_numpy()
+        if len(folds) != len(labels) or _hash(folds, k) != meta["hash"]:
+            raise CompError(f"{csv_path}: edited or damaged (hash mismatch); restore it or pass --resplit")
+        return Split(folds, k, meta["seed"], fingerprint, meta["hash"])
+    folds = make_split(labels, k, seed)
+    frame = pd.DataFrame({"row": np.arange(len(labels)), "label": labels, "fold": folds})
+    if train_files is not None:
+        frame.insert(1, "file", train_files)
+    save_csv(csv_path, frame)
+    split_hash = _hash(folds, k)
+    write_json(meta_path, {"fingerprint": fingerprint, "k": k, "seed": seed, "hash": split_hash, "rows": len(labels)})
+    info(f"wrote {csv_path}: {k} stratified folds of {len(labels):,} rows (seed {seed})")
+    return Split(folds, k, seed, fingerprint, split_hash)
+
+
+def parse_fold_selection(text: str, k: int) -> list[int]:
+    """`all`, `0` or `0,2` -> fold indices."""
+    if text in (None, "", "all"):
+        return list(range(k))
+    try:
+        chosen = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise CompError(f"--fold {text}: use all, a fold number, or a list like 0,2") from None
+    bad = [f for f in chosen if not 0 <= f < k]
+    if bad:
+        raise CompError(f"--fold {text}: fold {bad[0]} does not exist; folds are 0..{k - 1}")
+    return chosen

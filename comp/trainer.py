@@ -1,0 +1,346 @@
+"""Training one fold: the compiled step (augment -> mix -> net -> loss), checkpoints, artifacts.
+
+Imports keras at module level: import this module only after the backend is chosen.
+
+The step lives in `TrainingModel`, a thin keras.Model around the plain net. Its call takes
+(pixels, one-hot targets), augments and mixes them on the device when training, and returns
+both the logits and the (mixed) targets, so `compute_loss` can use soft targets. Only the
+plain net is saved as model.keras; the wrapper exists for fit().
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import pandas as pd
+from keras import ops
+
+from .augment import make_augment_layer, make_mix_layer
+from .config import RunConfig
+from .fileio import atomic_path, read_json, save_csv, save_npy, write_json
+from .models import build_model
+from .tta import predict_probs
+
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+class TrainingModel(keras.Model):
+    """fit() wrapper: augmentation and mixup inside the compiled train step."""
+
+    def __init__(self, net, augment, mix, num_classes: int, label_smoothing: float, **kwargs):
+        super().__init__(**kwargs)
+        self.net, self.augment, self.mix = net, augment, mix
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+
+    def build(self, input_shape=None):
+        self.built = True  # the net is a built functional model; augment and mix have no weights
+
+    def call(self, inputs, training=False):
+        pixels, targets = inputs
+        images = ops.cast(pixels, "float32")  # data travels as uint8; cast on the device
+        if training:
+            images = self.augment(images, training=True)
+            images, targets = self.mix(images, ops.cast(targets, "float32"), training=True)
+        return {"logits": self.net(images, training=training), "targets": targets}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        logits = ops.cast(y_pred["logits"], "float32")
+        targets = ops.cast(y_pred["targets"], "float32")
+        if self.label_smoothing:
+            targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
+        return ops.mean(-ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, y, y_pred["logits"], sample_weight)
+
+
+class ShuffledBatches(keras.utils.PyDataset):
+    """Full batches of (pixels, one-hot), label; reshuffled every epoch; the remainder dropped.
+
+    Equal batch shapes mean one compiled step (a ragged last batch would compile a second one
+    on JAX); a new permutation each epoch means every row is still seen.
+    """
+
+    def __init__(self, images, labels, num_classes: int, batch_size: int, seed: int):
+        super().__init__()
+        self.images, self.labels = images, labels
+        self.onehot = np.eye(num_classes, dtype=np.float32)[labels]
+        self.batch_size = min(batch_size, len(labels))
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(labels))
+
+    def __len__(self):
+        return len(self.labels) // self.batch_size
+
+    def __getitem__(self, index):
+        rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        return (self.images[rows], self.onehot[rows]), self.labels[rows]
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.labels))
+
+
+# -- optimiser and schedule --------------------------------------------------------------------
+
+
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to the peak, then linear decay to zero (airbench's triangle)."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+        self.peak, self.warmup_steps, self.total_steps = peak, max(1, warmup_steps), max(2, total_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        up = step / self.warmup_steps
+        down = (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps)
+        return self.peak * ops.maximum(0.0, ops.minimum(up, down))
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+def make_schedule(config: RunConfig, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    if config.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.lr * 1e-2 if warmup else config.lr,
+            decay_steps=max(1, total - warmup), alpha=0.0,
+            warmup_target=config.lr if warmup else None, warmup_steps=warmup)
+    if config.schedule == "onecycle":
+        return OneCycle(config.lr, warmup or max(1, total // 5), total)  # default warm-up: a fifth
+    return config.lr
+
+
+def make_optimizer(config: RunConfig, steps_per_epoch: int):
+    lr = make_schedule(config, steps_per_epoch)
+    ema = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=config.momentum, nesterov=True, weight_decay=decay, **ema)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay or 1e-4, **ema)
+    return keras.optimizers.Adam(lr, weight_decay=decay, **ema)
+
+
+def _jit(config: RunConfig):
+    return {"auto": "auto", "on": True, "off": False}[config.jit]
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def _save_checkpoint(fold_dir: Path, model: TrainingModel, state: dict) -> None:
+    """Weights, optimizer state and progress, swapped in as one folder (crash-safe)."""
+    new, current, old = fold_dir / "checkpoint.new", fold_dir / "checkpoint", fold_dir / "checkpoint.old"
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    model.save_weights(new / "model.weights.h5")
+    np.savez(new / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
+    write_json(new / "state.json", state)
+    shutil.rmtree(old, ignore_errors=True)
+    if current.exists():
+        current.rename(old)
+    new.rename(current)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _find_checkpoint(fold_dir: Path) -> Path | None:
+    for name in ("checkpoint", "checkpoint.old"):  # .old survives a crash between the two renames
+        if (fold_dir / name / "state.json").exists():
+            return fold_dir / name
+    return None
+
+
+def _load_checkpoint(checkpoint: Path, model: TrainingModel) -> dict:
+    model.load_weights(checkpoint / "model.weights.h5")
+    model.optimizer.build(model.trainable_variables)
+    with np.load(checkpoint / "optimizer.npz") as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    for variable, value in zip(model.optimizer.variables, values):
+        variable.assign(value)
+    return read_json(checkpoint / "state.json")
+
+
+# -- callbacks ---------------------------------------------------------------------------------
+
+
+class FoldCallback(keras.callbacks.Callback):
+    """Per epoch: history, best-model snapshot, checkpoint, early stopping, progress, tune hook."""
+
+    def __init__(self, fold_dir, net, state, config, on_epoch, progress):
+        super().__init__()
+        self.fold_dir, self.net, self.state, self.config = fold_dir, net, state, config
+        self.on_epoch, self.progress = on_epoch, progress
+        self.started = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.time()
+        if self.progress:
+            self.progress.epoch_begin(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.progress:
+            self.progress.batch_end(batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        row = {"epoch": epoch + 1, **logs, "lr": _current_lr(self.model.optimizer),
+               "seconds": round(time.time() - self.started, 3)}
+        state = self.state
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        val_accuracy = logs.get("val_accuracy", -1.0)
+        improved = val_accuracy > state["best_val_accuracy"]
+        if improved:
+            state["best_val_accuracy"], state["best_epoch"], state["wait"] = val_accuracy, epoch + 1, 0
+        else:
+            state["wait"] += 1
+        if self.fold_dir:
+            if improved and self.config.keep == "best":
+                with atomic_path(self.fold_dir / "model.keras", suffix=".keras") as tmp:
+                    self.net.save(tmp)
+            save_csv(self.fold_dir / "history.csv", pd.DataFrame(state["history"]))
+            _save_checkpoint(self.fold_dir, self.model, state)
+        if self.progress:
+            self.progress.epoch_end(epoch, row)
+        if self.config.patience and state["wait"] >= self.config.patience:
+            self.model.stop_training = True
+        if self.on_epoch:
+            self.on_epoch(epoch, row)  # may raise (e.g. optuna.TrialPruned) to stop the fold
+
+
+def _current_lr(optimizer) -> float:
+    lr = optimizer.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))
+
+
+# -- one fold ----------------------------------------------------------------------------------
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    val_accuracy: float
+    val_loss: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    val_probs: np.ndarray | None = None
+
+
+def set_precision(precision: str) -> None:
+    keras.config.set_dtype_policy(PRECISION_POLICIES[precision])
+
+
+def build_training_model(config: RunConfig, image_shape, num_classes: int, sample_images, fold: int):
+    seed = config.seed * 1000 + fold  # distinct but reproducible random streams per fold
+    net = build_model(config, image_shape, num_classes, sample_images)
+    augment = make_augment_layer(config.augment, seed)
+    mix = make_mix_layer(config.mixup, config.cutmix, seed + 1)
+    augment.dtype_policy = keras.DTypePolicy("float32")  # augment in float32 even under bf16
+    mix.dtype_policy = keras.DTypePolicy("float32")
+    return TrainingModel(net, augment, mix, num_classes, config.label_smoothing), net
+
+
+def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: int, fold: int,
+               fold_dir: Path | None = None, test_x=None, on_epoch: Callable | None = None,
+               progress=None, epochs: int | None = None) -> FoldResult:
+    """Train one fold; with fold_dir, resume from and write its artifacts.
+
+    Returns the validation accuracy and loss of the kept model (best epoch or last).
+    `on_epoch(epoch, logs)` is called after every epoch and may raise to stop (pruning).
+    """
+    keras.backend.clear_session()  # memory stays flat across folds and trials
+    keras.utils.set_random_seed(config.seed + fold)
+    set_precision(config.precision)
+    started = time.time()
+    try:
+        model, net = build_training_model(config, train_x.shape[1:], num_classes, train_x, fold)
+        batches = ShuffledBatches(train_x, train_y, num_classes, config.batch_size, config.seed + fold)
+        model.compile(optimizer=make_optimizer(config, len(batches)),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                      jit_compile=_jit(config))
+        val_onehot = np.eye(num_classes, dtype=np.float32)[val_y]
+        model((val_x[:2], val_onehot[:2]))  # build every variable before loading a checkpoint
+        state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "wait": 0, "history": []}
+        checkpoint = _find_checkpoint(fold_dir) if fold_dir else None
+        if checkpoint:
+            state = _load_checkpoint(checkpoint, model)
+            if progress:
+                progress.note(f"fold {fold}: resuming after epoch {state['epoch']}")
+        total_epochs = epochs or config.epochs
+        callback = FoldCallback(fold_dir, net, state, config, on_epoch, progress)
+        if progress:
+            progress.fold_begin(fold, total_epochs, len(batches), state["epoch"])
+        if state["epoch"] < total_epochs and not (config.patience and state["wait"] >= config.patience):
+            model.fit(batches, epochs=total_epochs, initial_epoch=state["epoch"],
+                      validation_data=((val_x, val_onehot), val_y), validation_batch_size=max(config.batch_size, 256),
+                      callbacks=[callback], verbose=0)
+        if config.keep == "best" and fold_dir and (fold_dir / "model.keras").exists():
+            net = keras.models.load_model(fold_dir / "model.keras", compile=False)
+        elif fold_dir:
+            with atomic_path(fold_dir / "model.keras", suffix=".keras") as tmp:
+                net.save(tmp)
+        result = _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, time.time() - started)
+    finally:
+        set_precision("float32")
+    return result
+
+
+def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, seconds) -> FoldResult:
+    """Predict validation rows (and test) with the kept model; write the artifacts; metrics last."""
+    policies = ["none"] if config.tta == "none" else ["none", config.tta]
+    batch = max(config.batch_size, 256)
+    val_probs = {p: predict_probs(net, val_x, p, batch) for p in policies}
+    plain = val_probs["none"]
+    accuracy = float((plain.argmax(1) == val_y).mean())
+    loss = float(-np.log(np.clip(plain[np.arange(len(val_y)), val_y], 1e-7, 1)).mean())
+    result = FoldResult(fold, accuracy, loss, state["best_epoch"], state["epoch"], seconds, val_probs.get(config.tta))
+    if fold_dir is None:
+        return result
+    metrics = {"fold": fold, "val_accuracy": accuracy, "val_loss": loss, "best_epoch": state["best_epoch"],
+               "epochs_run": state["epoch"], "seconds": round(seconds, 2), "val_rows": len(val_y)}
+    for policy, probs in val_probs.items():
+        suffix = "" if policy == "none" else f".{policy}"
+        save_npy(fold_dir / f"val_probs{suffix}.npy", probs.astype(np.float32))
+        metrics[f"val_accuracy{suffix}"] = float((probs.argmax(1) == val_y).mean())
+        if test_x is not None:
+            save_npy(fold_dir / f"test_probs{suffix}.npy", predict_probs(net, test_x, policy, batch).astype(np.float32))
+    plot_curves(state["history"], fold_dir / "curves.png", f"fold {fold}")
+    write_json(fold_dir / "metrics.json", metrics)  # written last: its presence means "fold done"
+    for name in ("checkpoint", "checkpoint.old", "checkpoint.new"):
+        shutil.rmtree(fold_dir / name, ignore_errors=True)
+    return result
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fileio import save_figure
+
+    frame = pd.DataFrame(history)
+    if frame.empty:
+        return
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for key, ax in (("accuracy", ax_acc), ("loss", ax_loss)):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + key in frame:
+                ax.plot(frame["epoch"], frame[prefix + key], style, label=("val " if prefix else "train ") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    save_figure(path, fig)
+    plt.close(fig)
+

@@ -1,0 +1,692 @@
+"""`comp transfer ...`: the transfer-learning study track, kept apart from submissions.
+
+The main track trains from scratch. This track answers "how much would a pretrained backbone
+have given?" with the 14 Keras Applications backbones below:
+
+    comp transfer compare   every backbone frozen, a new head trained, all on one holdout split
+    comp transfer finetune  one backbone: train the head, then unfreeze the top of the base
+
+Everything lands in <workdir>/studies/<name>/, never in folds/ or submissions/, and every run's
+config.json says "pretrained": true so the ensemble stage can refuse it.
+
+The one trap of this track: some backbones rescale pixels themselves (EfficientNet and
+MobileNetV3 start with a Rescaling layer and expect 0-255), others expect their inputs already
+mapped to [-1, 1], to ImageNet mean-subtracted BGR, or to ImageNet-standardised values. Feeding
+[0, 1] images to EfficientNet left it at chance accuracy in a classic study. So the model takes
+raw 0-255 pixels and applies the backbone's own `preprocess_input` inside its graph; the
+BACKBONES table below is the one place that decides which function that is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .console import console, info
+from .context import add_data_options, dataset_from, workspace_from
+from .errors import CompError
+from .fileio import read_json, save_csv, save_figure, save_npy, write_json
+
+DEFAULT_SEED = 42
+VAL_FRACTION = 0.2  # the holdout split: 80% train, 20% validation
+HEAD_DROPOUT = 0.2  # between the pooled features and the new classifier, as in the Keras transfer guide
+HEAD_LR = 1e-3  # the new head starts from random weights and needs an ordinary learning rate
+FINETUNE_LR = 1e-4  # unfrozen pretrained layers need a small one, or the first steps wreck them
+SGD_MOMENTUM = 0.9
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One Keras Applications backbone and the facts needed to use it correctly."""
+
+    name: str  # constructor in keras.applications
+    module: str  # keras.applications submodule whose preprocess_input this backbone needs
+    min_size: int  # smallest input height/width the constructor accepts
+    unfreeze_from: str  # default first layer fine-tuning unfreezes (start of the last stage)
+    weights_file: str  # the no-top ImageNet file Keras caches in ~/.keras/models
+
+
+# Minimum sizes are the `min_size` each constructor checks (keras/src/applications/*.py).
+# `unfreeze_from` is the first layer of the last, coarsest-resolution stage of each network,
+# so fine-tuning retrains the most task-specific features and keeps the generic early ones.
+# Preprocessing, by `module`:
+#   efficientnet, mobilenet_v3        nothing: the model rescales 0-255 itself
+#   mobilenet_v2, resnet_v2,
+#   inception_v3, xception            "tf": x / 127.5 - 1, into [-1, 1]
+#   resnet50, vgg16, vgg19            "caffe": RGB -> BGR, minus the ImageNet mean, no scaling
+#   densenet                          "torch": x / 255, minus the ImageNet mean, over its std
+BACKBONES = {b.name: b for b in (
+    Backbone("DenseNet121", "densenet", 32, "conv5_block1_0_bn",
+             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("DenseNet169", "densenet", 32, "conv5_block1_0_bn",
+             "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("DenseNet201", "densenet", 32, "conv5_block1_0_bn",
+             "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("EfficientNetB0", "efficientnet", 32, "block6a_expand_conv", "efficientnetb0_notop.h5"),
+    Backbone("EfficientNetB1", "efficientnet", 32, "block6a_expand_conv", "efficientnetb1_notop.h5"),
+    Backbone("InceptionV3", "inception_v3", 75, "mixed8",
+             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # Keras loads the 224-pixel MobileNet weights for any input size it has no file for.
+    Backbone("MobileNetV2", "mobilenet_v2", 32, "block_13_expand",
+             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+    Backbone("MobileNetV3Large", "mobilenet_v3", 32, "expanded_conv_12_expand",
+             "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+    Backbone("ResNet50", "resnet50", 32, "conv5_block1_1_conv",
+             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("ResNet50V2", "resnet_v2", 32, "conv5_block1_preact_bn",
+             "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("ResNet152V2", "resnet_v2", 32, "conv5_block1_preact_bn",
+             "resnet152v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("VGG16", "vgg16", 32, "block5_conv1", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("VGG19", "vgg19", 32, "block5_conv1", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    Backbone("Xception", "xception", 71, "block14_sepconv1",
+             "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+)}
+
+# The comparison table and CSV: (column, header, how to show it).
+RESULT_COLUMNS = (
+    ("backbone", "backbone", "{}"),
+    ("input_size", "input", "{}"),
+    ("params", "params", "{:,}"),
+    ("trainable_params", "trainable", "{:,}"),
+    ("train_accuracy", "train acc", "{:.3f}"),
+    ("train_loss", "train loss", "{:.3f}"),
+    ("val_accuracy", "val acc", "{:.3f}"),
+    ("val_loss", "val loss", "{:.3f}"),
+    ("seconds_per_epoch", "s/epoch", "{:.1f}"),
+    ("total_seconds", "total s", "{:.1f}"),
+)
+
+
+# -- reading the options -------------------------------------------------------------------
+
+
+def parse_backbones(text: str) -> list[Backbone]:
+    """`all` or a comma-separated list; names match case-insensitively (resnet50v2 works)."""
+    if text.strip().lower() == "all":
+        return list(BACKBONES.values())
+    by_lower = {name.lower(): backbone for name, backbone in BACKBONES.items()}
+    chosen = []
+    for name in (part.strip() for part in text.split(",") if part.strip()):
+        if name.lower() not in by_lower:
+            raise CompError(f"--backbones {name}: unknown backbone; choose from all, {', '.join(BACKBONES)}")
+        if by_lower[name.lower()] not in chosen:
+            chosen.append(by_lower[name.lower()])
+    if not chosen:
+        raise CompError(f"--backbones: empty; name some of {', '.join(BACKBONES)} or use all")
+    return chosen
+
+
+def resolve_weights(text: str) -> str:
+    """"imagenet", "none" (random init) or the absolute path of an existing .h5 file."""
+    if text in ("imagenet", "none"):
+        return text
+    path = Path(text).expanduser().resolve()
+    if not path.is_file():
+        raise CompError(f"--weights {text}: no such file; pass imagenet, none, or a .h5/.weights.h5 file")
+    if not path.name.endswith(".h5"):
+        raise CompError(f"--weights {text}: not a .h5 file; Keras loads backbone weights from .h5/.weights.h5 files")
+    return str(path)
+
+
+def check_name(name: str) -> str:
+    """A study name is one folder under studies/, nothing that could escape it."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise CompError(f"--name {name!r}: use a plain folder name such as compare-1")
+    return name
+
+
+def check_at_least(option: str, value: int, smallest: int) -> int:
+    if value < smallest:
+        raise CompError(f"{option} {value}: must be at least {smallest}")
+    return value
+
+
+# -- the model -----------------------------------------------------------------------------
+
+
+def preprocess_function(backbone: Backbone):
+    """The backbone's own `keras.applications.<module>.preprocess_input`."""
+    import keras
+
+    return getattr(keras.applications, backbone.module).preprocess_input
+
+
+def input_size(backbone: Backbone, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Images smaller than the backbone's minimum are upsampled to it; larger ones stay as they are."""
+    height, width = image_shape[:2]
+    return max(height, backbone.min_size), max(width, backbone.min_size)
+
+
+def input_pipeline(backbone: Backbone, image_shape: tuple[int, int, int]):
+    """(inputs, preprocessed tensor): raw 0-255 pixels in, what the backbone expects out.
+
+    Upsampling and preprocessing happen inside the model, so every caller (fit, predict, a
+    test) feeds the same uint8 arrays and cannot forget or double a step.
+    """
+    import keras
+
+    inputs = keras.Input(shape=image_shape, name="pixels_0_255")
+    x = inputs
+    size = input_size(backbone, image_shape)
+    if size != tuple(image_shape[:2]):
+        x = keras.layers.Resizing(*size, interpolation="bilinear", name="upsample")(x)
+    x = keras.layers.Lambda(preprocess_function(backbone), name="preprocess")(x)
+    return inputs, x
+
+
+def keras_models_dir() -> Path:
+    """Where Keras caches downloaded weights ($KERAS_HOME/models, else ~/.keras/models)."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def download_error(backbone: Backbone, err: Exception) -> CompError:
+    """Explain a failed ImageNet download: which file to put where, or which option to use instead."""
+    url = re.search(r"https?://[^\s:]+(?::\d+)?[^\s:]*", str(err))
+    # The URL Keras tried names the exact file it wants; the table's name is the fallback.
+    file_name = url.group(0).rsplit("/", 1)[-1] if url else backbone.weights_file
+    source = f" (download it from {url.group(0)} on a connected machine)" if url else ""
+    reason = str(err).splitlines()[0][:160] if str(err) else ""
+    return CompError(
+        f"{backbone.name}: could not get the ImageNet weights ({type(err).__name__}: {reason}); "
+        f"offline, put {file_name} in {keras_models_dir()}/{source}, "
+        f"or pass --weights PATH with a .h5 file, or --weights none for random initialisation"
+    )
+
+
+def build_base(backbone: Backbone, weights: str, size: tuple[int, int]):
+    """The headless backbone with global average pooling, its weights loaded."""
+    import keras
+
+    constructor = getattr(keras.applications, backbone.name)
+    shape = (*size, 3)
+    if weights == "imagenet":
+        try:
+            return constructor(include_top=False, weights="imagenet", input_shape=shape, pooling="avg")
+        except Exception as err:  # urllib, ssl and hash-check errors all mean "could not get the file"
+            raise download_error(backbone, err) from None
+    base = constructor(include_top=False, weights=None, input_shape=shape, pooling="avg")
+    if weights != "none":
+        try:
+            base.load_weights(weights)
+        except Exception as err:  # h5py and Keras raise several types for a file that does not fit
+            raise CompError(
+                f"--weights {weights}: does not fit {backbone.name} without its top "
+                f"({type(err).__name__}: {str(err)[:160]}); use a no-top weights file of this backbone"
+            ) from None
+    return base
+
+
+def build_model(backbone: Backbone, weights: str, image_shape, num_classes: int):
+    """(model, base): raw pixels -> upsample -> preprocess -> frozen base -> dropout -> softmax."""
+    import keras
+
+    inputs, x = input_pipeline(backbone, image_shape)
+    base = build_base(backbone, weights, input_size(backbone, image_shape))
+    base.trainable = False
+    # training=False keeps the base's BatchNorm layers on their ImageNet statistics even when
+    # layers are unfrozen later: updating them from small batches of new data ruins the features.
+    x = base(x, training=False)
+    x = keras.layers.Dropout(HEAD_DROPOUT, name="head_dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="head")(x)
+    return keras.Model(inputs, outputs, name=f"transfer_{backbone.name}"), base
+
+
+def make_optimizer(name: str, learning_rate: float):
+    import keras
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=SGD_MOMENTUM)
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+def compile_model(model, optimizer: str, learning_rate: float) -> None:
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def unfreeze_index(base, backbone: Backbone, layer_name: str) -> int:
+    """Position of `layer_name` in the base; a CompError suggesting real names if there is none."""
+    names = [layer.name for layer in base.layers]
+    if layer_name in names:
+        return names.index(layer_name)
+    close = difflib.get_close_matches(layer_name, names, n=4, cutoff=0.5)
+    suggestions = close or [backbone.unfreeze_from, *names[-len(names) // 4::max(1, len(names) // 16)][:3]]
+    raise CompError(
+        f"--unfreeze-from {layer_name}: {backbone.name} has no such layer; try "
+        f"{', '.join(dict.fromkeys(suggestions))} (default {backbone.unfreeze_from})"
+    )
+
+
+def unfreeze_from(base, start: int) -> int:
+    """Make the base's layers from `start` on trainable, except BatchNorm; returns how many."""
+    import keras
+
+    base.trainable = True  # switches every layer on; the loop below switches most back off
+    unfrozen = 0
+    for index, layer in enumerate(base.layers):
+        is_batchnorm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= start and not is_batchnorm
+        unfrozen += layer.trainable and bool(layer.weights)
+    return unfrozen
+
+
+def count_params(weights) -> int:
+    return int(sum(np.prod(w.shape) for w in weights))
+
+
+# -- splits --------------------------------------------------------------------------------
+
+
+def holdout_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One stratified 80/20 split: (train rows, val rows), the same for every backbone."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    splitter = StratifiedShuffleSplit(n_splits=1, test_size=VAL_FRACTION, random_state=seed)
+    try:
+        train_rows, val_rows = next(splitter.split(np.zeros(len(labels)), labels))
+    except ValueError as err:
+        raise CompError(f"cannot split {len(labels)} images into train and validation ({err}); use more data") from None
+    return np.sort(train_rows), np.sort(val_rows)
+
+
+def kfold_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(np.bincount(labels).min())
+    if smallest < folds:
+        raise CompError(f"--folds {folds}: the smallest class has only {smallest} images; use --folds {max(2, smallest)} "
+                        "or more data")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def parse_fold_selection(text: str, folds: int) -> list[int]:
+    """`all`, `0` or `0,2` -> sorted fold numbers, each checked against --folds."""
+    if text.strip().lower() == "all":
+        return list(range(folds))
+    try:
+        chosen = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise CompError(f"--fold {text}: use all, a fold number, or numbers like 0,2") from None
+    bad = [k for k in chosen if not 0 <= k < folds]
+    if bad or not chosen:
+        raise CompError(f"--fold {text}: folds are numbered 0 to {folds - 1} with --folds {folds}")
+    return chosen
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def epoch_logger(label: str, seconds: list[float]):
+    """A callback printing one line per epoch and recording how long each took."""
+    import keras
+
+    started = {}
+
+    def begin(epoch, logs=None):
+        started["at"] = time.perf_counter()
+
+    def end(epoch, logs=None):
+        seconds.append(time.perf_counter() - started["at"])
+        logs = logs or {}
+        info(f"  {label} epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.3f} "
+             f"acc {logs.get('accuracy', float('nan')):.3f}  val loss {logs.get('val_loss', float('nan')):.3f} "
+             f"val acc {logs.get('val_accuracy', float('nan')):.3f}  ({seconds[-1]:.1f} s)")
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
+
+
+def fit(model, dataset, train_rows, val_rows, epochs: int, batch_size: int, label: str) -> dict:
+    """Train; returns the last epoch's metrics and the seconds each epoch took (validation included)."""
+    seconds: list[float] = []
+    history = model.fit(
+        dataset.train_x[train_rows], dataset.train_y[train_rows],
+        validation_data=(dataset.train_x[val_rows], dataset.train_y[val_rows]),
+        epochs=epochs, batch_size=batch_size, verbose=0, callbacks=[epoch_logger(label, seconds)],
+    )
+    last = {key: float(values[-1]) for key, values in history.history.items()}
+    return {"train_accuracy": last["accuracy"], "train_loss": last["loss"],
+            "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"], "epoch_seconds": seconds}
+
+
+def accuracy_and_loss(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of predicted probabilities."""
+    eps = 1e-7  # keeps log() finite for a probability rounded to zero
+    picked = np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)
+    return float((probs.argmax(axis=1) == labels).mean()), float(-np.log(picked).mean())
+
+
+def start_model(seed: int) -> None:
+    """Before each model: free the previous one's graph (memory stays flat) and reseed."""
+    import keras
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+
+
+# -- the study folder ----------------------------------------------------------------------
+
+
+def base_config(args, dataset, weights: str, seed: int, study: str) -> dict:
+    """What every study run records: enough to tell it from a submission run and to redo it."""
+    return {
+        # Marks every run of this track, whatever --weights: the ensemble stage refuses any
+        # run carrying it (unless --allow-pretrained), so studies never leak into submissions.
+        "pretrained": True,
+        "study": study,
+        "weights": weights,
+        "data_fingerprint": dataset.fingerprint,
+        "classes": dataset.classes,
+        "image_shape": list(dataset.image_shape),
+        "limit": dataset.limit,
+        "seed": seed,
+        "batch_size": args.batch_size,
+    }
+
+
+def open_study(folder: Path, config: dict, free_keys: tuple[str, ...] = ()) -> dict:
+    """Write config.json, or check an earlier run's matches, so a rerun resumes rather than mixes.
+
+    Keys in `free_keys` may differ between runs (compare may add backbones); the stored
+    value is merged with the new one by the caller.
+    """
+    path = folder / "config.json"
+    if path.exists():
+        old = read_json(path)
+        for key, value in config.items():
+            if key not in free_keys and old.get(key) != value:
+                raise CompError(
+                    f"{path}: this study was run with {key} = {old.get(key)!r}, now {value!r}; "
+                    f"pass another --name, or delete {folder} to start over"
+                )
+        config = old | {k: v for k, v in config.items() if k not in free_keys}
+    write_json(path, config)
+    return config
+
+
+# -- comp transfer compare -----------------------------------------------------------------
+
+
+def compare_one(backbone: Backbone, dataset, split, weights: str, epochs: int, batch_size: int, seed: int) -> dict:
+    """Frozen base + new head, trained on the shared split; one row of the comparison."""
+    start_model(seed)
+    started = time.perf_counter()
+    size = input_size(backbone, dataset.image_shape)
+    info(f"[bold]{backbone.name}[/bold] at {size[0]}x{size[1]}, weights {Path(weights).name}")
+    model, _ = build_model(backbone, weights, dataset.image_shape, dataset.num_classes)
+    compile_model(model, "adam", HEAD_LR)
+    result = fit(model, dataset, *split, epochs, batch_size, backbone.name)
+    seconds = result.pop("epoch_seconds")
+    return {
+        "backbone": backbone.name,
+        "input_size": f"{size[0]}x{size[1]}",
+        "params": count_params(model.weights),
+        "trainable_params": count_params(model.trainable_weights),
+        **result,
+        # The first epoch also traces the graph, so it is slower; the mean includes it.
+        "seconds_per_epoch": float(np.mean(seconds)),
+        "total_seconds": time.perf_counter() - started,
+    }
+
+
+def read_done_rows(csv_path: Path) -> list[dict]:
+    """Rows of an earlier, interrupted or extended run of the same study."""
+    if not csv_path.exists():
+        return []
+    import pandas as pd
+
+    return pd.read_csv(csv_path).to_dict("records")
+
+
+def results_table(rows: list[dict], title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for _, header, _ in RESULT_COLUMNS:
+        table.add_column(header, justify="left" if header == "backbone" else "right")
+    for row in rows:
+        table.add_row(*(fmt.format(row[key]) for key, _, fmt in RESULT_COLUMNS))
+    return table
+
+
+def comparison_plot(rows: list[dict], num_classes: int, path: Path) -> Path:
+    """Accuracy (with the chance line, where a mis-preprocessed backbone sits) and time per backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["backbone"] for row in rows]
+    positions = np.arange(len(rows))
+    fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.8), sharey=True)
+    height = 0.4
+    acc_ax.barh(positions - height / 2, [r["train_accuracy"] for r in rows], height, label="train")
+    acc_ax.barh(positions + height / 2, [r["val_accuracy"] for r in rows], height, label="val")
+    acc_ax.axvline(1.0 / num_classes, color="grey", linestyle="--", label="chance")
+    acc_ax.set_xlim(0, 1)
+    acc_ax.set_xlabel("accuracy")
+    acc_ax.set_yticks(positions, names)
+    acc_ax.invert_yaxis()
+    acc_ax.legend(loc="lower right", fontsize=8)
+    time_ax.barh(positions, [r["seconds_per_epoch"] for r in rows], color="tab:green")
+    time_ax.set_xlabel("seconds per epoch")
+    fig.suptitle("frozen backbone + new head, same holdout split")
+    save_figure(path, fig)
+    plt.close(fig)
+    return path
+
+
+def run_compare(args) -> int:
+    backbones = parse_backbones(args.backbones)
+    weights = resolve_weights(args.weights)
+    name = check_name(args.name)
+    epochs = check_at_least("--epochs", args.epochs, 1)
+    check_at_least("--batch-size", args.batch_size, 1)
+    seed = args.seed or DEFAULT_SEED
+    dataset = dataset_from(args)
+    folder = workspace_from(args).studies / name
+    config = base_config(args, dataset, weights, seed, "compare") | {
+        "epochs": epochs, "val_fraction": VAL_FRACTION, "backbones": [b.name for b in backbones]}
+    stored = open_study(folder, config, free_keys=("backbones",))
+    write_json(folder / "config.json", stored | {
+        "backbones": list(dict.fromkeys([*stored.get("backbones", []), *config["backbones"]]))})
+
+    split = holdout_split(dataset.train_y, seed)
+    info(f"study {folder}: {len(split[0]):,} train / {len(split[1]):,} val images, {epochs} epoch(s) per backbone")
+    csv_path = folder / "results.csv"
+    rows = read_done_rows(csv_path)
+    done = {row["backbone"] for row in rows}
+    for backbone in backbones:
+        if backbone.name in done:
+            info(f"{backbone.name}: done earlier in this study, kept")
+            continue
+        rows.append(compare_one(backbone, dataset, split, weights, epochs, args.batch_size, seed))
+        save_csv(csv_path, _frame(rows))  # after each backbone, so an interrupted study resumes
+    rows.sort(key=lambda row: list(BACKBONES).index(row["backbone"]))
+    save_csv(csv_path, _frame(rows))
+    console.print(results_table(rows, f"{name}: frozen backbones, weights {Path(weights).name}"))
+    plot = comparison_plot(rows, dataset.num_classes, folder / "comparison.png")
+    info(f"results: {csv_path}\nplot: {plot}")
+    return 0
+
+
+def _frame(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=[key for key, _, _ in RESULT_COLUMNS])
+
+
+# -- comp transfer finetune ----------------------------------------------------------------
+
+
+def finetune_fold(backbone: Backbone, dataset, split, args, weights: str, seed: int, label: str):
+    """Stage 1: new head on the frozen base. Stage 2: unfreeze the top, retrain at a low rate.
+
+    Returns (val probabilities, test probabilities, metrics).
+    """
+    start_model(seed)
+    started = time.perf_counter()
+    model, base = build_model(backbone, weights, dataset.image_shape, dataset.num_classes)
+    layer = args.unfreeze_from or backbone.unfreeze_from
+    start = unfreeze_index(base, backbone, layer)  # before any training: a typo costs nothing
+
+    compile_model(model, "adam", HEAD_LR)
+    head = fit(model, dataset, *split, args.epochs_head, args.batch_size, f"{label} head")
+
+    unfrozen = unfreeze_from(base, start)
+    compile_model(model, args.optimizer, args.lr)  # recompiling makes the new trainable set take effect
+    info(f"  {label}: unfroze {unfrozen} layer(s) from {layer}; BatchNorm stays frozen, lr {args.lr:g}")
+    tuned = fit(model, dataset, *split, args.epochs, args.batch_size, f"{label} finetune") if args.epochs else None
+
+    train_rows, val_rows = split
+    val_probs = model.predict(dataset.train_x[val_rows], batch_size=args.batch_size, verbose=0)
+    test_probs = model.predict(dataset.test_x, batch_size=args.batch_size, verbose=0)
+    val_accuracy, val_loss = accuracy_and_loss(val_probs, dataset.train_y[val_rows])
+    metrics = {
+        "val_accuracy": val_accuracy,
+        "val_loss": val_loss,
+        "head_val_accuracy": head["val_accuracy"],
+        "train_accuracy": (tuned or head)["train_accuracy"],
+        "train_loss": (tuned or head)["train_loss"],
+        "unfreeze_from": layer,
+        "unfrozen_layers": unfrozen,
+        "trainable_params": count_params(model.trainable_weights),
+        "train_images": len(train_rows),
+        "val_images": len(val_rows),
+        "seconds_per_epoch": float(np.mean(head["epoch_seconds"] + (tuned or {}).get("epoch_seconds", []))),
+        "total_seconds": time.perf_counter() - started,
+    }
+    return val_probs, test_probs, metrics
+
+
+def write_fold(folder: Path, dataset, val_rows: np.ndarray, val_probs, test_probs, metrics: dict) -> None:
+    """Probabilities first, metrics.json last: its presence means the fold is complete."""
+    # Rows are indices into the full train set (dataset.rows), so they stay meaningful under --limit.
+    save_npy(folder / "val_rows.npy", dataset.rows[val_rows])
+    save_npy(folder / "val_probs.npy", val_probs.astype(np.float32))
+    save_npy(folder / "test_probs.npy", test_probs.astype(np.float32))
+    write_json(folder / "metrics.json", metrics)
+
+
+def write_oof(folder: Path, folds: int) -> bool:
+    """oof_probs.npy + oof_rows.npy once every fold is complete (from this run or earlier ones)."""
+    fold_dirs = [folder / f"fold{k}" for k in range(folds)]
+    if not all((d / "metrics.json").exists() for d in fold_dirs):
+        return False
+    rows = np.concatenate([np.load(d / "val_rows.npy") for d in fold_dirs])
+    probs = np.concatenate([np.load(d / "val_probs.npy") for d in fold_dirs])
+    order = np.argsort(rows)  # in train-row order, like the dataset itself
+    save_npy(folder / "oof_rows.npy", rows[order])
+    save_npy(folder / "oof_probs.npy", probs[order])
+    return True
+
+
+def finetune_table(results: list[tuple[str, dict]], title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for header in ("fold", "head val acc", "val acc", "val loss", "train acc", "trainable", "s/epoch", "total s"):
+        table.add_column(header, justify="left" if header == "fold" else "right")
+    for label, m in results:
+        table.add_row(label, f"{m['head_val_accuracy']:.3f}", f"{m['val_accuracy']:.3f}", f"{m['val_loss']:.3f}",
+                      f"{m['train_accuracy']:.3f}", f"{m['trainable_params']:,}", f"{m['seconds_per_epoch']:.1f}",
+                      f"{m['total_seconds']:.1f}")
+    return table
+
+
+def run_finetune(args) -> int:
+    backbone = parse_backbones(args.backbone)[0]
+    weights = resolve_weights(args.weights)
+    name = check_name(args.name or f"finetune-{backbone.name.lower()}")
+    check_at_least("--epochs-head", args.epochs_head, 1)
+    check_at_least("--epochs", args.epochs, 0)
+    check_at_least("--batch-size", args.batch_size, 1)
+    if args.folds:
+        check_at_least("--folds", args.folds, 2)
+    elif args.fold != "all":
+        raise CompError(f"--fold {args.fold}: needs --folds K (without it there is one holdout split)")
+    seed = args.seed or DEFAULT_SEED
+    dataset = dataset_from(args)
+    folder = workspace_from(args).studies / name
+    open_study(folder, base_config(args, dataset, weights, seed, "finetune") | {
+        "backbone": backbone.name, "unfreeze_from": args.unfreeze_from or backbone.unfreeze_from,
+        "epochs_head": args.epochs_head, "epochs": args.epochs, "optimizer": args.optimizer, "lr": args.lr,
+        "folds": args.folds, "val_fraction": None if args.folds else VAL_FRACTION})
+
+    if args.folds:
+        splits = kfold_splits(dataset.train_y, args.folds, seed)
+        plan = [(f"fold{k}", folder / f"fold{k}", splits[k]) for k in parse_fold_selection(args.fold, args.folds)]
+    else:
+        plan = [("holdout", folder, holdout_split(dataset.train_y, seed))]
+
+    results = []
+    for label, out, split in plan:
+        if (out / "metrics.json").exists():
+            info(f"{label}: done earlier in this study, kept")
+        else:
+            info(f"[bold]{backbone.name}[/bold] {label}: {len(split[0]):,} train / {len(split[1]):,} val images")
+            val_probs, test_probs, metrics = finetune_fold(backbone, dataset, split, args, weights, seed, label)
+            write_fold(out, dataset, split[1], val_probs, test_probs, metrics)
+        results.append((label, read_json(out / "metrics.json")))
+
+    console.print(finetune_table(results, f"{name}: {backbone.name} fine-tuned, weights {Path(weights).name}"))
+    if args.folds and write_oof(folder, args.folds):
+        info(f"all {args.folds} folds done: {folder / 'oof_probs.npy'}")
+    elif args.folds:
+        info(f"out-of-fold probabilities are written once all {args.folds} folds are done")
+    info(f"study: {folder}")
+    return 0
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    parser.add_argument("--weights", default="imagenet",
+                        help="imagenet (downloaded once to ~/.keras/models), none (random init), "
+                             "or PATH of a no-top .h5/.weights.h5 file (default: imagenet)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
+
+
+def register(subparsers, parents) -> None:
+    transfer = subparsers.add_parser(
+        "transfer", parents=parents,
+        help="study pretrained Keras backbones (results go to studies/, never to submissions)")
+    verbs = transfer.add_subparsers(dest="transfer_command", metavar="VERB", required=True)
+
+    compare = verbs.add_parser("compare", parents=parents,
+                               help="frozen backbones + new head on one holdout split: table and plot")
+    add_common_options(compare)
+    compare.add_argument("--backbones", default="all",
+                         help=f"comma-separated, or all (default): {', '.join(BACKBONES)}")
+    compare.add_argument("--epochs", type=int, default=3, help="epochs per backbone (default: 3)")
+    compare.add_argument("--name", default="compare", help="study folder under studies/ (default: compare)")
+    compare.set_defaults(func=run_compare)
+
+    finetune = verbs.add_parser("finetune", parents=parents,
+                                help="train a new head, then unfreeze the top of the backbone at a low rate")
+    add_common_options(finetune)
+    finetune.add_argument("--backbone", default="ResNet50V2", help="one of the backbones (default: ResNet50V2)")
+    finetune.add_argument("--unfreeze-from", help="first layer to unfreeze (default: the start of the "
+                                                  "backbone's last stage, e.g. conv5_block1_preact_bn)")
+    finetune.add_argument("--epochs-head", type=int, default=5, help="stage 1 epochs, base frozen (default: 5)")
+    finetune.add_argument("--epochs", type=int, default=10, help="stage 2 epochs, top unfrozen (default: 10)")
+    finetune.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="stage 2 optimizer (default: adam)")
+    finetune.add_argument("--lr", type=float, default=FINETUNE_LR,
+                          help=f"stage 2 learning rate (default: {FINETUNE_LR:g}); stage 1 uses Adam at {HEAD_LR:g}")
+    finetune.add_argument("--folds", type=int, default=0,
+                          help="stratified K-fold with out-of-fold probabilities (default: one holdout split)")
+    finetune.add_argument("--fold", default="all", help="with --folds: all, a fold number, or e.g. 0,2")
+    finetune.add_argument("--name", help="study folder under studies/ (default: finetune-<backbone>)")
+    finetune.set_defaults(func=run_finetune)
