@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One prepared command for a single-GPU machine with no network and no TensorFlow (JAX backend):
+# unpack the data, 5-fold training of the fast preset with TTA, ensemble -> submission CSV.
+# Prints the OOF accuracy and the wall time of every stage.
+#
+#   bash bench/gpu.sh [DATA_TARBALL] [extra `comp train` arguments ...]
+#
+# What must travel with the repo (about 27 MB): the data tarball (default
+# .bench-data/cifar10-dacon.tar.xz) and cp312 wheels in .whl/ for keras, namex, optree, optuna,
+# alembic, colorlog, sqlalchemy, greenlet and mako (see bench/RESULTS.md for the download line).
+# Dry run on a CPU: PYTHON=.venv/bin/python bash bench/gpu.sh .bench-data/cifar10-dacon.tar.xz --limit 500 --epochs 1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TARBALL=${1:-.bench-data/cifar10-dacon.tar.xz}
+shift || true
+MODEL=${MODEL:-fast}
+WORK=${WORK:-/tmp/comp-gpu}
+DATA=${DATA:-/tmp/comp-gpu-data}
+export KERAS_BACKEND=jax
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/comp-jax-cache}  # folds 1-4 reuse fold 0's compile
+export PYTHONUNBUFFERED=1
+
+started=$(date +%s%N)
+last=$started
+stage() {  # stage NAME: print the seconds since the previous stage (integer ns arithmetic, no bc needed)
+    local now
+    now=$(date +%s%N)
+    printf '[stage] %-10s %6d.%01d s   (total %d s)\n' "$1" $(((now - last) / 1000000000)) \
+        $((((now - last) / 100000000) % 10)) $(((now - started) / 1000000000))
+    last=$now
+}
+
+if ! "$PYTHON" -c "import keras, optuna" 2>/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/comp-site .whl/*.whl
+    export PYTHONPATH=/tmp/comp-site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+COMP="$PYTHON -m comp"
+stage setup
+
+rm -rf "$DATA" "$WORK"
+mkdir -p "$DATA"
+tar -xJf "$TARBALL" -C "$DATA"
+stage unpack
+
+$COMP data check --data "$DATA" --workdir "$WORK" --quiet
+stage decode
+
+$COMP train --data "$DATA" --workdir "$WORK" --preset gpu --model "$MODEL" --folds 5 --fold all --name gpu "$@"
+stage train
+
+$COMP ensemble --data "$DATA" --workdir "$WORK" --runs gpu --out gpu-submission.csv --force
+stage ensemble
+
+"$PYTHON" - "$WORK" <<'PY'
+import json, sys
+summary = json.load(open(f"{sys.argv[1]}/folds/gpu/summary.json"))
+print(f"[result] OOF accuracy {summary['cv_accuracy']:.4f}, with TTA {summary['tta']}: {summary['cv_accuracy_tta']:.4f}, "
+      f"training {summary['seconds']:.0f} s over 5 folds")
+PY
+ls -la "$WORK/submissions"

@@ -1,0 +1,150 @@
+"""Training throughput: comp's real train step against a bare jitted step, in one run.
+
+For each model, two numbers in images per second:
+  pipeline  what `comp train` runs: uint8 batches from ShuffledBatches through TrainingModel.fit,
+            with augmentation and mixup inside the compiled step
+  bare      the plain net's train step (no augmentation, no mixing) on one batch already on the
+            device, called in a loop: the ceiling for this model on this machine
+The ratio pipeline / bare is the figure: 0.9 or more means the pipeline costs at most 10%.
+
+    python bench/throughput.py                       # baseline, deep, fast on the default backend
+    KERAS_BACKEND=jax python bench/throughput.py --precision bfloat16 --batch-size 512   # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from comp.config import build_config  # noqa: E402
+from comp.trainer import ShuffledBatches, build_training_model, make_optimizer, set_precision  # noqa: E402
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def fake_cifar(rows: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (rows, *IMAGE_SHAPE), dtype=np.uint8), rng.integers(0, NUM_CLASSES, rows)
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Times batches after the first `skip` (compilation and warm-up)."""
+
+    def __init__(self, skip: int):
+        super().__init__()
+        self.skip, self.seen, self.started, self.timed = skip, 0, None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.skip:
+            _sync(logs)
+            self.started = time.perf_counter()
+        elif self.seen > self.skip:
+            self.timed += 1
+
+    def seconds(self, logs=None):
+        return time.perf_counter() - self.started
+
+
+def _sync(logs):
+    """Wait for the device: reading a logged value forces the step to finish (JAX is asynchronous)."""
+    if logs:
+        float(keras.ops.convert_to_numpy(next(iter(logs.values()))))
+
+
+def pipeline_rate(config, images, labels, warmup: int) -> float:
+    model, _ = build_training_model(config, IMAGE_SHAPE, NUM_CLASSES, images, fold=0)
+    batches = ShuffledBatches(images, labels, NUM_CLASSES, config.batch_size, seed=0)
+    model.compile(optimizer=make_optimizer(config, len(batches)),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile={"auto": "auto", "on": True, "off": False}[config.jit])
+    timer = StepTimer(warmup)
+    history = model.fit(batches, epochs=1, verbose=0, callbacks=[timer])
+    _sync(history.history)
+    return timer.timed * config.batch_size / timer.seconds()
+
+
+def bare_rate(config, images, labels, steps: int, warmup: int) -> float:
+    from comp.models import build_model
+
+    net = build_model(config, IMAGE_SHAPE, NUM_CLASSES, images)
+    net.compile(optimizer=make_optimizer(config, steps),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                jit_compile={"auto": "auto", "on": True, "off": False}[config.jit])
+    x = keras.ops.convert_to_tensor(images[:config.batch_size].astype("float32"))  # on the device once
+    y = keras.ops.convert_to_tensor(labels[:config.batch_size])
+    for _ in range(warmup):
+        loss = net.train_on_batch(x, y)
+    started = time.perf_counter()
+    for _ in range(steps):
+        loss = net.train_on_batch(x, y)
+    float(np.asarray(loss))
+    return steps * config.batch_size / (time.perf_counter() - started)
+
+
+def device_name() -> str:
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return str(jax.devices()[0].device_kind)
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="baseline,deep,fast")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--precision", default="float32")
+    parser.add_argument("--jit", default="auto")
+    parser.add_argument("--augment", default="simple", help="augmentation of the pipeline step")
+    parser.add_argument("--mixup", type=float, default=0.2)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    rows = []
+    for name in args.models.split(","):
+        config = build_config({}, {"model": name, "batch_size": args.batch_size, "precision": args.precision,
+                                   "jit": args.jit, "augment": args.augment, "mixup": args.mixup,
+                                   "width": args.width, "epochs": 1})
+        images, labels = fake_cifar(config.batch_size * (args.steps + args.warmup))
+        set_precision(config.precision)
+        keras.backend.clear_session()
+        bare = bare_rate(config, images, labels, args.steps, args.warmup)
+        keras.backend.clear_session()
+        pipeline = pipeline_rate(config, images, labels, args.warmup)
+        set_precision("float32")
+        rows.append({"model": name, "bare_img_s": round(bare, 1), "pipeline_img_s": round(pipeline, 1),
+                     "ratio": round(pipeline / bare, 3)})
+        print(f"{name:<10} bare {bare:>10.1f} img/s   pipeline {pipeline:>10.1f} img/s   ratio {pipeline / bare:.3f}",
+              flush=True)
+    report = {"backend": keras.backend.backend(), "device": device_name(), "batch_size": args.batch_size,
+              "precision": args.precision, "jit": args.jit, "augment": args.augment, "mixup": args.mixup,
+              "results": rows}
+    print(json.dumps(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny competition folders made on the fly (tests never need the real data)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def learnable_images(num_classes: int, per_class: int, size: int = 16, seed: int = 0):
+    """Images whose class is visible (a class-specific colour and stripe), plus noise.
+
+    A tiny CNN learns them in an epoch or two, so tests can assert that training trains.
+    """
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in range(num_classes):
+        base = np.zeros((size, size, 3), np.float32)
+        base[..., c % 3] = 160
+        base[(c * 3) % size:(c * 3) % size + 3, :, :] = 255
+        for _ in range(per_class):
+            noisy = base + rng.normal(0, 25, base.shape)
+            images.append(np.clip(noisy, 0, 255).astype(np.uint8))
+            labels.append(c)
+    return np.stack(images), np.array(labels)
+
+
+def make_competition(root: Path, num_classes=3, per_class=20, test_count=12, size=16, target_kind="name",
+                     ext=".png", id_with_ext=False, seed=0) -> Path:
+    from comp.demo import write_competition
+
+    train_x, train_y = learnable_images(num_classes, per_class, size, seed)
+    pool_x, pool_y = learnable_images(num_classes, test_count, size, seed + 1)
+    chosen = np.random.default_rng(seed).permutation(len(pool_y))[:test_count]
+    test_x, test_y = pool_x[chosen], pool_y[chosen]
+    classes = [f"class{c}" for c in range(num_classes)]
+    return write_competition(root, train_x, train_y, classes, test_x, test_y, ext=ext,
+                             id_with_ext=id_with_ext, target_kind=target_kind)
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return make_competition(tmp_path / "data")
+
+
+def run_comp(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (exit codes, stderr, no traceback)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "comp", *map(str, args)], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,71 @@
+"""On JAX, every model x augmentation preset x mixup/cutmix trains with jit_compile=True in effect.
+
+Keras silently falls back to eager mode (over 100x slower on a GPU) when a layer sets
+supports_jit = False, printing "Model doesn't support jit_compile=True". The check runs in a
+subprocess because the backend is fixed when keras is first imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from comp.models import MODELS
+
+from .conftest import REPO
+
+CHECK = textwrap.dedent("""
+    import contextlib, io, json, sys, warnings
+    import numpy as np
+    import keras
+    from comp.config import build_config
+    from comp.trainer import ShuffledBatches, build_training_model, make_optimizer
+
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    y = rng.integers(0, 3, 32)
+    results = []
+    for case in json.loads(sys.argv[1]):
+        config = build_config({}, dict(case, width=0.125, batch_size=16, epochs=1))
+        model, _ = build_training_model(config, x.shape[1:], 3, x, 0)
+        batches = ShuffledBatches(x, y, 3, 16, 0)
+        model.compile(optimizer=make_optimizer(config, len(batches)),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=True)
+        printed = io.StringIO()
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed), \\
+                contextlib.redirect_stderr(printed):
+            warnings.simplefilter("always")
+            history = model.fit(batches, epochs=1, verbose=0)
+        messages = printed.getvalue() + " ".join(str(w.message) for w in caught)
+        results.append({"case": case, "jit": model.jit_compile is True,
+                        "fallback": "support jit_compile" in messages,
+                        "loss": float(history.history["loss"][-1])})
+    print("RESULTS" + json.dumps(results))
+""")
+
+ALL_AUGMENTATION = {"augment": "simple,flip-crop,cutout", "mixup": 0.2, "cutmix": 1.0}
+CASES = (
+    [{"model": name, **ALL_AUGMENTATION} for name in MODELS]
+    + [{"model": "baseline", "augment": preset} for preset in ("none", "flip", "simple", "flip-crop", "cutout")]
+    + [{"model": "baseline", "mixup": 0.2}, {"model": "baseline", "cutmix": 1.0}]
+)
+
+
+def test_jax_training_keeps_jit():
+    # No skip when jax is missing: the test install (pip install -e .[test]) includes it, and a
+    # skipped check would hide exactly the regression this test exists for.
+    import jax  # noqa: F401
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", CHECK, json.dumps(CASES)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULTS"))
+    results = json.loads(line[len("RESULTS"):])
+    assert len(results) == len(CASES)
+    for item in results:
+        assert item["jit"] and not item["fallback"], item
+        assert item["loss"] == item["loss"], item  # not NaN

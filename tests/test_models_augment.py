@@ -1,0 +1,104 @@
+"""Model zoo shapes, augmentation values and mixing targets (TensorFlow backend, in process)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from comp.augment import make_augment_layer, make_mix_layer, parse_presets
+from comp.config import build_config
+from comp.errors import CompError
+from comp.models import MODELS, build_model, whitening_kernel, channel_stats
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_maps_pixels_to_logits(name):
+    config = build_config({}, {"model": name, "width": 0.25})
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    net = build_model(config, images.shape[1:], 7, images)
+    logits = keras.ops.convert_to_numpy(net(images.astype("float32"), training=False))
+    assert logits.shape == (4, 7) and logits.dtype == np.float32 and np.isfinite(logits).all()
+
+
+def test_vgg_depth_and_head_follow_the_config():
+    config = build_config({}, {"model": "deep", "width": 0.25})
+    net = build_model(config, (32, 32, 3), 10)
+    convs = [l for l in net.layers if isinstance(l, keras.layers.Conv2D)]
+    dense = [l.units for l in net.layers if isinstance(l, keras.layers.Dense)]
+    assert len(convs) == 3 + 3 + 4 + 4
+    assert dense == [256, 64, 10]
+
+
+def test_whitening_kernel_whitens_patches():
+    rng = np.random.default_rng(0)
+    # Correlated pixels: a smooth random field, like photos.
+    base = rng.normal(size=(400, 9, 9, 1)).repeat(2, 1).repeat(2, 2)[:, :16, :16]
+    images = np.clip(128 + 40 * np.concatenate([base, base * 0.5, base * 0.2], -1), 0, 255).astype(np.uint8)
+    mean, variance = channel_stats(images)
+    kernel, _ = whitening_kernel(images, mean, variance)
+    x = (images / 255.0 - mean) / np.sqrt(variance)
+    patches = np.stack([x[:, i:15 + i, j:15 + j] for i in range(2) for j in range(2)], 3).reshape(-1, 12)
+    half = kernel[..., :12].reshape(12, 12)  # (dy,dx,c) x filters
+    white = patches @ half
+    cov = np.cov(white, rowvar=False)
+    # Decorrelated, and unit variance except where WHITEN_EPS damps near-empty directions.
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-3
+    assert np.diag(cov).max() == pytest.approx(1.0, abs=0.01) and np.diag(cov).max() <= 1.0 + 1e-6
+
+
+def _batch():
+    rng = np.random.default_rng(1)
+    return rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+
+
+def test_flip_is_exact():
+    layer = make_augment_layer("flip", seed=3)
+    images = _batch()
+    out = keras.ops.convert_to_numpy(layer(images, training=True))
+    for original, augmented in zip(images, out):
+        assert np.allclose(augmented, original, atol=1e-3) or np.allclose(augmented, original[:, ::-1], atol=1e-3)
+
+
+def test_crop_shifts_by_whole_pixels_with_zero_fill():
+    layer = make_augment_layer("flip-crop", seed=5)
+    images = _batch()
+    out = keras.ops.convert_to_numpy(layer(images, training=True))
+    assert out.shape == images.shape
+    for original, augmented in zip(images, out):
+        matched = False
+        for flipped in (original, original[:, ::-1]):
+            padded = np.pad(flipped, ((4, 4), (4, 4), (0, 0)))
+            for dy in range(9):
+                for dx in range(9):
+                    if np.allclose(padded[dy:dy + 16, dx:dx + 16], augmented, atol=1e-2):
+                        matched = True
+        assert matched
+
+
+def test_inference_is_untouched_and_presets_compose():
+    images = _batch()
+    layer = make_augment_layer("simple,cutout", seed=0)
+    assert np.array_equal(keras.ops.convert_to_numpy(layer(images, training=False)), images)
+    out = keras.ops.convert_to_numpy(layer(images, training=True))
+    assert out.shape == images.shape and not np.allclose(out, images)
+    assert (out == 0).reshape(8, -1).all(-1).sum() == 0 and ((out == 0).mean() > 0.1)  # cutout zeroed a square
+    assert parse_presets("simple,cutout")["cutout"] == 0.5
+    with pytest.raises(CompError, match="unknown"):
+        parse_presets("flip,spin")
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.2, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixing_keeps_targets_on_the_simplex(mixup, cutmix):
+    images = _batch()
+    targets = np.eye(4, dtype="float32")[np.arange(8) % 4]
+    mix = make_mix_layer(mixup, cutmix, seed=2)
+    mixed, soft = mix(images, targets, training=True)
+    mixed, soft = keras.ops.convert_to_numpy(mixed), keras.ops.convert_to_numpy(soft)
+    assert np.allclose(soft.sum(1), 1.0, atol=1e-5) and (soft >= 0).all()
+    partner = targets[::-1]
+    # The weight of the partner's label equals its share of the pixels (mixup: lambda; cutmix: box area).
+    share = (soft * partner).sum(1) - (soft * targets * partner).sum(1)
+    assert ((share >= 0) & (share <= 1)).all()
+    same, unmixed = mix(images, targets, training=False)
+    assert np.array_equal(keras.ops.convert_to_numpy(same), images)

@@ -1,0 +1,153 @@
+"""K-fold training: artifacts, OOF coverage, resume after kill -9, refusal on changed data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.cli import main
+from comp.config import RunConfig, build_config, load_config_file, recipe_names
+from comp.errors import CompError
+from comp.fileio import read_json
+
+from .conftest import REPO, make_competition, run_comp
+
+TINY = ["--model", "baseline", "--width", "0.5", "--batch-size", "16"]
+
+
+def _run_dir(workdir):
+    runs = [p for p in (workdir / "folds").iterdir() if (p / "config.json").exists()]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_kfold_run_writes_every_artifact(tmp_path):
+    data = make_competition(tmp_path / "d", num_classes=3, per_class=20, test_count=9)
+    work = tmp_path / "w"
+    code = main(["train", "--data", str(data), "--workdir", str(work), *TINY, "--epochs", "3", "--folds", "3",
+                 "--augment", "flip", "--quiet"])
+    assert code == 0
+    run = _run_dir(work)
+    config = read_json(run / "config.json")
+    assert config["model"] == "baseline" and config["tta"] == "flip"
+    assert config["provenance"]["classes"] == ["class0", "class1", "class2"]
+    for fold in range(3):
+        fold_dir = run / f"fold{fold}"
+        for name in ("model.keras", "history.csv", "val_probs.npy", "val_probs.flip.npy", "test_probs.npy",
+                     "test_probs.flip.npy", "metrics.json", "curves.png"):
+            assert (fold_dir / name).exists(), name
+        assert not (fold_dir / "checkpoint").exists()
+        assert len(pd.read_csv(fold_dir / "history.csv")) == 3
+        assert np.load(fold_dir / "test_probs.npy").shape == (9, 3)
+    oof = np.load(run / "oof_probs.npy")
+    rows = np.load(run / "oof_rows.npy")
+    assert oof.shape == (60, 3) and np.allclose(oof.sum(1), 1, atol=1e-4)
+    assert sorted(rows.tolist()) == list(range(60))
+    # Each row's OOF prediction came from the one fold that held it out.
+    folds = pd.read_csv(work / "folds" / "folds.csv")
+    for fold in range(3):
+        val = np.flatnonzero(folds["fold"].to_numpy() == fold)
+        assert np.allclose(oof[val], np.load(run / f"fold{fold}" / "val_probs.npy"))
+    summary = read_json(run / "summary.json")
+    labels = folds["label"].to_numpy()
+    assert summary["cv_accuracy"] == pytest.approx((oof.argmax(1) == labels).mean())
+    assert summary["cv_accuracy"] > 0.6  # the classes are visible: training must learn them
+
+
+def test_finished_folds_are_skipped_and_changed_data_refused(tmp_path):
+    data = make_competition(tmp_path / "d", per_class=10)
+    work = tmp_path / "w"
+    args = ["train", "--data", str(data), "--workdir", str(work), *TINY, "--epochs", "1", "--folds", "2", "--quiet"]
+    assert main(args + ["--fold", "0"]) == 0
+    run = _run_dir(work)
+    stamp = (run / "fold0" / "metrics.json").stat().st_mtime_ns
+    assert not (run / "oof_probs.npy").exists()  # only when every fold is done
+    assert main(args) == 0
+    assert (run / "fold0" / "metrics.json").stat().st_mtime_ns == stamp
+    assert (run / "oof_probs.npy").exists()
+    # Another fold count on the same data: refused with the fix named.
+    assert main(args[:-3] + ["--folds", "3", "--quiet"]) == 2
+    # Relabel one image: the run refuses to continue on other data.
+    victim = next((data / "train" / "class0").iterdir())
+    victim.rename(data / "train" / "class1" / f"moved{victim.name}")
+    with pytest.raises(CompError, match="another dataset"):
+        from comp.train import prepare_run_dir
+
+        prepare_run_dir(run, RunConfig.from_dict(read_json(run / "config.json")),
+                        read_json(run / "config.json")["provenance"] | {"fingerprint": "other"}, force=False)
+
+
+def test_resume_after_kill_9(tmp_path):
+    """Kill the process during fold 1; the rerun keeps fold 0 and continues fold 1 from its checkpoint."""
+    data = make_competition(tmp_path / "d", per_class=40)
+    work = tmp_path / "w"
+    args = ["train", "--data", data, "--workdir", work, *TINY, "--epochs", "6", "--folds", "2", "--keep", "last"]
+    proc = subprocess.Popen([sys.executable, "-m", "comp", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    state = None
+    while time.time() < deadline:
+        state = next(work.glob("folds/*/fold1/checkpoint/state.json"), None)
+        if state is not None and read_json(state)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert state is not None, "fold 1 never wrote a checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = state.parents[2]
+    fold0_stamp = (run / "fold0" / "metrics.json").stat().st_mtime_ns
+    killed_at = read_json(next(run.glob("fold1/checkpoint*/state.json")))["epoch"]
+    assert 2 <= killed_at < 6
+    result = run_comp(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fold 0: finished earlier" in result.stdout
+    assert f"resuming after epoch {killed_at}" in result.stdout
+    assert (run / "fold0" / "metrics.json").stat().st_mtime_ns == fold0_stamp
+    history = pd.read_csv(run / "fold1" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert (run / "oof_probs.npy").exists()
+
+
+def test_config_precedence_and_recipes(tmp_path):
+    file_values = {"model": "vgg", "epochs": 7, "lr": 0.01}
+    config = build_config(file_values, {"epochs": 3, "lr": None})
+    assert config.epochs == 3 and config.lr == 0.01  # flag beats file; None is "not given"
+    assert config.depth == [2, 2, 2, 2]  # the model's own default
+    assert config.run_name.startswith("vgg-")
+    assert build_config(file_values, {}).run_name != config.run_name
+    assert {"small-cnn", "small-cnn-aug", "vgg-mixup", "deep-mixup"} <= set(recipe_names())
+    deep = build_config(load_config_file("deep-mixup"), {})
+    assert deep.depth == [3, 3, 4, 4] and deep.head == [256, 64] and deep.mixup == 0.2
+    with pytest.raises(CompError, match="unknown key"):
+        RunConfig.from_dict({"modle": "vgg"})
+    with pytest.raises(CompError, match="optimizer"):
+        build_config({}, {"optimizer": "rmsprop"})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CompError, match="bad.json"):
+        load_config_file(str(bad))
+
+
+def test_bare_train_uses_remembered_data(tmp_path, monkeypatch):
+    data = make_competition(tmp_path / "d", per_class=6)
+    work = tmp_path / "w"
+    assert main(["data", "check", "--data", str(data), "--workdir", str(work), "--quiet"]) == 0
+    monkeypatch.delenv("COMP_DATA", raising=False)
+    assert main(["train", "--workdir", str(work), *TINY, "--epochs", "1", "--folds", "2", "--fold", "0",
+                 "--quiet"]) == 0
+    assert read_json(_run_dir(work) / "config.json")["provenance"]["data_dir"] == str(data.resolve())
+
+
+def test_no_data_anywhere_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("COMP_DATA", raising=False)
+    result = run_comp("train", "--workdir", tmp_path, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--data" in result.stderr and "COMP_DATA" in result.stderr and "comp.toml" in result.stderr
+    assert "Traceback" not in result.stderr
