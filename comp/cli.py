@@ -13,7 +13,7 @@ import sys
 
 from . import __version__
 from .console import console, set_quiet
-from .context import add_global_options, set_backend
+from .context import add_global_options, import_keras, set_backend
 from .errors import CompError
 
 # One module per stage; each registers its own commands.
@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     set_quiet(args.quiet)
-    set_backend(args.backend)
+    # --preset gpu means the JAX backend unless one was named (the GPU machine has no TensorFlow).
+    set_backend(args.backend or ("jax" if getattr(args, "preset", None) == "gpu" else None))
+    if getattr(args, "needs_keras", True):
+        import_keras()
     try:
         result = args.func(args)
     except CompError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
@@ -37,6 +38,33 @@ def set_backend(backend: str | None) -> str:
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our output
     return backend
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_keras():
+    """Import keras for the chosen backend. TensorFlow's C++ layer prints start-up lines
+    (oneDNN, absl) straight to file descriptor 2, past TF_CPP_MIN_LOG_LEVEL, so its import runs
+    with fd 2 pointed at /dev/null; Python exceptions still surface."""
+    if os.environ.get("KERAS_BACKEND") == "tensorflow":
+        try:
+            with _stderr_to_devnull():
+                import tensorflow  # noqa: F401
+        except ImportError:
+            pass  # keras reports the missing backend itself, with its own message
+    import keras
+
+    return keras
 
 
 def workspace_from(args) -> Workspace:

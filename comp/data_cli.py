@@ -15,11 +15,11 @@ def register(subparsers, parents) -> None:
     check = verbs.add_parser("check", parents=parents, help="class counts, sizes, modes, duplicates, damaged files")
     add_data_options(check)
     check.add_argument("--grid", help="sample grid PNG (default: folds/data_samples.png)")
-    check.set_defaults(func=run_check)
+    check.set_defaults(func=run_check, needs_keras=False)  # stays fast: no TensorFlow import
 
     demo = verbs.add_parser("demo", parents=parents, help="write the embedded demo dataset (8x8 digits -> 32x32)")
     demo.add_argument("out", help="folder to write (DACON layout)")
-    demo.set_defaults(func=lambda args: _write(args, "demo"))
+    demo.set_defaults(func=lambda args: _write(args, "demo"), needs_keras=False)
 
     cifar = verbs.add_parser("cifar10", parents=parents, help="download CIFAR-10 into DACON layout")
     cifar.add_argument("out", help="folder to write (DACON layout)")
