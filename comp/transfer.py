@@ -91,18 +91,18 @@ BACKBONES = {b.name: b for b in (
              "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 )}
 
-# The comparison table and CSV: (column, header, how to show it).
+# The comparison table and CSV: (CSV column, table header, how the table shows a value).
 RESULT_COLUMNS = (
-    ("backbone", "backbone", "{}"),
-    ("input_size", "input", "{}"),
-    ("params", "params", "{:,}"),
-    ("trainable_params", "trainable", "{:,}"),
-    ("train_accuracy", "train acc", "{:.3f}"),
-    ("train_loss", "train loss", "{:.3f}"),
-    ("val_accuracy", "val acc", "{:.3f}"),
-    ("val_loss", "val loss", "{:.3f}"),
-    ("seconds_per_epoch", "s/epoch", "{:.1f}"),
-    ("total_seconds", "total s", "{:.1f}"),
+    ("backbone", "backbone", str),
+    ("input_size", "input", str),
+    ("params", "params\n(M)", lambda v: f"{v / 1e6:.2f}"),
+    ("trainable_params", "trainable", "{:,}".format),
+    ("train_accuracy", "train\nacc", "{:.3f}".format),
+    ("train_loss", "train\nloss", "{:.3f}".format),
+    ("val_accuracy", "val\nacc", "{:.3f}".format),
+    ("val_loss", "val\nloss", "{:.3f}".format),
+    ("seconds_per_epoch", "s per\nepoch", "{:.1f}".format),
+    ("total_seconds", "total\ns", "{:.0f}".format),
 )
 
 
@@ -189,16 +189,21 @@ def keras_models_dir() -> Path:
     return Path(home) / "models"
 
 
+def one_line(err: Exception, limit: int = 160) -> str:
+    """An exception as `Type: message` on one line: a CompError is printed as a single line."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:limit]
+
+
 def download_error(backbone: Backbone, err: Exception) -> CompError:
     """Explain a failed ImageNet download: which file to put where, or which option to use instead."""
-    url = re.search(r"https?://[^\s:]+(?::\d+)?[^\s:]*", str(err))
-    # The URL Keras tried names the exact file it wants; the table's name is the fallback.
+    # Keras's message names the URL it tried, whose last part is the exact file it wants
+    # (MobileNets pick theirs by input size); the table's name is the fallback.
+    url = re.search(r"https?://\S+?\.h5\b", str(err))
     file_name = url.group(0).rsplit("/", 1)[-1] if url else backbone.weights_file
     source = f" (download it from {url.group(0)} on a connected machine)" if url else ""
-    reason = str(err).splitlines()[0][:160] if str(err) else ""
     return CompError(
-        f"{backbone.name}: could not get the ImageNet weights ({type(err).__name__}: {reason}); "
-        f"offline, put {file_name} in {keras_models_dir()}/{source}, "
+        f"{backbone.name}: could not get the ImageNet weights ({one_line(err)}); "
+        f"to work offline, put {file_name} in {keras_models_dir()}/{source}, "
         f"or pass --weights PATH with a .h5 file, or --weights none for random initialisation"
     )
 
@@ -221,7 +226,7 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int]):
         except Exception as err:  # h5py and Keras raise several types for a file that does not fit
             raise CompError(
                 f"--weights {weights}: does not fit {backbone.name} without its top "
-                f"({type(err).__name__}: {str(err)[:160]}); use a no-top weights file of this backbone"
+                f"({one_line(err)}); use a no-top weights file of this backbone"
             ) from None
     return base
 
@@ -259,16 +264,22 @@ def unfreeze_index(base, backbone: Backbone, layer_name: str) -> int:
     names = [layer.name for layer in base.layers]
     if layer_name in names:
         return names.index(layer_name)
-    close = difflib.get_close_matches(layer_name, names, n=4, cutoff=0.5)
-    suggestions = close or [backbone.unfreeze_from, *names[-len(names) // 4::max(1, len(names) // 16)][:3]]
+    # Names that look like the typo, else a few from the top quarter, where fine-tuning starts.
+    close = difflib.get_close_matches(layer_name, names, n=3, cutoff=0.6)
+    top_quarter = names[len(names) * 3 // 4:]
+    examples = close or top_quarter[::max(1, len(top_quarter) // 3)][:3]
     raise CompError(
-        f"--unfreeze-from {layer_name}: {backbone.name} has no such layer; try "
-        f"{', '.join(dict.fromkeys(suggestions))} (default {backbone.unfreeze_from})"
+        f"--unfreeze-from {layer_name}: {backbone.name} has no such layer; try {', '.join(examples)} "
+        f"(default {backbone.unfreeze_from}; keras.applications.{backbone.name}(include_top=False).summary() "
+        "lists them all)"
     )
 
 
-def unfreeze_from(base, start: int) -> int:
-    """Make the base's layers from `start` on trainable, except BatchNorm; returns how many."""
+def unfreeze_top(base, start: int) -> int:
+    """Make the base's layers from `start` on trainable, except BatchNorm.
+
+    Returns how many layers with weights now train (the number the log line reports).
+    """
     import keras
 
     base.trainable = True  # switches every layer on; the loop below switches most back off
@@ -394,24 +405,25 @@ def base_config(args, dataset, weights: str, seed: int, study: str) -> dict:
     }
 
 
-def open_study(folder: Path, config: dict, free_keys: tuple[str, ...] = ()) -> dict:
-    """Write config.json, or check an earlier run's matches, so a rerun resumes rather than mixes.
+def check_same_study(folder: Path, config: dict, has_results: bool, free_keys: tuple[str, ...] = ()) -> dict:
+    """The earlier run's config.json ({} if none); a CompError if its results came from other settings.
 
-    Keys in `free_keys` may differ between runs (compare may add backbones); the stored
-    value is merged with the new one by the caller.
+    Rerunning a study resumes it (finished backbones and folds are kept), which is only
+    right when nothing that changes the results differs. A study that stopped before its
+    first result (say, the weights download failed) holds nothing to mix, so it is simply
+    started again. Keys in `free_keys` may differ (compare may add backbones to a study).
     """
     path = folder / "config.json"
-    if path.exists():
-        old = read_json(path)
-        for key, value in config.items():
-            if key not in free_keys and old.get(key) != value:
-                raise CompError(
-                    f"{path}: this study was run with {key} = {old.get(key)!r}, now {value!r}; "
-                    f"pass another --name, or delete {folder} to start over"
-                )
-        config = old | {k: v for k, v in config.items() if k not in free_keys}
-    write_json(path, config)
-    return config
+    if not (has_results and path.exists()):
+        return {}
+    old = read_json(path)
+    for key, value in config.items():
+        if key not in free_keys and old.get(key) != value:
+            raise CompError(
+                f"{path}: this study was run with {key} = {old.get(key)!r}, now {value!r}; "
+                f"pass another --name, or delete {folder} to start over"
+            )
+    return old
 
 
 # -- comp transfer compare -----------------------------------------------------------------
@@ -449,17 +461,19 @@ def read_done_rows(csv_path: Path) -> list[dict]:
 
 
 def results_table(rows: list[dict], title: str):
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title)
+    # No borders or padding: ten columns of a 14-row study then fit an 80-column terminal.
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False)
     for _, header, _ in RESULT_COLUMNS:
-        table.add_column(header, justify="left" if header == "backbone" else "right")
+        table.add_column(header, justify="left" if header == "backbone" else "right", no_wrap=True)
     for row in rows:
-        table.add_row(*(fmt.format(row[key]) for key, _, fmt in RESULT_COLUMNS))
+        table.add_row(*(show(row[key]) for key, _, show in RESULT_COLUMNS))
     return table
 
 
-def comparison_plot(rows: list[dict], num_classes: int, path: Path) -> Path:
+def comparison_plot(rows: list[dict], num_classes: int, weights: str, path: Path) -> Path:
     """Accuracy (with the chance line, where a mis-preprocessed backbone sits) and time per backbone."""
     import matplotlib
 
@@ -480,7 +494,7 @@ def comparison_plot(rows: list[dict], num_classes: int, path: Path) -> Path:
     acc_ax.legend(loc="lower right", fontsize=8)
     time_ax.barh(positions, [r["seconds_per_epoch"] for r in rows], color="tab:green")
     time_ax.set_xlabel("seconds per epoch")
-    fig.suptitle("frozen backbone + new head, same holdout split")
+    fig.suptitle(f"frozen backbone + new head, same holdout split, weights {Path(weights).name}")
     save_figure(path, fig)
     plt.close(fig)
     return path
@@ -497,13 +511,13 @@ def run_compare(args) -> int:
     folder = workspace_from(args).studies / name
     config = base_config(args, dataset, weights, seed, "compare") | {
         "epochs": epochs, "val_fraction": VAL_FRACTION, "backbones": [b.name for b in backbones]}
-    stored = open_study(folder, config, free_keys=("backbones",))
-    write_json(folder / "config.json", stored | {
-        "backbones": list(dict.fromkeys([*stored.get("backbones", []), *config["backbones"]]))})
+    csv_path = folder / "results.csv"
+    earlier = check_same_study(folder, config, csv_path.exists(), free_keys=("backbones",))
+    config["backbones"] = list(dict.fromkeys([*earlier.get("backbones", []), *config["backbones"]]))
+    write_json(folder / "config.json", config)
 
     split = holdout_split(dataset.train_y, seed)
     info(f"study {folder}: {len(split[0]):,} train / {len(split[1]):,} val images, {epochs} epoch(s) per backbone")
-    csv_path = folder / "results.csv"
     rows = read_done_rows(csv_path)
     done = {row["backbone"] for row in rows}
     for backbone in backbones:
@@ -515,7 +529,7 @@ def run_compare(args) -> int:
     rows.sort(key=lambda row: list(BACKBONES).index(row["backbone"]))
     save_csv(csv_path, _frame(rows))
     console.print(results_table(rows, f"{name}: frozen backbones, weights {Path(weights).name}"))
-    plot = comparison_plot(rows, dataset.num_classes, folder / "comparison.png")
+    plot = comparison_plot(rows, dataset.num_classes, weights, folder / "comparison.png")
     info(f"results: {csv_path}\nplot: {plot}")
     return 0
 
@@ -543,10 +557,12 @@ def finetune_fold(backbone: Backbone, dataset, split, args, weights: str, seed: 
     compile_model(model, "adam", HEAD_LR)
     head = fit(model, dataset, *split, args.epochs_head, args.batch_size, f"{label} head")
 
-    unfrozen = unfreeze_from(base, start)
-    compile_model(model, args.optimizer, args.lr)  # recompiling makes the new trainable set take effect
-    info(f"  {label}: unfroze {unfrozen} layer(s) from {layer}; BatchNorm stays frozen, lr {args.lr:g}")
-    tuned = fit(model, dataset, *split, args.epochs, args.batch_size, f"{label} finetune") if args.epochs else None
+    tuned, unfrozen = None, 0
+    if args.epochs:  # --epochs 0: the frozen-base result alone, as a baseline
+        unfrozen = unfreeze_top(base, start)
+        compile_model(model, args.optimizer, args.lr)  # recompiling makes the new trainable set take effect
+        info(f"  {label}: unfroze {unfrozen} layer(s) from {layer}; BatchNorm stays frozen; lr {args.lr:g}")
+        tuned = fit(model, dataset, *split, args.epochs, args.batch_size, f"{label} finetune")
 
     train_rows, val_rows = split
     val_probs = model.predict(dataset.train_x[val_rows], batch_size=args.batch_size, verbose=0)
@@ -592,11 +608,13 @@ def write_oof(folder: Path, folds: int) -> bool:
 
 
 def finetune_table(results: list[tuple[str, dict]], title: str):
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title)
-    for header in ("fold", "head val acc", "val acc", "val loss", "train acc", "trainable", "s/epoch", "total s"):
-        table.add_column(header, justify="left" if header == "fold" else "right")
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    for header in ("fold", "head\nval acc", "val\nacc", "val\nloss", "train\nacc", "trainable", "s per\nepoch",
+                   "total\ns"):
+        table.add_column(header, justify="left" if header == "fold" else "right", no_wrap=True)
     for label, m in results:
         table.add_row(label, f"{m['head_val_accuracy']:.3f}", f"{m['val_accuracy']:.3f}", f"{m['val_loss']:.3f}",
                       f"{m['train_accuracy']:.3f}", f"{m['trainable_params']:,}", f"{m['seconds_per_epoch']:.1f}",
@@ -605,7 +623,10 @@ def finetune_table(results: list[tuple[str, dict]], title: str):
 
 
 def run_finetune(args) -> int:
-    backbone = parse_backbones(args.backbone)[0]
+    chosen = parse_backbones(args.backbone)
+    if len(chosen) != 1:
+        raise CompError(f"--backbone {args.backbone}: fine-tune one backbone at a time (compare ranks several)")
+    backbone = chosen[0]
     weights = resolve_weights(args.weights)
     name = check_name(args.name or f"finetune-{backbone.name.lower()}")
     check_at_least("--epochs-head", args.epochs_head, 1)
@@ -618,10 +639,12 @@ def run_finetune(args) -> int:
     seed = args.seed or DEFAULT_SEED
     dataset = dataset_from(args)
     folder = workspace_from(args).studies / name
-    open_study(folder, base_config(args, dataset, weights, seed, "finetune") | {
+    config = base_config(args, dataset, weights, seed, "finetune") | {
         "backbone": backbone.name, "unfreeze_from": args.unfreeze_from or backbone.unfreeze_from,
         "epochs_head": args.epochs_head, "epochs": args.epochs, "optimizer": args.optimizer, "lr": args.lr,
-        "folds": args.folds, "val_fraction": None if args.folds else VAL_FRACTION})
+        "folds": args.folds, "val_fraction": None if args.folds else VAL_FRACTION}
+    check_same_study(folder, config, has_results=any(folder.glob("**/metrics.json")))
+    write_json(folder / "config.json", config)
 
     if args.folds:
         splits = kfold_splits(dataset.train_y, args.folds, seed)
