@@ -10,6 +10,8 @@ plain net is saved as model.keras; the wrapper exists for fit().
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,6 +28,11 @@ from .config import RunConfig
 from .fileio import atomic_path, read_json, save_csv, save_npy, write_json
 from .models import build_model
 from .tta import predict_probs
+
+# A checkpoint (weights + optimizer state, tens of MB for the big nets) is written at an epoch's
+# end once this many seconds passed since the last one: a kill loses at most this much work,
+# and GPU epochs of a second or two do not spend their time writing files.
+CHECKPOINT_SECONDS = float(os.environ.get("COMP_CHECKPOINT_SECONDS", "30"))
 
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -84,6 +91,22 @@ class ShuffledBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         self.order = self.rng.permutation(len(self.labels))
+
+
+def training_inputs(images, labels, num_classes: int, batch_size: int, seed: int) -> tuple[dict, int]:
+    """fit() arguments for the training rows, and the steps per epoch.
+
+    TensorFlow gets the arrays themselves (a tf.data pipeline in C++; a Python generator would
+    be registered globally by tf.data and leak its copy of the images on every fold). The other
+    backends get ShuffledBatches: equal batch shapes, so JAX compiles the step once.
+    """
+    if keras.backend.backend() == "tensorflow":
+        batch_size = min(batch_size, len(labels))
+        onehot = np.eye(num_classes, dtype=np.float32)[labels]
+        return {"x": (images, onehot), "y": labels, "batch_size": batch_size, "shuffle": True}, \
+            math.ceil(len(labels) / batch_size)
+    batches = ShuffledBatches(images, labels, num_classes, batch_size, seed)
+    return {"x": batches}, len(batches)
 
 
 # -- optimiser and schedule --------------------------------------------------------------------
@@ -188,7 +211,7 @@ class FoldCallback(keras.callbacks.Callback):
         super().__init__()
         self.fold_dir, self.net, self.state, self.config = fold_dir, net, state, config
         self.on_epoch, self.progress = on_epoch, progress
-        self.started = time.time()
+        self.started = self.last_checkpoint = time.time()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
@@ -217,13 +240,27 @@ class FoldCallback(keras.callbacks.Callback):
                 with atomic_path(self.fold_dir / "model.keras", suffix=".keras") as tmp:
                     self.net.save(tmp)
             save_csv(self.fold_dir / "history.csv", pd.DataFrame(state["history"]))
-            _save_checkpoint(self.fold_dir, self.model, state)
+            if time.time() - self.last_checkpoint >= CHECKPOINT_SECONDS:
+                _save_checkpoint(self.fold_dir, self.model, state)
+                self.last_checkpoint = time.time()
         if self.progress:
             self.progress.epoch_end(epoch, row)
         if self.config.patience and state["wait"] >= self.config.patience:
             self.model.stop_training = True
         if self.on_epoch:
             self.on_epoch(epoch, row)  # may raise (e.g. optuna.TrialPruned) to stop the fold
+
+
+class SyncEvaluation(keras.callbacks.Callback):
+    """Keep the per-epoch validation loop synchronous.
+
+    Keras hands each batch's logs to a thread pool unless a callback overrides a batch hook;
+    on JAX that pool was seen to stall for minutes in predict(). Validation is a few dozen
+    batches an epoch, so running it synchronously costs nothing measurable.
+    """
+
+    def on_test_batch_end(self, batch, logs=None):
+        pass
 
 
 def _current_lr(optimizer) -> float:
@@ -273,8 +310,8 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
     started = time.time()
     try:
         model, net = build_training_model(config, train_x.shape[1:], num_classes, train_x, fold)
-        batches = ShuffledBatches(train_x, train_y, num_classes, config.batch_size, config.seed + fold)
-        model.compile(optimizer=make_optimizer(config, len(batches)),
+        training_data, steps = training_inputs(train_x, train_y, num_classes, config.batch_size, config.seed + fold)
+        model.compile(optimizer=make_optimizer(config, steps),
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                       jit_compile=_jit(config))
         val_onehot = np.eye(num_classes, dtype=np.float32)[val_y]
@@ -288,11 +325,11 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         total_epochs = epochs or config.epochs
         callback = FoldCallback(fold_dir, net, state, config, on_epoch, progress)
         if progress:
-            progress.fold_begin(fold, total_epochs, len(batches), state["epoch"])
+            progress.fold_begin(fold, total_epochs, steps, state["epoch"])
         if state["epoch"] < total_epochs and not (config.patience and state["wait"] >= config.patience):
-            model.fit(batches, epochs=total_epochs, initial_epoch=state["epoch"],
+            model.fit(**training_data, epochs=total_epochs, initial_epoch=state["epoch"],
                       validation_data=((val_x, val_onehot), val_y), validation_batch_size=max(config.batch_size, 256),
-                      callbacks=[callback], verbose=0)
+                      callbacks=[callback, SyncEvaluation()], verbose=0)
         if config.keep == "best" and fold_dir and (fold_dir / "model.keras").exists():
             net = keras.models.load_model(fold_dir / "model.keras", compile=False)
         elif fold_dir:

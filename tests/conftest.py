@@ -12,6 +12,8 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Checkpoint every epoch: test epochs last a fraction of a second (the default waits 30 s).
+os.environ.setdefault("COMP_CHECKPOINT_SECONDS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 
