@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared command for a single-GPU machine with no network and no TensorFlow (JAX backend):
-# unpack the data, 5-fold training of the fast preset with TTA, ensemble -> submission CSV.
+# unpack the data, 5-fold training of the fast preset with TTA (per model in $MODELS), ensemble -> CSV.
 # Prints the OOF accuracy and the wall time of every stage.
 #
 #   bash bench/gpu.sh [DATA_TARBALL] [extra `comp train` arguments ...]
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TARBALL=${1:-.bench-data/cifar10-dacon.tar.xz}
 shift || true
-MODEL=${MODEL:-fast}
+MODELS=${MODELS:-fast}  # e.g. MODELS="fast fast-large": each a 5-fold run, then one ensemble
 WORK=${WORK:-/tmp/comp-gpu}
 DATA=${DATA:-/tmp/comp-gpu-data}
 export KERAS_BACKEND=jax
@@ -48,16 +48,21 @@ stage unpack
 $COMP data check --data "$DATA" --workdir "$WORK" --quiet
 stage decode
 
-$COMP train --data "$DATA" --workdir "$WORK" --preset gpu --model "$MODEL" --folds 5 --fold all --name gpu "$@"
-stage train
+RUNS=""
+for model in $MODELS; do
+    $COMP train --data "$DATA" --workdir "$WORK" --preset gpu --model "$model" --folds 5 --fold all --name "gpu-$model" "$@"
+    stage "train $model"
+    RUNS="${RUNS:+$RUNS,}gpu-$model"
+done
 
-$COMP ensemble --data "$DATA" --workdir "$WORK" --runs gpu --out gpu-submission.csv --force
+$COMP ensemble --data "$DATA" --workdir "$WORK" --runs "$RUNS" --out gpu-submission.csv --force
 stage ensemble
 
-"$PYTHON" - "$WORK" <<'PY'
+"$PYTHON" - "$WORK" "$RUNS" <<'PY'
 import json, sys
-summary = json.load(open(f"{sys.argv[1]}/folds/gpu/summary.json"))
-print(f"[result] OOF accuracy {summary['cv_accuracy']:.4f}, with TTA {summary['tta']}: {summary['cv_accuracy_tta']:.4f}, "
-      f"training {summary['seconds']:.0f} s over 5 folds")
+for run in sys.argv[2].split(","):
+    s = json.load(open(f"{sys.argv[1]}/folds/{run}/summary.json"))
+    print(f"[result] {run}: OOF accuracy {s['cv_accuracy']:.4f}, with TTA {s['tta']}: {s['cv_accuracy_tta']:.4f}, "
+          f"training {s['seconds']:.0f} s over 5 folds")
 PY
 ls -la "$WORK/submissions"

@@ -123,10 +123,10 @@ def main(argv=None) -> int:
         timers = {"bare": bare_timer(config, images, labels, args.steps, args.warmup),
                   "pipeline": pipeline_timer(config, images, labels, args.steps, args.warmup)}
         # Alternate the two and keep each one's best: other load on the machine hits both alike.
-        best = {name: timer() for name, timer in timers.items()}
+        best = {kind: timer() for kind, timer in timers.items()}
         for _ in range(args.repeats - 1):
-            for name, timer in timers.items():
-                best[name] = min(best[name], timer())
+            for kind, timer in timers.items():
+                best[kind] = min(best[kind], timer())
         bare, pipeline = (args.steps * config.batch_size / best[k] for k in ("bare", "pipeline"))
         set_precision("float32")
         rows.append({"model": name, "bare_img_s": round(bare, 1), "pipeline_img_s": round(pipeline, 1),

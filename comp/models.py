@@ -274,12 +274,12 @@ FAST_TRAINING = dict(
 
 
 @register("fast", "speedrun net: frozen patch whitening + Conv-BN-GELU 64/256/256, SGD, label smoothing",
-          epochs=12, **FAST_TRAINING)
+          epochs=16, **FAST_TRAINING)
 def build_fast(config, input_shape, num_classes, sample_images=None):
     return _build_fast(config, input_shape, num_classes, sample_images, (64, 256, 256), 2, "fast")
 
 
 @register("fast-large", "wider, deeper fast (128/384/384, 3 convs per group) for the top of the leaderboard",
-          epochs=30, **FAST_TRAINING)
+          epochs=32, **FAST_TRAINING)
 def build_fast_large(config, input_shape, num_classes, sample_images=None):
     return _build_fast(config, input_shape, num_classes, sample_images, (128, 384, 384), 3, "fast-large")
