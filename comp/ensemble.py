@@ -1,0 +1,409 @@
+"""`comp ensemble`: blend finished runs into a leaderboard CSV, scored on out-of-fold rows.
+
+    comp ensemble                          every finished run that fits the data, best method
+    comp ensemble --runs a,b --method weights --out final.csv
+
+Within a run, the test probabilities are the mean of its K fold models. Across runs:
+    mean      arithmetic mean of the runs' probabilities
+    geomean   geometric mean (mean of log-probabilities, renormalised)
+    vote      majority of the runs' labels; ties go to the highest mean probability
+    weights   a weighted mean, the weights fitted on the out-of-fold (OOF) predictions by greedy
+              ensemble selection (Caruana et al. 2004): non-negative, summing to 1
+    auto      (default) mean or weights, whichever scores better on OOF rows the weights were
+              not fitted on (see choose_method)
+
+Runs are only combined when their OOF predictions are comparable row for row: same data
+(fingerprint), class list, fold split and train rows. Runs from pretrained weights (the
+transfer track) are refused: these competitions forbid pretrained weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .console import console, info, warn
+from .context import add_data_options, workspace_from
+from .errors import CompError
+from .predict import (Run, accuracy, finished_runs, load_full_dataset, load_run, log_loss, oof_probs,
+                      require_finished, test_probs)
+from .tta import AVERAGES, DEFAULT_AVERAGE, parse_policy, prediction_tag
+
+METHODS = ("auto", "mean", "geomean", "vote", "weights")
+# Greedy selection adds one run (with replacement) per round, so weights are multiples of
+# 1/GREEDY_ROUNDS: fine enough to matter, coarse enough not to chase noise in the OOF rows.
+GREEDY_ROUNDS = 25
+# The weights' honest score: fit on all OOF rows but one part, score on that part, for each of
+# CHECK_PARTS parts. Five parts leave 80% of the rows for each fit, as K-fold training does.
+CHECK_PARTS = 5
+CHECK_SEED = 0
+PROB_FLOOR = 1e-7  # log of a zero probability would be -inf in geomean and log-loss
+
+
+# -- which runs ------------------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """A run as an ensemble member: its predictions for one TTA tag."""
+
+    run: Run
+    tag: str
+    oof: np.ndarray  # (OOF rows, classes)
+    test: np.ndarray  # (test images, classes): mean of the fold models
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+
+def split_identity(run: Run) -> str:
+    """What says two runs used the same folds: comp train's folds_hash.
+
+    A comp transfer study has its own split (no folds_hash); its folds' val_rows.npy say which
+    row was in which fold, so two studies can still be compared with each other.
+    """
+    if run.provenance.get("folds_hash"):
+        return run.provenance["folds_hash"]
+    import hashlib
+
+    parts = [np.load(run.fold_dir(k) / "val_rows.npy").astype(np.int64) for k in range(run.k)
+             if (run.fold_dir(k) / "val_rows.npy").exists()]
+    digest = hashlib.sha1(b"".join(np.sort(p).tobytes() + b"|" for p in parts)).hexdigest()[:12]
+    return f"study-{digest}"
+
+
+def refuse_pretrained(runs: list[Run], allow: bool) -> None:
+    if allow:
+        for run in (r for r in runs if r.pretrained):
+            warn(f"{run.name}: made from pretrained weights, included because of --allow-pretrained; "
+                 "a submission with it breaks the no-pretrained-weights rule")
+        return
+    bad = [r.name for r in runs if r.pretrained]
+    if bad:
+        raise CompError(
+            f"{', '.join(bad)}: made from pretrained weights (config.json says \"pretrained\": true); these "
+            "competitions forbid pretrained weights, so a submission must not use them. Drop them from --runs "
+            "(--allow-pretrained only for a private experiment)"
+        )
+
+
+def check_compatible(runs: list[Run], dataset) -> None:
+    """Every run against the data and the first run; CompError naming the runs and the reason."""
+    for run in runs:
+        if run.fingerprint != dataset.fingerprint:
+            raise CompError(
+                f"{run.name}: trained on other data (fingerprint {run.fingerprint}) than {dataset.data_dir} "
+                f"({dataset.fingerprint}); its test predictions belong to another test set. Pass --data with "
+                "its folder, or leave it out of --runs"
+            )
+    first = runs[0]
+    for run in runs[1:]:
+        if run.classes != first.classes:
+            raise CompError(
+                f"cannot combine {first.name} and {run.name}: different class lists ({len(first.classes or [])} vs "
+                f"{len(run.classes or [])} classes); column i of their probabilities means different classes"
+            )
+        if split_identity(run) != split_identity(first):
+            raise CompError(
+                f"cannot combine {first.name} and {run.name}: different fold splits ({split_identity(first)} vs "
+                f"{split_identity(run)}); their out-of-fold predictions are not comparable row for row, so the "
+                "blend's OOF score would not be honest. Retrain one of them on the current folds/folds.csv"
+            )
+        if not np.array_equal(run.oof_rows(), first.oof_rows()):
+            raise CompError(
+                f"cannot combine {first.name} and {run.name}: different train rows ({len(first.oof_rows()):,} vs "
+                f"{len(run.oof_rows()):,}; another --limit); their OOF predictions cover different images"
+            )
+
+
+def default_runs(workspace, dataset, rows: np.ndarray | None) -> list[Run]:
+    """Finished runs under folds/ on this data, the largest group that shares a split and rows.
+
+    Runs on other data, pretrained runs and runs on another split or --limit are left out with a
+    note; among several groups, the one on the current folds/folds.csv is preferred. `rows`
+    (from --limit) keeps only the runs trained on exactly those rows.
+    """
+    from .fileio import read_json
+
+    runs = finished_runs(workspace)
+    candidates = []
+    for run in runs:
+        if run.pretrained:
+            warn(f"{run.name}: made from pretrained weights; left out (pass it in --runs with --allow-pretrained)")
+        elif run.fingerprint != dataset.fingerprint:
+            info(f"{run.name}: trained on other data; left out")
+        elif rows is not None and not np.array_equal(run.oof_rows(), rows):
+            info(f"{run.name}: trained on other rows than --limit {len(rows)}; left out")
+        else:
+            candidates.append(run)
+    if not candidates:
+        raise CompError(f"no finished run under {workspace.folds} fits {dataset.data_dir}"
+                        f"{' with --limit ' + str(len(rows)) if rows is not None else ''}; "
+                        "train one first (comp train --fold all)")
+    meta_path = workspace.folds / "folds.json"
+    current = read_json(meta_path).get("hash") if meta_path.exists() else None
+    groups: dict[tuple, list[Run]] = {}
+    for run in candidates:
+        groups.setdefault((split_identity(run), run.oof_rows().tobytes()), []).append(run)
+    best = max(groups.values(), key=lambda g: (split_identity(g[0]) == current, len(g), len(g[0].oof_rows())))
+    for group in groups.values():
+        if group is not best:
+            info(f"{', '.join(r.name for r in group)}: another split or --limit than "
+                 f"{', '.join(r.name for r in best)}; left out")
+    return best
+
+
+def limited_rows(args, dataset) -> np.ndarray | None:
+    """The train rows --limit selects (as comp train does), or None without --limit."""
+    from .data import limit_rows
+
+    return limit_rows(dataset.train_y, args.limit) if getattr(args, "limit", 0) else None
+
+
+def select_runs(args, workspace, dataset) -> list[Run]:
+    rows = limited_rows(args, dataset)
+    if args.runs in (None, "", "all"):
+        runs = default_runs(workspace, dataset, rows)
+    else:
+        names = [n.strip() for n in args.runs.split(",") if n.strip()]
+        if len(set(names)) != len(names):
+            raise CompError(f"--runs {args.runs}: a run is named twice")
+        runs = [load_run(workspace, n) for n in names]
+        refuse_pretrained(runs, args.allow_pretrained)  # before anything else: the rule, not a detail
+        for run in runs:
+            require_finished(run)
+            if rows is not None and not np.array_equal(run.oof_rows(), rows):
+                raise CompError(f"{run.name}: trained on other rows than --limit {args.limit}; "
+                                "drop --limit or the run")
+    check_compatible(runs, dataset)
+    return runs
+
+
+def member_tag(run: Run, tta: str | None, average: str) -> str:
+    """--tta for every run, else each run's own policy (the one its augmentation taught)."""
+    if run.pretrained or "provenance" not in run.config:
+        return ""  # study runs write plain predictions only
+    return prediction_tag(parse_policy(tta or run.tta), average)
+
+
+def load_members(runs: list[Run], tta: str | None, average: str) -> list[Member]:
+    members = []
+    for run in runs:
+        tag = member_tag(run, tta, average)
+        oof, test = oof_probs(run, tag).astype(np.float64), test_probs(run, tag).astype(np.float64)
+        members.append(Member(run, tag, oof, test))
+    return members
+
+
+# -- combining -------------------------------------------------------------------------------
+
+
+def blend_mean(probs: list[np.ndarray], weights: np.ndarray | None = None) -> np.ndarray:
+    weights = np.full(len(probs), 1 / len(probs)) if weights is None else weights
+    return np.tensordot(weights, np.stack(probs), axes=1)
+
+
+def blend_geomean(probs: list[np.ndarray]) -> np.ndarray:
+    logs = np.log(np.clip(np.stack(probs), PROB_FLOOR, 1)).mean(axis=0)
+    out = np.exp(logs - logs.max(axis=1, keepdims=True))
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def blend_vote(probs: list[np.ndarray]) -> np.ndarray:
+    """Vote shares; the mean probability (scaled below one vote) breaks ties."""
+    stack = np.stack(probs)
+    votes = np.zeros(stack.shape[1:])
+    for p in stack:
+        votes[np.arange(len(p)), p.argmax(1)] += 1
+    return (votes + stack.mean(axis=0) * 0.5) / (len(probs) + 0.5)
+
+
+def blend(method: str, probs: list[np.ndarray], weights: np.ndarray | None = None) -> np.ndarray:
+    if method == "geomean":
+        return blend_geomean(probs)
+    if method == "vote":
+        return blend_vote(probs)
+    return blend_mean(probs, weights if method == "weights" else None)
+
+
+# -- fitting weights -------------------------------------------------------------------------
+
+
+def _score(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Accuracy first (the leaderboard's metric); log-loss breaks ties between equal accuracies."""
+    return accuracy(probs, labels), -log_loss(probs, labels)
+
+
+def fit_weights(oofs: list[np.ndarray], labels: np.ndarray, rounds: int = GREEDY_ROUNDS) -> np.ndarray:
+    """Greedy ensemble selection with replacement; weights = how often each run was picked.
+
+    Round one picks the best single run, and the best prefix of rounds is returned, so the
+    blend never scores below the best single run on the rows it was fitted on.
+    """
+    counts = np.zeros(len(oofs))
+    total = np.zeros_like(oofs[0])
+    best_score, best_counts = None, None
+    for step in range(1, rounds + 1):
+        scores = [_score((total + p) / step, labels) for p in oofs]
+        pick = max(range(len(oofs)), key=lambda i: scores[i])  # tuples: accuracy, then loss
+        counts[pick] += 1
+        total += oofs[pick]
+        if best_score is None or scores[pick] > best_score:
+            best_score, best_counts = scores[pick], counts.copy()
+    return best_counts / best_counts.sum()
+
+
+def checked_weights_accuracy(oofs: list[np.ndarray], labels: np.ndarray) -> float:
+    """OOF accuracy of fitted weights on rows they were not fitted on (CHECK_PARTS-fold).
+
+    Fitting weights on the same rows that score them flatters them, most with few rows; this
+    is the number to compare with the plain mean, which fits nothing.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    parts = min(CHECK_PARTS, int(np.bincount(labels).min()))
+    if parts < 2:
+        return float("nan")
+    blended = np.zeros_like(oofs[0])
+    splitter = StratifiedKFold(parts, shuffle=True, random_state=CHECK_SEED)
+    for fit_rows, check_rows in splitter.split(labels, labels):
+        weights = fit_weights([p[fit_rows] for p in oofs], labels[fit_rows])
+        blended[check_rows] = blend_mean([p[check_rows] for p in oofs], weights)
+    return accuracy(blended, labels)
+
+
+def choose_method(mean_accuracy: float, checked_accuracy: float) -> str:
+    """auto: fitted weights only when they beat the mean on rows they were not fitted on.
+
+    Ties go to the mean: it fits nothing, so its OOF score is already honest.
+    """
+    return "weights" if checked_accuracy > mean_accuracy else "mean"
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def members_table(members: list[Member], labels: np.ndarray, weights: np.ndarray | None):
+    from rich.table import Table
+
+    table = Table(title=f"runs: out-of-fold score on {len(labels):,} rows")
+    for column in ("run", "model", "TTA", "OOF accuracy", "OOF log-loss", "weight"):
+        table.add_column(column, justify="left" if column in ("run", "model", "TTA") else "right")
+    for i, m in enumerate(members):
+        tta = (m.tag.lstrip(".") or "none")
+        weight = f"{weights[i]:.3f}" if weights is not None else "-"
+        table.add_row(m.name, str(m.run.config.get("model", m.run.config.get("backbone", "?"))), tta,
+                      f"{accuracy(m.oof, labels):.4f}", f"{log_loss(m.oof, labels):.4f}", weight)
+    return table
+
+
+def default_out_name() -> str:
+    return f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+
+
+@dataclass
+class Blend:
+    """The chosen way of combining the members, with its out-of-fold evidence."""
+
+    method: str
+    weights: np.ndarray | None  # per member for mean and weights; None for geomean and vote
+    fitted: np.ndarray  # the fitted weights (used when method is "weights")
+    scores: dict  # OOF accuracy of every method on all rows (weights: on the rows they were fitted on)
+    checked: float  # OOF accuracy of the weights on rows they were not fitted on
+
+    @property
+    def accuracy(self) -> float:
+        return self.scores[self.method]
+
+
+def decide_blend(members: list[Member], labels: np.ndarray, requested: str) -> Blend:
+    """Fit weights, score every method on OOF rows, and pick --method (or auto's choice)."""
+    oofs = [m.oof for m in members]
+    fitted = fit_weights(oofs, labels) if len(members) > 1 else np.ones(1)
+    scores = {name: accuracy(blend(name, oofs, fitted), labels) for name in ("mean", "geomean", "vote", "weights")}
+    checked = checked_weights_accuracy(oofs, labels) if len(members) > 1 else scores["weights"]
+    method = requested if requested != "auto" else choose_method(scores["mean"], checked)
+    weights = {"weights": fitted, "mean": np.full(len(members), 1 / len(members))}.get(method)
+    return Blend(method, weights, fitted, scores, checked)
+
+
+def explain_blend(choice: Blend, requested: str, rows: int) -> None:
+    info("ensemble OOF accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in choice.scores.items())
+         + f"; weights on rows they were not fitted on: {choice.checked:.4f}")
+    if requested == "auto":
+        info(f"method: [bold]{choice.method}[/bold] (auto: weights only if they beat the mean on rows they were "
+             f"not fitted on: {choice.checked:.4f} vs {choice.scores['mean']:.4f})")
+    elif choice.method == "weights" and choice.checked < choice.scores["mean"]:
+        warn(f"the fitted weights scored {choice.checked:.4f} on rows they were not fitted on, below the plain "
+             f"mean ({choice.scores['mean']:.4f}): with {rows:,} rows they likely fit noise; --method mean is safer")
+
+
+def index_entry(workspace, out: Path, members: list[Member], choice: Blend, rows: int, fingerprint: str) -> dict:
+    """The row submissions/index.csv keeps about this submission."""
+    return {
+        "file": str(out.relative_to(workspace.root)) if out.is_relative_to(workspace.root) else str(out),
+        "runs": ";".join(m.name for m in members),
+        "weights": ";".join(f"{w:.3f}" for w in choice.weights) if choice.weights is not None else "",
+        "method": choice.method,
+        "tta": ";".join((m.tag.lstrip(".") or "none") for m in members),
+        "oof_accuracy": f"{choice.accuracy:.4f}",
+        "oof_rows": rows,
+        "fingerprint": fingerprint,
+    }
+
+
+def run(args) -> int:
+    from .submission import append_index, submission_frame, write_submission
+
+    workspace = workspace_from(args)
+    started = time.time()
+    out = workspace.submission_path(args.out or default_out_name()).expanduser().resolve()
+    if out.exists() and not args.force:  # say so now, not after the work
+        raise CompError(f"{out}: already exists; choose another --out, or pass --force to replace it")
+    # 1. The runs: named, or every finished one that fits the data; refused when not comparable.
+    candidates = finished_runs(workspace) if args.runs in (None, "", "all") else \
+        [load_run(workspace, n.strip()) for n in args.runs.split(",") if n.strip()]
+    dataset = load_full_dataset(args, candidates)
+    runs = select_runs(args, workspace, dataset)
+    # 2. Their predictions: OOF rows (to score and fit) and test images (to submit).
+    members = load_members(runs, args.tta, args.tta_average)
+    labels = dataset.train_y[runs[0].oof_rows()]
+    # 3. How to combine them, decided on the OOF rows.
+    choice = decide_blend(members, labels, args.method)
+    console.print(members_table(members, labels, choice.weights))
+    explain_blend(choice, args.method, len(labels))
+    # 4. The CSV, checked, and its line in the history.
+    predicted = blend(choice.method, [m.test for m in members], choice.fitted).argmax(1)
+    frame = submission_frame(dataset.submission, dataset.classes, predicted)
+    write_submission(out, frame, dataset.submission, dataset.classes, force=args.force)
+    index = append_index(workspace, index_entry(workspace, out, members, choice, len(labels), dataset.fingerprint))
+    best_single = max(accuracy(m.oof, labels) for m in members)
+    info(f"wrote {out}: {len(frame):,} rows, method {choice.method}, OOF accuracy [bold]{choice.accuracy:.4f}[/bold] "
+         f"(best single run {best_single:.4f}); history: {index} ({time.time() - started:.0f}s)")
+    return 0
+
+
+def register(subparsers, parents) -> None:
+    from .submission import register_score
+
+    parser = subparsers.add_parser("ensemble", parents=parents,
+                                   help="blend finished runs into a leaderboard CSV (scored on OOF rows)")
+    parser.add_argument("--runs", help="comma-separated run names under folds/ or paths (e.g. studies/x), or all "
+                                       "(default: every finished run that fits the data, split and rows)")
+    parser.add_argument("--out", help="CSV path; a bare name lands in submissions/ (default: ensemble-<time>.csv)")
+    parser.add_argument("--method", choices=METHODS, default="auto",
+                        help="how runs are combined (default: auto = mean or fitted weights, "
+                             "whichever scores better on held-out OOF rows)")
+    parser.add_argument("--tta", help="use every run's predictions with this TTA policy (default: each run's own)")
+    parser.add_argument("--tta-average", choices=AVERAGES, default=DEFAULT_AVERAGE,
+                        help=f"which averaged TTA predictions to use (default: {DEFAULT_AVERAGE})")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--allow-pretrained", action="store_true",
+                        help="accept runs made from pretrained weights (forbidden in these competitions)")
+    add_data_options(parser)  # --limit N: only runs trained with --limit N (the same rows)
+    parser.set_defaults(func=run)
+    register_score(subparsers, parents)

@@ -1,0 +1,214 @@
+"""`comp report`: what the runs so far are worth, and where the best one goes wrong.
+
+    folds/report/leaderboard.csv    every finished run: model, key settings, CV accuracy,
+                                    fold mean +- std, TTA gain, training time (also a table)
+    folds/report/confusion.png      confusion matrix and per-class accuracy, from OOF rows
+    folds/report/mistakes.png       the most confident OOF mistakes, true and predicted label
+
+The plots use the best run on the current data (highest CV accuracy with its TTA), or --run.
+Everything is read from run files; nothing is predicted again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .console import console, info
+from .context import workspace_from
+from .errors import CompError
+from .fileio import save_csv, save_figure
+from .predict import Run, accuracy, finished_runs, load_full_dataset, load_run, oof_probs, require_finished
+from .tta import prediction_tag
+
+MISTAKES_SHOWN = 24  # a 4x6 grid: enough to see a pattern, small enough to read the labels
+MISTAKES_COLUMNS = 6
+# Settings shown beside the score: the ones that most often explain a difference between runs.
+KEY_SETTINGS = ("epochs", "width", "augment", "lr", "schedule", "mixup", "tta")
+
+
+# -- the leaderboard ---------------------------------------------------------------------------
+
+
+def leaderboard_row(run: Run) -> dict:
+    summary = run.summary
+    plain = summary.get("cv_accuracy", float("nan"))
+    with_tta = summary.get("cv_accuracy_tta", plain)
+    return {
+        "run": run.name,
+        "model": run.config.get("model", ""),
+        **{key: run.config.get(key, "") for key in KEY_SETTINGS},
+        "rows": summary.get("rows", ""),
+        "cv_accuracy": round(plain, 4),
+        "cv_accuracy_tta": round(with_tta, 4),
+        "tta_gain": round(with_tta - plain, 4),
+        "fold_mean": round(summary.get("fold_accuracy_mean", float("nan")), 4),
+        "fold_std": round(summary.get("fold_accuracy_std", float("nan")), 4),
+        "seconds": round(summary.get("seconds", 0.0)),
+        "fingerprint": run.fingerprint,
+    }
+
+
+def leaderboard(runs: list[Run]) -> pd.DataFrame:
+    """One row per run, best first (by CV accuracy with the run's TTA)."""
+    frame = pd.DataFrame([leaderboard_row(r) for r in runs])
+    return frame.sort_values(["cv_accuracy_tta", "cv_accuracy"], ascending=False, ignore_index=True)
+
+
+def leaderboard_table(frame: pd.DataFrame, fingerprint: str | None):
+    from rich.table import Table
+
+    table = Table(title=f"leaderboard: {len(frame)} finished run(s), CV accuracy on out-of-fold rows")
+    for column in ("#", "run", "model", "settings", "rows", "CV acc", "folds mean ± std", "TTA", "CV acc TTA",
+                   "TTA gain", "time"):
+        table.add_column(column, justify="left" if column in ("run", "model", "settings", "TTA") else "right")
+    for i, r in frame.iterrows():
+        settings = f"{r['epochs']}ep w{r['width']} {r['augment']} lr {r['lr']} {r['schedule']}"
+        other = "" if r["fingerprint"] == fingerprint else " [dim](other data)[/dim]"
+        table.add_row(str(i + 1), f"{r['run']}{other}", str(r["model"]), settings, f"{r['rows']:,}",
+                      f"{r['cv_accuracy']:.4f}", f"{r['fold_mean']:.4f} ± {r['fold_std']:.4f}", str(r["tta"]),
+                      f"{r['cv_accuracy_tta']:.4f}", f"{r['tta_gain']:+.4f}", f"{r['seconds']:.0f}s")
+    return table
+
+
+# -- the plots ---------------------------------------------------------------------------------
+
+
+def best_oof(run: Run) -> tuple[np.ndarray, str]:
+    """The run's OOF probabilities with its TTA policy when written, else without."""
+    tag = prediction_tag(run.tta) if "provenance" in run.config else ""
+    if not (run.path / f"oof_probs{tag}.npy").exists():
+        tag = ""
+    return oof_probs(run, tag), (tag.lstrip(".") or "none")
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    per_class = np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)  # rows sum to 1: recall view
+    size = max(4.0, 0.45 * n + 2)
+    fig, (ax_matrix, ax_bars) = plt.subplots(1, 2, figsize=(size * 2, size), gridspec_kw={"width_ratios": [1.2, 1]})
+    ax_matrix.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:  # beyond that the numbers overlap; the colours still tell
+        for t in range(n):
+            for p in range(n):
+                ax_matrix.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=7,
+                               color="white" if rates[t, p] > 0.5 else "black")
+    ticks = range(n) if n <= 40 else []
+    ax_matrix.set_xticks(list(ticks), [classes[i] for i in ticks], rotation=90, fontsize=7)
+    ax_matrix.set_yticks(list(ticks), [classes[i] for i in ticks], fontsize=7)
+    ax_matrix.set_xlabel("predicted")
+    ax_matrix.set_ylabel("true")
+    ax_matrix.set_title("confusion (counts; colour = share of the true class)")
+    order = np.argsort(per_class)
+    ax_bars.barh(range(n), per_class[order], color="tab:blue")
+    ax_bars.set_yticks(range(n), [classes[i] for i in order], fontsize=7)
+    ax_bars.axvline(np.trace(counts) / max(counts.sum(), 1), color="tab:red", ls="--", label="overall")
+    ax_bars.set_xlim(0, 1)
+    ax_bars.set_title("accuracy per class (worst at the bottom)")
+    ax_bars.legend(loc="lower right")
+    fig.suptitle(title)
+    save_figure(path, fig)
+    plt.close(fig)
+    return path
+
+
+def confident_mistakes(probs: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """Positions of wrong predictions, most confident first."""
+    wrong = np.flatnonzero(probs.argmax(1) != labels)
+    return wrong[np.argsort(-probs[wrong].max(1))][:count]
+
+
+def plot_mistakes(images: np.ndarray, probs: np.ndarray, labels: np.ndarray, classes: list[str],
+                  title: str, path: Path, count: int = MISTAKES_SHOWN) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = confident_mistakes(probs, labels, count)
+    cols = MISTAKES_COLUMNS
+    rows = max(1, -(-len(chosen) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.2), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), chosen):
+        ax.imshow(images[i])
+        predicted = probs[i].argmax()
+        ax.set_title(f"true {classes[labels[i]]}\npred {classes[predicted]} {probs[i, predicted]:.2f}", fontsize=7)
+    fig.suptitle(f"{title}: {len(chosen)} most confident mistakes" if len(chosen) else f"{title}: no mistakes")
+    save_figure(path, fig)
+    plt.close(fig)
+    return path
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def pick_run(args, workspace, runs: list[Run], board: pd.DataFrame, fingerprint: str) -> Run:
+    if args.run:
+        run = load_run(workspace, args.run)
+        require_finished(run)
+        return run
+    fitting = board[board["fingerprint"] == fingerprint]
+    if fitting.empty:
+        raise CompError(f"no finished run on the current data ({fingerprint}); pass --run or --data")
+    return next(r for r in runs if r.name == fitting.iloc[0]["run"])
+
+
+def run(args) -> int:
+    workspace = workspace_from(args)
+    out_dir = Path(args.out).expanduser() if args.out else workspace.folds / "report"
+    runs = finished_runs(workspace)
+    if not runs and not args.run:
+        raise CompError(f"no finished run under {workspace.folds}; train one first (comp train --fold all)")
+    chosen_hint = [load_run(workspace, args.run)] if args.run else runs
+    dataset = load_full_dataset(args, chosen_hint, prefer_recorded=bool(args.run))
+    board = leaderboard(runs) if runs else pd.DataFrame(columns=["run", "fingerprint"])
+    if runs:
+        console.print(leaderboard_table(board, dataset.fingerprint))
+        save_csv(out_dir / "leaderboard.csv", board)
+        info(f"leaderboard: {out_dir / 'leaderboard.csv'}")
+
+    best = pick_run(args, workspace, runs, board, dataset.fingerprint)
+    if best.fingerprint != dataset.fingerprint:
+        raise CompError(f"{best.name}: trained on other data than {dataset.data_dir}; pass --data with its folder")
+    probs, tta = best_oof(best)
+    rows = best.oof_rows()
+    labels = dataset.train_y[rows]
+    title = f"{best.name} (TTA {tta}, OOF accuracy {accuracy(probs, labels):.4f}, {len(rows):,} rows)"
+    counts = confusion(labels, probs.argmax(1), dataset.num_classes)
+    confusion_png = plot_confusion(counts, dataset.classes, title, out_dir / "confusion.png")
+    mistakes_png = plot_mistakes(dataset.train_x[rows], probs, labels, dataset.classes, best.name,
+                                 out_dir / "mistakes.png", args.mistakes)
+    per_class = np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
+    worst = np.argsort(per_class)[:3]
+    info(f"{title}\nweakest classes: " + ", ".join(f"{dataset.classes[c]} {per_class[c]:.3f}" for c in worst))
+    info(f"plots: {confusion_png}, {mistakes_png}")
+    return 0
+
+
+def register(subparsers, parents) -> None:
+    parser = subparsers.add_parser("report", parents=parents,
+                                   help="leaderboard of runs, confusion matrix and confident mistakes (PNG)")
+    parser.add_argument("--run", help="plot this run (name under folds/ or a path) instead of the best")
+    parser.add_argument("--out", help="output folder (default: folds/report)")
+    parser.add_argument("--mistakes", type=int, default=MISTAKES_SHOWN,
+                        help=f"how many confident mistakes to show (default: {MISTAKES_SHOWN})")
+    parser.add_argument("--data", help="competition folder (default: the one the runs were trained on)")
+    parser.add_argument("--skip-bad", action="store_true", help="as given to comp train, if it was")
+    parser.set_defaults(func=run)

@@ -1,0 +1,250 @@
+"""comp ensemble and comp score on the demo set: the CSV's shape, refusals, weights, history."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.cli import main
+
+TRAIN = ["--model", "baseline", "--epochs", "2", "--folds", "3", "--limit", "300", "--width", "0.5", "--quiet"]
+
+
+def shared_runs(tmp_path_factory) -> Path:
+    """Demo data and two tiny finished runs (a: no augmentation, b: flips -> TTA flip).
+
+    Trained once per test session and shared by test_ensemble, test_predict and test_report
+    through the session's base temp folder; tests that change files work on a copy.
+    """
+    root = tmp_path_factory.getbasetemp() / "shared-runs"
+    if not (root / "done").exists():
+        from comp.demo import write_demo
+
+        shutil.rmtree(root, ignore_errors=True)
+        write_demo(root / "demo")
+        for name, augment in (("a", "none"), ("b", "flip")):
+            code = main(["train", "--data", str(root / "demo"), "--workdir", str(root / "work"),
+                         *TRAIN, "--augment", augment, "--name", name])
+            assert code == 0
+        (root / "done").touch()
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> Path:
+    return shared_runs(tmp_path_factory)
+
+
+@pytest.fixture
+def work(shared, tmp_path) -> Path:
+    """A private copy of the trained workdir (comp.toml points at the shared demo data)."""
+    copy = tmp_path / "work"
+    shutil.copytree(shared / "work", copy)
+    return copy
+
+
+def ensemble(work: Path, *extra: str) -> int:
+    return main(["ensemble", "--workdir", str(work), "--quiet", *extra])
+
+
+def edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        target = data["provenance"] if key in ("fingerprint", "folds_hash", "classes") else data
+        target[key] = value
+    path.write_text(json.dumps(data))
+
+
+def clone_run(work: Path, source: str, name: str, into: str = "folds") -> Path:
+    destination = work / into / name
+    shutil.copytree(work / "folds" / source, destination)
+    return destination
+
+
+# -- the CSV ---------------------------------------------------------------------------------
+
+
+def test_bare_ensemble_writes_the_sample_shape(shared, work):
+    assert ensemble(work, "--out", "first.csv") == 0
+    out = work / "submissions" / "first.csv"
+    sample = pd.read_csv(shared / "demo" / "sample_submission.csv", dtype=str)
+    written = pd.read_csv(out, dtype=str)
+    assert list(written.columns) == list(sample.columns)
+    assert written["id"].tolist() == sample["id"].tolist()  # same ids, same order
+    assert written["target"].str.fullmatch(r"\d").all()  # int targets, as the sample has
+    assert not written.isna().any().any()
+    index = pd.read_csv(work / "submissions" / "index.csv")
+    assert len(index) == 1 and index.loc[0, "runs"] == "a;b"
+    assert index.loc[0, "file"].endswith("first.csv")
+
+
+def test_no_overwrite_without_force_and_index_grows(work, capsys):
+    assert ensemble(work, "--out", "x.csv", "--method", "mean") == 0
+    assert ensemble(work, "--out", "x.csv", "--method", "mean") == 2
+    assert "already exists" in capsys.readouterr().err
+    assert ensemble(work, "--out", "x.csv", "--method", "vote", "--force") == 0
+    assert ensemble(work) == 0  # default name: ensemble-<time>.csv
+    index = pd.read_csv(work / "submissions" / "index.csv")
+    assert index["method"].tolist()[:2] == ["mean", "vote"]
+    assert len(index) == 3
+    assert len(list((work / "submissions").glob("ensemble-*.csv"))) == 1
+
+
+@pytest.mark.parametrize("method", ["mean", "geomean", "vote", "weights"])
+def test_every_method_writes_a_valid_csv(work, method):
+    assert ensemble(work, "--runs", "a,b", "--method", method, "--out", f"{method}.csv") == 0
+    index = pd.read_csv(work / "submissions" / "index.csv")
+    assert index.loc[0, "method"] == method
+    if method in ("mean", "weights"):
+        weights = [float(w) for w in index.loc[0, "weights"].split(";")]
+        assert min(weights) >= 0 and sum(weights) == pytest.approx(1, abs=2e-3)
+
+
+def test_class_name_targets(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from comp.demo import write_competition
+
+    digits = load_digits()
+    images = np.repeat(np.repeat((digits.images * 15).astype(np.uint8), 4, 1), 4, 2)  # 32x32 grey
+    images = np.stack([images] * 3, axis=-1)
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    data = write_competition(tmp_path / "named", images[:240], digits.target[:240], names,
+                             images[240:290], digits.target[240:290], target_kind="name")
+    work = tmp_path / "w"
+    assert main(["train", "--data", str(data), "--workdir", str(work), *TRAIN, "--limit", "0", "--name", "n"]) == 0
+    assert ensemble(work, "--out", "named.csv") == 0
+    written = pd.read_csv(work / "submissions" / "named.csv", dtype=str)
+    sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
+    assert written["id"].tolist() == sample["id"].tolist()
+    assert set(written["target"]) <= set(names)
+    assert main(["score", str(work / "submissions" / "named.csv"), "--answers", str(data / "answers.csv")]) == 0
+
+
+def test_int_targets_use_the_class_name_when_numeric():
+    from comp.submission import target_values
+
+    assert target_values(["3", "10", "7"], "int") == [3, 10, 7]  # folder 10 means target 10
+    assert target_values(["cat", "dog"], "int") == [0, 1]
+    assert target_values(["cat", "dog"], "name") == ["cat", "dog"]
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("folds_hash", "000000000000", "different fold splits"),
+    ("classes", [str(i) for i in range(9)] + ["ten"], "different class lists"),
+    ("fingerprint", "0123456789abcdef", "other data"),
+])
+def test_refuses_incompatible_runs(work, capsys, key, value, words):
+    clone = clone_run(work, "a", "odd")
+    edit_json(clone / "config.json", **{key: value})
+    assert ensemble(work, "--runs", "a,odd", "--out", "o.csv") == 2
+    err = capsys.readouterr().err
+    assert words in err and "odd" in err
+    assert not (work / "submissions" / "o.csv").exists()
+
+
+def test_refuses_other_rows(work, capsys):
+    clone = clone_run(work, "a", "fewer")
+    np.save(clone / "oof_rows.npy", np.load(clone / "oof_rows.npy")[::-1].copy() + 1)
+    assert ensemble(work, "--runs", "a,fewer") == 2
+    assert "different train rows" in capsys.readouterr().err
+    assert ensemble(work, "--out", "default.csv") == 0  # the default leaves the odd run out
+    index = pd.read_csv(work / "submissions" / "index.csv")
+    assert "fewer" not in index.loc[0, "runs"]
+
+
+def test_limit_picks_the_runs_of_that_subsample(work, capsys):
+    assert ensemble(work, "--limit", "300", "--out", "l.csv") == 0  # how run.sh passes its arguments
+    assert ensemble(work, "--limit", "200") == 2
+    assert "--limit 200" in capsys.readouterr().err
+    assert ensemble(work, "--runs", "a", "--limit", "200") == 2
+    assert "other rows" in capsys.readouterr().err
+
+
+def test_refuses_pretrained_unless_allowed(work, capsys):
+    study = clone_run(work, "b", "x", into="studies")
+    edit_json(study / "config.json", pretrained=True)
+    assert ensemble(work, "--runs", "a,studies/x") == 2
+    err = capsys.readouterr().err
+    assert "studies/x" in err and "pretrained" in err and "forbid" in err
+    assert ensemble(work, "--runs", "a,studies/x", "--allow-pretrained", "--out", "p.csv") == 0
+
+
+def test_unknown_run_and_missing_tta_say_what_to_do(work, capsys):
+    assert ensemble(work, "--runs", "a,nope") == 2
+    assert "nope" in capsys.readouterr().err
+    assert ensemble(work, "--runs", "a,b", "--tta", "flip-shift") == 2
+    assert "comp predict --run a --tta flip-shift" in capsys.readouterr().err
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+
+def test_fitted_weights_are_a_simplex_and_beat_the_best_single_run():
+    from comp.ensemble import blend_mean, fit_weights
+    from comp.predict import accuracy
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 400)
+    runs = []
+    for noise in (1.0, 1.5, 3.0):  # three runs of different quality
+        logits = np.eye(5)[labels] * 2 + rng.normal(0, noise, (400, 5))
+        runs.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    weights = fit_weights(runs, labels)
+    assert (weights >= 0).all() and weights.sum() == pytest.approx(1)
+    best_single = max(accuracy(p, labels) for p in runs)
+    assert accuracy(blend_mean(runs, weights), labels) >= best_single
+
+
+def test_weights_on_real_runs_beat_the_best_single(shared):
+    from comp.ensemble import blend_mean, fit_weights
+    from comp.predict import accuracy, load_run, oof_probs
+    from comp.workspace import Workspace
+
+    workspace = Workspace(shared / "work")
+    runs = [load_run(workspace, n) for n in ("a", "b")]
+    labels = np.load(shared / "work" / "folds" / "a" / "oof_rows.npy")  # rows; labels come next
+    from comp.data import load_dataset
+
+    dataset = load_dataset(shared / "demo", workspace.cache)
+    labels = dataset.train_y[labels]
+    oofs = [oof_probs(r, t) for r, t in zip(runs, ("", ".flip"))]
+    weights = fit_weights(oofs, labels)
+    assert (weights >= 0).all() and weights.sum() == pytest.approx(1)
+    assert accuracy(blend_mean(oofs, weights), labels) >= max(accuracy(p, labels) for p in oofs)
+
+
+def test_geomean_and_vote():
+    from comp.ensemble import blend_geomean, blend_vote
+
+    p = [np.array([[0.6, 0.4]]), np.array([[0.6, 0.4]]), np.array([[0.1, 0.9]])]
+    assert blend_vote(p).argmax(1).tolist() == [0]  # two votes beat one confident vote
+    assert np.allclose(blend_geomean(p).sum(1), 1)
+    tie = [np.array([[0.51, 0.49]]), np.array([[0.2, 0.8]])]
+    assert blend_vote(tie).argmax(1).tolist() == [1]  # a tie goes to the higher mean probability
+
+
+# -- comp score --------------------------------------------------------------------------------
+
+
+def test_score_against_answers(shared, work, tmp_path, capsys):
+    answers = shared / "demo" / "answers.csv"
+    assert main(["score", str(answers), "--answers", str(answers)]) == 0
+    assert "accuracy 1.0000" in capsys.readouterr().out
+    assert ensemble(work, "--out", "s.csv") == 0
+    assert main(["score", str(work / "submissions" / "s.csv"), "--answers", str(answers)]) == 0
+    assert "accuracy 0." in capsys.readouterr().out
+    short = pd.read_csv(answers, dtype=str).iloc[:-3]
+    short.loc[0, "id"] = "9999"
+    short.to_csv(tmp_path / "short.csv", index=False)
+    assert main(["score", str(tmp_path / "short.csv"), "--answers", str(answers)]) == 2
+    err = capsys.readouterr().err
+    assert "4 answer id(s) missing" in err and "1 submission id(s) not in the answers" in err

@@ -1,0 +1,80 @@
+"""comp report: the leaderboard of runs, the confusion matrix and the confident mistakes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from comp.cli import main
+
+TRAIN = ["--model", "baseline", "--epochs", "2", "--folds", "3", "--limit", "300", "--width", "0.5", "--quiet"]
+
+
+def shared_runs(tmp_path_factory) -> Path:
+    """Same as tests/test_ensemble.py's: the first test file to need the runs trains them."""
+    root = tmp_path_factory.getbasetemp() / "shared-runs"
+    if not (root / "done").exists():
+        from comp.demo import write_demo
+
+        shutil.rmtree(root, ignore_errors=True)
+        write_demo(root / "demo")
+        for name, augment in (("a", "none"), ("b", "flip")):
+            code = main(["train", "--data", str(root / "demo"), "--workdir", str(root / "work"),
+                         *TRAIN, "--augment", augment, "--name", name])
+            assert code == 0
+        (root / "done").touch()
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> Path:
+    return shared_runs(tmp_path_factory)
+
+
+@pytest.fixture
+def work(shared, tmp_path) -> Path:
+    copy = tmp_path / "work"
+    shutil.copytree(shared / "work", copy)
+    return copy
+
+
+def test_report_writes_leaderboard_and_plots(work, capsys):
+    assert main(["report", "--workdir", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert "leaderboard" in out and "weakest classes" in out
+    report = work / "folds" / "report"
+    board = pd.read_csv(report / "leaderboard.csv")
+    assert sorted(board["run"]) == ["a", "b"]
+    assert board["cv_accuracy_tta"].is_monotonic_decreasing  # best first
+    for column in ("model", "epochs", "augment", "cv_accuracy", "fold_mean", "fold_std", "tta_gain", "seconds"):
+        assert column in board
+    assert board.set_index("run").loc["a", "tta_gain"] == 0  # run a has no TTA
+    for name in ("confusion.png", "mistakes.png"):
+        assert (report / name).stat().st_size > 1000
+
+
+def test_report_for_one_run_into_another_folder(work, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["report", "--workdir", str(work), "--run", "b", "--out", str(out), "--mistakes", "5"]) == 0
+    assert "b (TTA flip" in capsys.readouterr().out
+    assert (out / "confusion.png").exists() and (out / "mistakes.png").exists()
+
+
+def test_report_without_runs_says_so(tmp_path, capsys):
+    assert main(["report", "--workdir", str(tmp_path)]) == 2
+    assert "no finished run" in capsys.readouterr().err
+
+
+def test_confusion_counts_and_confident_mistakes():
+    from comp.report import confident_mistakes, confusion
+
+    labels = np.array([0, 0, 1, 2, 2])
+    predicted = np.array([0, 1, 1, 2, 0])
+    counts = confusion(labels, predicted, 3)
+    assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    probs = np.array([[0.9, 0.1, 0], [0.3, 0.7, 0], [0, 1, 0], [0, 0, 1], [0.95, 0, 0.05]])
+    assert confident_mistakes(probs, labels, 10).tolist() == [4, 1]  # wrong rows, most confident first
