@@ -1,7 +1,7 @@
 """Training throughput: comp's real train step against a bare jitted step, in one run.
 
 For each model, two numbers in images per second:
-  pipeline  what `comp train` runs: uint8 batches from ShuffledBatches through TrainingModel.fit,
+  pipeline  what `comp train` runs: uint8 batches (training_inputs) through TrainingModel.fit,
             with augmentation and mixup inside the compiled step
   bare      the plain net's train step (no augmentation, no mixing) on one batch already on the
             device, called in a loop: the ceiling for this model on this machine
@@ -30,7 +30,8 @@ keras = import_keras()
 import numpy as np  # noqa: E402
 
 from comp.config import build_config  # noqa: E402
-from comp.trainer import ShuffledBatches, build_training_model, make_optimizer, set_precision  # noqa: E402
+from comp.trainer import (build_training_model, compile_training_model, make_optimizer,  # noqa: E402
+                          set_precision, training_inputs)
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
@@ -44,17 +45,15 @@ def fake_cifar(rows: int, seed: int = 0):
 def pipeline_timer(config, images, labels, steps: int, warmup: int):
     """A function timing TrainingModel.fit over `steps` batches (compiled once, up front)."""
     model, _ = build_training_model(config, IMAGE_SHAPE, NUM_CLASSES, images, fold=0)
-    model.compile(optimizer=make_optimizer(config, steps),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  jit_compile={"auto": "auto", "on": True, "off": False}[config.jit])
+    compile_training_model(model, config, steps)
     rows = config.batch_size
-    model.fit(ShuffledBatches(images[:rows * warmup], labels[:rows * warmup], NUM_CLASSES, rows, seed=0),
-              epochs=1, verbose=0)
-    timed = ShuffledBatches(images[:rows * steps], labels[:rows * steps], NUM_CLASSES, rows, seed=1)
+    warm, _ = training_inputs(images[:rows * warmup], labels[:rows * warmup], NUM_CLASSES, rows, seed=0)
+    model.fit(**warm, epochs=1, verbose=0)
+    timed, _ = training_inputs(images[:rows * steps], labels[:rows * steps], NUM_CLASSES, rows, seed=1)
 
     def seconds() -> float:
         started = time.perf_counter()
-        history = model.fit(timed, epochs=1, verbose=0)  # the same compiled step: fit caches it
+        history = model.fit(**timed, epochs=1, verbose=0)  # the same compiled step: fit caches it
         float(history.history["loss"][-1])  # the epoch's logs are read back: every step has finished
         return time.perf_counter() - started
 

@@ -90,12 +90,10 @@ class RunConfig:
         from .augment import parse_presets
 
         parse_presets(self.augment, source)
-        from .tta import TTA_POLICIES, policy_for_augment
+        from .tta import parse_policy, policy_for_augment
 
-        if self.tta == "auto":
-            self.tta = policy_for_augment(self.augment)
-        if self.tta not in TTA_POLICIES:
-            raise CompError(f"{source}: tta = {self.tta!r}; choose one of {', '.join(TTA_POLICIES)}")
+        # A named policy (none, flip, flip-shift) or a custom list such as "flip,shift=1".
+        self.tta = policy_for_augment(self.augment) if self.tta == "auto" else parse_policy(self.tta)
         for key in ("epochs", "batch_size", "folds"):
             if getattr(self, key) < (2 if key == "folds" else 1):
                 raise CompError(f"{source}: {key} = {getattr(self, key)} is too small")

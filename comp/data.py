@@ -258,7 +258,7 @@ def _decode(path: Path):
         return None, None, None, f"{type(err).__name__}: {err}"
 
 
-def _decode_all(paths: list[Path], what: str) -> list:
+def decode_all(paths: list[Path], what: str) -> list:
     workers = min(8, (os.cpu_count() or 2) * 2)  # decoding releases the GIL; a few threads per core
     results = []
     with ThreadPoolExecutor(workers) as pool:
@@ -269,7 +269,7 @@ def _decode_all(paths: list[Path], what: str) -> list:
     return results
 
 
-def _stack(decoded: list, target_hw: tuple[int, int]) -> tuple[np.ndarray, int]:
+def stack_images(decoded: list, target_hw: tuple[int, int]) -> tuple[np.ndarray, int]:
     """Stack arrays, resizing those of another size; returns (array, how many were resized)."""
     from PIL import Image
 
@@ -286,8 +286,8 @@ def _stack(decoded: list, target_hw: tuple[int, int]) -> tuple[np.ndarray, int]:
 
 
 def decode_layout(layout: Layout, skip_bad: bool) -> dict:
-    train = _decode_all(layout.train_files, "train")
-    test = _decode_all(layout.test_files, "test")
+    train = decode_all(layout.train_files, "train")
+    test = decode_all(layout.test_files, "test")
     bad = [(p, r[3]) for p, r in zip([*layout.train_files, *layout.test_files], [*train, *test]) if r[0] is None]
     if bad and not skip_bad:
         path, reason = bad[0]
@@ -302,8 +302,8 @@ def decode_layout(layout: Layout, skip_bad: bool) -> dict:
     modes = Counter(r[1] for r in [*train, *test] if r[0] is not None)
     target_hw = sizes.most_common(1)[0][0]
     keep = np.array([r[0] is not None for r in train])
-    train_x, resized_train = _stack([r[0] for r, k in zip(train, keep) if k], target_hw)
-    test_x, resized_test = _stack([r[0] for r in test], target_hw)
+    train_x, resized_train = stack_images([r[0] for r, k in zip(train, keep) if k], target_hw)
+    test_x, resized_test = stack_images([r[0] for r in test], target_hw)
     resized = resized_train + resized_test
     if resized:
         warn(f"resized {resized} image(s) of other sizes to the most common size {target_hw[0]}x{target_hw[1]}")

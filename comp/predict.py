@@ -360,9 +360,9 @@ def list_images(folder: Path) -> list[Path]:
 
 def decode_images(paths: list[Path], image_shape: list[int], skip_bad: bool) -> tuple[np.ndarray, list[Path]]:
     """Decode as comp.data does (RGB, bilinear resize to the run's size); (array, paths kept)."""
-    from .data import _decode_all, _stack
+    from .data import decode_all, stack_images
 
-    decoded = _decode_all(paths, "new")
+    decoded = decode_all(paths, "new")
     bad = [(p, r[3]) for p, r in zip(paths, decoded) if r[0] is None]
     if bad and not skip_bad:
         raise CompError(f"{bad[0][0]}: unreadable image ({bad[0][1]}); remove it or pass --skip-bad")
@@ -371,7 +371,7 @@ def decode_images(paths: list[Path], image_shape: list[int], skip_bad: bool) -> 
     kept = [(p, r[0]) for p, r in zip(paths, decoded) if r[0] is not None]
     if not kept:
         raise CompError(f"{paths[0].parent}: none of its {len(paths)} image file(s) could be read")
-    images, _ = _stack([array for _, array in kept], tuple(image_shape[:2]))
+    images, _ = stack_images([array for _, array in kept], tuple(image_shape[:2]))
     return images, [p for p, _ in kept]
 
 

@@ -162,6 +162,20 @@ def _jit(config: RunConfig):
     return {"auto": "auto", "on": True, "off": False}[config.jit]
 
 
+# On TensorFlow (the CPU backend) each fit step is a Python call into a tf.function; running 8
+# steps per call amortises that overhead, worth ~10% for the small CNN. Callbacks then see every
+# 8th batch (only the progress bar uses batch hooks). JAX keeps 1: its GPU numbers were measured so.
+TF_STEPS_PER_EXECUTION = 8
+
+
+def compile_training_model(model: TrainingModel, config: RunConfig, steps_per_epoch: int) -> None:
+    """The one compile call for training (train_fold and the throughput benchmark share it)."""
+    steps_per_execution = TF_STEPS_PER_EXECUTION if keras.backend.backend() == "tensorflow" else 1
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile=_jit(config), steps_per_execution=steps_per_execution)
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 
 
@@ -311,9 +325,7 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
     try:
         model, net = build_training_model(config, train_x.shape[1:], num_classes, train_x, fold)
         training_data, steps = training_inputs(train_x, train_y, num_classes, config.batch_size, config.seed + fold)
-        model.compile(optimizer=make_optimizer(config, steps),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                      jit_compile=_jit(config))
+        compile_training_model(model, config, steps)
         val_onehot = np.eye(num_classes, dtype=np.float32)[val_y]
         model((val_x[:2], val_onehot[:2]))  # build every variable before loading a checkpoint
         state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "wait": 0, "history": []}
