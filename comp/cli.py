@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
 from .console import console, set_quiet
 from .context import add_global_options, import_keras, set_backend
 from .errors import CompError
+from .isolate import WORKER_ENV, die_with_parent
 
 # One module per stage; each registers its own commands.
 COMMAND_MODULES = ["comp.data_cli", "comp.train", "comp.tune", "comp.predict", "comp.ensemble",
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for stages that rerun a part in a child
+    if os.environ.get(WORKER_ENV):
+        die_with_parent()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -170,7 +171,13 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, prov: dict, force: bool) -
 
 
 def train_run(config: RunConfig, dataset, split: Split, workspace: Workspace, folds: list[int],
-              force: bool = False) -> dict:
+              force: bool = False, argv: list[str] | None = None) -> dict:
+    """Train the chosen folds (skipping finished ones) and summarise the run.
+
+    With `argv` (the command's own arguments) and TensorFlow, each fold runs in a child process
+    `comp <argv> --fold K`, so memory stays flat across folds (see comp.isolate).
+    """
+    from .isolate import WORKER_ENV, run_child, should_isolate
     from .progress import TrainingProgress
     from .trainer import train_fold
 
@@ -187,6 +194,12 @@ def train_run(config: RunConfig, dataset, split: Split, workspace: Workspace, fo
         if force:
             shutil.rmtree(fold_dir, ignore_errors=True)
         todo.append(fold)
+    if argv is not None and should_isolate() and todo:
+        for fold in todo:
+            code = run_child(argv, "--fold", str(fold))
+            if code != 0:
+                raise SystemExit(code)  # the child already said why
+        return summarize_run(run_dir, dataset, split)
     with TrainingProgress(len(todo), config.epochs) as progress:
         for fold in todo:
             train_pos, val_pos = split.rows(fold, dataset.rows)
@@ -196,6 +209,8 @@ def train_run(config: RunConfig, dataset, split: Split, workspace: Workspace, fo
                 fold_dir=run_dir / f"fold{fold}", test_x=dataset.test_x, progress=progress)
             progress.note(f"fold {fold}: val accuracy {result.val_accuracy:.4f} "
                           f"(best epoch {result.best_epoch}, {result.seconds:.0f}s)")
+    if os.environ.get(WORKER_ENV):
+        return {}  # a fold worker: the parent process summarises the run
     return summarize_run(run_dir, dataset, split)
 
 
@@ -284,7 +299,8 @@ def run(args) -> int:
     dataset = apply_limit(dataset, config.limit)
     started = time.time()
     folds = parse_fold_selection(args.fold, split.k)
-    train_run(config, dataset, split, workspace, folds, force=args.force)
-    info(f"done in {time.time() - started:.0f}s")
+    train_run(config, dataset, split, workspace, folds, force=args.force, argv=args.argv)
+    if not os.environ.get("COMP_WORKER"):
+        info(f"done in {time.time() - started:.0f}s")
     return 0
 

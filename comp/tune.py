@@ -42,6 +42,7 @@ from .context import add_data_options, data_dir_from, workspace_from
 from .data import Dataset, apply_limit, load_dataset
 from .errors import CompError
 from .fileio import save_csv, save_figure, write_json
+from .isolate import WORKER_ENV, run_child, should_isolate
 from .folds import Split
 from .models import model_defaults
 from .train import CONFIG_FLAGS, add_config_options, resolve_config, split_for
@@ -709,6 +710,25 @@ def finish(study, study_dir: Path, url: str) -> None:
 # -- the command ----------------------------------------------------------------------------------
 
 
+def run_trials_in_children(args, started: float) -> None:
+    """On TensorFlow, each trial runs as `comp <same arguments> --trials 1` (see comp.isolate).
+
+    The children share the study through its storage, exactly as workers on other machines do.
+    """
+    for _ in range(args.trials):
+        extra = ["--trials", "1"]
+        if args.timeout:
+            left = args.timeout - (time.time() - started)
+            if left <= 0:
+                break
+            extra += ["--timeout", f"{left:.0f}"]
+        code = run_child(args.argv, *extra)
+        if code == 130:
+            raise KeyboardInterrupt
+        if code != 0:
+            raise SystemExit(code)  # the child already said why
+
+
 def run(args) -> int:
     import optuna
 
@@ -733,23 +753,28 @@ def run(args) -> int:
     check_study(study, {"fingerprint": dataset.fingerprint, "folds_hash": split.hash, "folds": folds,
                         "model": space.base.model, "epochs": space.base.epochs, "limit": space.base.limit}, url)
     study_dir = workspace.folds / name
-    info(f"study [bold]{name}[/bold] in {display_url(url)}: {len(study.trials)} trials so far; this worker runs "
-         f"{args.trials} more{f' (or stops after {args.timeout:g}s)' if args.timeout else ''}, {space.base.model}, "
-         f"{space.base.epochs} epochs on fold{'s' if len(folds) > 1 else ''} {','.join(map(str, folds))} "
-         f"of {split.k}, {len(dataset.rows):,} rows")
-    print_space(space)
+    if not os.environ.get(WORKER_ENV):  # a one-trial worker prints only its trial
+        info(f"study [bold]{name}[/bold] in {display_url(url)}: {len(study.trials)} trials so far; this worker runs "
+             f"{args.trials} more{f' (or stops after {args.timeout:g}s)' if args.timeout else ''}, "
+             f"{space.base.model}, {space.base.epochs} epochs on fold{'s' if len(folds) > 1 else ''} "
+             f"{','.join(map(str, folds))} of {split.k}, {len(dataset.rows):,} rows")
+        print_space(space)
     search = Search(space, dataset, split, folds, current={})
     outcomes: list[str] = []
     started = time.time()
-    if args.trials:
+    if args.trials > 1 and should_isolate():
+        run_trials_in_children(args, started)
+    elif args.trials:
         try:
             study.optimize(lambda trial: objective(trial, search), n_trials=args.trials, timeout=args.timeout,
                            catch=(TrialFailed,), callbacks=[after_trial(search, study_dir, outcomes)],
-                           gc_after_trial=True)  # with train_fold's clear_session, memory stays flat
+                           gc_after_trial=True)
         except KeyboardInterrupt:
             requeue(study, search.current.get("number"))
             raise
     gc.collect()
+    if os.environ.get(WORKER_ENV):
+        return 0  # a one-trial worker: the parent process reports the study
     finish(study, study_dir, url)
     info(f"done in {time.time() - started:.0f}s")
     if outcomes and all(state == "FAIL" for state in outcomes):
