@@ -24,6 +24,7 @@ import difflib
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,7 +217,11 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int]):
     shape = (*size, 3)
     if weights == "imagenet":
         try:
-            return constructor(include_top=False, weights="imagenet", input_shape=shape, pooling="avg")
+            with warnings.catch_warnings():
+                # Keras warns that our (minimum) input size is not the one the weights were made at:
+                # known and intended, since images are upsampled to each backbone's minimum size.
+                warnings.simplefilter("ignore", UserWarning)
+                return constructor(include_top=False, weights="imagenet", input_shape=shape, pooling="avg")
         except Exception as err:  # urllib, ssl and hash-check errors all mean "could not get the file"
             raise download_error(backbone, err) from None
     base = constructor(include_top=False, weights=None, input_shape=shape, pooling="avg")
