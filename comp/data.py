@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .console import console, info, is_quiet, warn
+from .console import console, is_quiet, warn
 from .errors import CompError
 from .fileio import atomic_path, read_json, write_json
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .console import info
 from .errors import CompError
-from .fileio import atomic_path, save_csv
+from .fileio import save_csv
 
 DEMO_SIZE = 32  # upscale 8x8 digits to CIFAR's size, so every model preset applies unchanged
 DEMO_TEST_FRACTION = 0.2

@@ -120,7 +120,8 @@ def resolve_config(args, workspace: Workspace, fingerprint: str) -> RunConfig:
         best = latest_best_config(workspace, fingerprint)
         if best:
             file_values, source = read_json(best), str(best)
-            info(f"using the best parameters found by tune: {best}")
+            if not os.environ.get("COMP_WORKER"):  # said once by the parent, not by every fold worker
+                info(f"using the best parameters found by tune: {best}")
     if args.preset:
         file_values = {**PRESETS[args.preset], **(file_values or {})}
     return build_config(file_values, overrides, source)

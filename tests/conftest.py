@@ -59,3 +59,41 @@ def run_comp(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProc
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "comp", *map(str, args)], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+TRAIN_TWO_RUNS = ["--model", "baseline", "--epochs", "2", "--folds", "3", "--limit", "300", "--width", "0.5",
+                  "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> Path:
+    """Demo data and two tiny finished runs (a: no augmentation, b: flips -> TTA flip).
+
+    Trained once per test session and shared by the ensemble, predict and report tests; tests
+    that change files work on a copy (the `work` fixture).
+    """
+    import shutil
+
+    from comp.cli import main
+    from comp.demo import write_demo
+
+    root = tmp_path_factory.getbasetemp() / "shared-runs"
+    if not (root / "done").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        write_demo(root / "demo")
+        for name, augment in (("a", "none"), ("b", "flip")):
+            code = main(["train", "--data", str(root / "demo"), "--workdir", str(root / "work"),
+                         *TRAIN_TWO_RUNS, "--augment", augment, "--name", name])
+            assert code == 0
+        (root / "done").touch()
+    return root
+
+
+@pytest.fixture
+def work(shared, tmp_path) -> Path:
+    """A private copy of the trained workdir (comp.toml points at the shared demo data)."""
+    import shutil
+
+    copy = tmp_path / "work"
+    shutil.copytree(shared / "work", copy)
+    return copy

@@ -12,40 +12,7 @@ import pytest
 
 from comp.cli import main
 
-TRAIN = ["--model", "baseline", "--epochs", "2", "--folds", "3", "--limit", "300", "--width", "0.5", "--quiet"]
-
-
-def shared_runs(tmp_path_factory) -> Path:
-    """Demo data and two tiny finished runs (a: no augmentation, b: flips -> TTA flip).
-
-    Trained once per test session and shared by test_ensemble, test_predict and test_report
-    through the session's base temp folder; tests that change files work on a copy.
-    """
-    root = tmp_path_factory.getbasetemp() / "shared-runs"
-    if not (root / "done").exists():
-        from comp.demo import write_demo
-
-        shutil.rmtree(root, ignore_errors=True)
-        write_demo(root / "demo")
-        for name, augment in (("a", "none"), ("b", "flip")):
-            code = main(["train", "--data", str(root / "demo"), "--workdir", str(root / "work"),
-                         *TRAIN, "--augment", augment, "--name", name])
-            assert code == 0
-        (root / "done").touch()
-    return root
-
-
-@pytest.fixture(scope="session")
-def shared(tmp_path_factory) -> Path:
-    return shared_runs(tmp_path_factory)
-
-
-@pytest.fixture
-def work(shared, tmp_path) -> Path:
-    """A private copy of the trained workdir (comp.toml points at the shared demo data)."""
-    copy = tmp_path / "work"
-    shutil.copytree(shared / "work", copy)
-    return copy
+from .conftest import TRAIN_TWO_RUNS as TRAIN
 
 
 def ensemble(work: Path, *extra: str) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,35 +11,6 @@ import pytest
 
 from comp.cli import main
 
-TRAIN = ["--model", "baseline", "--epochs", "2", "--folds", "3", "--limit", "300", "--width", "0.5", "--quiet"]
-
-
-def shared_runs(tmp_path_factory) -> Path:
-    """Same as tests/test_ensemble.py's: the first test file to need the runs trains them."""
-    root = tmp_path_factory.getbasetemp() / "shared-runs"
-    if not (root / "done").exists():
-        from comp.demo import write_demo
-
-        shutil.rmtree(root, ignore_errors=True)
-        write_demo(root / "demo")
-        for name, augment in (("a", "none"), ("b", "flip")):
-            code = main(["train", "--data", str(root / "demo"), "--workdir", str(root / "work"),
-                         *TRAIN, "--augment", augment, "--name", name])
-            assert code == 0
-        (root / "done").touch()
-    return root
-
-
-@pytest.fixture(scope="session")
-def shared(tmp_path_factory) -> Path:
-    return shared_runs(tmp_path_factory)
-
-
-@pytest.fixture
-def work(shared, tmp_path) -> Path:
-    copy = tmp_path / "work"
-    shutil.copytree(shared / "work", copy)
-    return copy
 
 
 def test_repredict_with_a_custom_policy_measures_it_on_oof(work, capsys):
