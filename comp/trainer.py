@@ -202,8 +202,8 @@ def _find_checkpoint(fold_dir: Path) -> Path | None:
 
 
 def _load_checkpoint(checkpoint: Path, model: TrainingModel) -> dict:
+    model.optimizer.build(model.trainable_variables)  # before load_weights, which also fills the optimizer
     model.load_weights(checkpoint / "model.weights.h5")
-    model.optimizer.build(model.trainable_variables)
     with np.load(checkpoint / "optimizer.npz") as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     for variable, value in zip(model.optimizer.variables, values):
