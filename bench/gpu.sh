@@ -7,8 +7,14 @@
 #
 # What must travel with the repo (about 27 MB): the data tarball (default
 # .bench-data/cifar10-dacon.tar.xz) and cp312 wheels in .whl/ for keras, namex, optree, optuna,
-# alembic, colorlog, sqlalchemy, greenlet and mako (see bench/RESULTS.md for the download line).
-# Dry run on a CPU: PYTHON=.venv/bin/python bash bench/gpu.sh .bench-data/cifar10-dacon.tar.xz --limit 500 --epochs 1
+# alembic, colorlog, sqlalchemy, greenlet and mako, fetched on a machine with pip by:
+#   for p in keras namex optree optuna alembic colorlog sqlalchemy greenlet mako; do
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $p
+#   done
+# Dry run on a CPU (bf16 convolutions crawl on XLA's CPU backend, hence float32 and a thin net):
+#   PYTHON=.venv/bin/python bash bench/gpu.sh .bench-data/cifar10-dacon.tar.xz --limit 500 --epochs 1 \
+#     --precision float32 --width 0.25 --tta flip
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
