@@ -317,12 +317,17 @@ def tta_table(run: Run, policy: str, variants: dict):
     return table
 
 
-def run_predict_run(args) -> int:
+def open_finished_run(args):
+    """(workspace, run, TTA policy) for `comp predict --run R`; refuses unfinished or pretrained runs."""
     workspace = workspace_from(args)
     run = load_run(workspace, args.run)
     refuse_pretrained_predict(run)
     require_finished(run)
-    policy = parse_policy(args.tta or run.tta)
+    return workspace, run, parse_policy(args.tta or run.tta)
+
+
+def run_predict_run(args) -> int:
+    workspace, run, policy = open_finished_run(args)
     dataset = load_full_dataset(args, [run], prefer_recorded=True)
     check_same_data(run, dataset)
     split = load_split(run, dataset.train_y)
@@ -392,11 +397,7 @@ def default_images_out(workspace: Workspace, run: Run, folder: Path) -> Path:
 
 
 def run_predict_images(args) -> int:
-    workspace = workspace_from(args)
-    run = load_run(workspace, args.run)
-    refuse_pretrained_predict(run)
-    require_finished(run)
-    policy = parse_policy(args.tta or run.tta)
+    workspace, run, policy = open_finished_run(args)
     folder = Path(args.images).expanduser().resolve()
     images, paths = decode_images(list_images(folder), run.provenance["image_shape"], args.skip_bad)
     probs = predict_images(run, images, policy, args.tta_average)

@@ -102,3 +102,18 @@ def test_mixing_keeps_targets_on_the_simplex(mixup, cutmix):
     assert ((share >= 0) & (share <= 1)).all()
     same, unmixed = mix(images, targets, training=False)
     assert np.array_equal(keras.ops.convert_to_numpy(same), images)
+
+
+def test_augment_preview_writes_a_grid(tmp_path):
+    from comp.cli import main
+
+    from .conftest import make_competition
+
+    data = make_competition(tmp_path / "d", per_class=6)
+    out = tmp_path / "preview.png"
+    assert main(["data", "augment-preview", "--data", str(data), "--workdir", str(tmp_path / "w"),
+                 "--augment", "simple,cutout", "--mixup", "0.2", "--out", str(out), "--quiet"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.size[0] > 300 and image.size[1] > 200
