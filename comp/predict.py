@@ -26,11 +26,11 @@ from .context import workspace_from
 from .errors import CompError
 from .fileio import read_json, save_csv, save_npy, write_json
 from .folds import Split
+from .scoring import accuracy, log_loss  # noqa: F401  (ensemble imports them from here)
 from .tta import AVERAGES, DEFAULT_AVERAGE, average_views, parse_policy, predict_logits, prediction_tag
 from .workspace import Workspace
 
 PREDICT_BATCH = 256  # images per predict() call; memory-light on a CPU, still full on a GPU
-LOSS_FLOOR = 1e-7  # probabilities are clipped here before the log, as comp.train does
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -153,14 +153,6 @@ def test_probs(run: Run, tag: str = "") -> np.ndarray:
     if not all(p.exists() for p in paths):
         raise _missing_predictions(run, "test", tag)
     return np.mean([np.load(p) for p in paths], axis=0)
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float((probs.argmax(1) == labels).mean())
-
-
-def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], LOSS_FLOOR, 1)).mean())
 
 
 # -- data and split of a run ---------------------------------------------------------------

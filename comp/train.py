@@ -23,6 +23,7 @@ from .data import apply_limit, load_dataset
 from .errors import CompError
 from .fileio import read_json, save_npy, write_json
 from .folds import Split, ensure_split, parse_fold_selection
+from .scoring import accuracy, log_loss
 from .workspace import Workspace
 
 # Flags that override RunConfig fields: (field, type, help). Their defaults are None = "not given".
@@ -259,9 +260,9 @@ def write_oof(run_dir: Path, dataset, split: Split, config: dict, metrics: list[
     summary = {
         "run": run_dir.name,
         "model": config["model"],
-        "cv_accuracy": float((plain.argmax(1) == labels).mean()),
-        "cv_loss": float(-np.log(np.clip(plain[np.arange(len(labels)), labels], 1e-7, 1)).mean()),
-        "cv_accuracy_tta": float((oof[suffixes[-1]].argmax(1) == labels).mean()),
+        "cv_accuracy": accuracy(plain, labels),
+        "cv_loss": log_loss(plain, labels),
+        "cv_accuracy_tta": accuracy(oof[suffixes[-1]], labels),
         "tta": tta,
         "fold_accuracy_mean": float(fold_acc.mean()),
         "fold_accuracy_std": float(fold_acc.std()),

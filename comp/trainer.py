@@ -27,6 +27,7 @@ from .augment import make_augment_layer, make_mix_layer
 from .config import RunConfig
 from .fileio import atomic_path, read_json, save_csv, save_npy, write_json
 from .models import build_model
+from .scoring import accuracy as score_accuracy, log_loss
 from .tta import predict_probs
 
 # A checkpoint (weights + optimizer state, tens of MB for the big nets) is written at an epoch's
@@ -359,8 +360,7 @@ def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, secon
     batch = max(config.batch_size, 256)
     val_probs = {p: predict_probs(net, val_x, p, batch) for p in policies}
     plain = val_probs["none"]
-    accuracy = float((plain.argmax(1) == val_y).mean())
-    loss = float(-np.log(np.clip(plain[np.arange(len(val_y)), val_y], 1e-7, 1)).mean())
+    accuracy, loss = score_accuracy(plain, val_y), log_loss(plain, val_y)
     result = FoldResult(fold, accuracy, loss, state["best_epoch"], state["epoch"], seconds, val_probs.get(config.tta))
     if fold_dir is None:
         return result
@@ -369,7 +369,7 @@ def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, secon
     for policy, probs in val_probs.items():
         suffix = "" if policy == "none" else f".{policy}"
         save_npy(fold_dir / f"val_probs{suffix}.npy", probs.astype(np.float32))
-        metrics[f"val_accuracy{suffix}"] = float((probs.argmax(1) == val_y).mean())
+        metrics[f"val_accuracy{suffix}"] = score_accuracy(probs, val_y)
         if test_x is not None:
             save_npy(fold_dir / f"test_probs{suffix}.npy", predict_probs(net, test_x, policy, batch).astype(np.float32))
     plot_curves(state["history"], fold_dir / "curves.png", f"fold {fold}")

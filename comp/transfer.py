@@ -34,6 +34,7 @@ from .console import console, info
 from .context import add_data_options, dataset_from, workspace_from
 from .errors import CompError
 from .fileio import read_json, save_csv, save_figure, save_npy, write_json
+from .scoring import accuracy, log_loss
 
 DEFAULT_SEED = 42
 VAL_FRACTION = 0.2  # the holdout split: 80% train, 20% validation
@@ -375,13 +376,6 @@ def fit(model, dataset, train_rows, val_rows, epochs: int, batch_size: int, labe
             "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"], "epoch_seconds": seconds}
 
 
-def accuracy_and_loss(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy of predicted probabilities."""
-    eps = 1e-7  # keeps log() finite for a probability rounded to zero
-    picked = np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)
-    return float((probs.argmax(axis=1) == labels).mean()), float(-np.log(picked).mean())
-
-
 def start_model(seed: int) -> None:
     """Before each model: free the previous one's graph (memory stays flat) and reseed."""
     import keras
@@ -572,7 +566,8 @@ def finetune_fold(backbone: Backbone, dataset, split, args, weights: str, seed: 
     train_rows, val_rows = split
     val_probs = model.predict(dataset.train_x[val_rows], batch_size=args.batch_size, verbose=0)
     test_probs = model.predict(dataset.test_x, batch_size=args.batch_size, verbose=0)
-    val_accuracy, val_loss = accuracy_and_loss(val_probs, dataset.train_y[val_rows])
+    val_labels = dataset.train_y[val_rows]
+    val_accuracy, val_loss = accuracy(val_probs, val_labels), log_loss(val_probs, val_labels)
     metrics = {
         "val_accuracy": val_accuracy,
         "val_loss": val_loss,
