@@ -30,8 +30,8 @@ keras = import_keras()
 import numpy as np  # noqa: E402
 
 from comp.config import build_config  # noqa: E402
-from comp.trainer import (build_training_model, compile_training_model, make_optimizer,  # noqa: E402
-                          set_precision, training_inputs)
+from comp.trainer import (build_training_model, compile_training_model, jit_compile_setting,  # noqa: E402
+                          make_optimizer, set_precision, training_inputs)
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
@@ -67,7 +67,7 @@ def bare_timer(config, images, labels, steps: int, warmup: int):
     net = build_model(config, IMAGE_SHAPE, NUM_CLASSES, images)
     net.compile(optimizer=make_optimizer(config, steps),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                jit_compile={"auto": "auto", "on": True, "off": False}[config.jit])
+                jit_compile=jit_compile_setting(config))
     x = keras.ops.convert_to_tensor(images[:config.batch_size].astype("float32"))  # on the device once
     y = keras.ops.convert_to_tensor(labels[:config.batch_size])
     for _ in range(warmup):

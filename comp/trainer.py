@@ -159,7 +159,8 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int):
     return keras.optimizers.Adam(lr, weight_decay=decay, **ema)
 
 
-def _jit(config: RunConfig):
+def jit_compile_setting(config: RunConfig):
+    """RunConfig.jit (auto | on | off) as the value Model.compile takes."""
     return {"auto": "auto", "on": True, "off": False}[config.jit]
 
 
@@ -174,7 +175,7 @@ def compile_training_model(model: TrainingModel, config: RunConfig, steps_per_ep
     steps_per_execution = TF_STEPS_PER_EXECUTION if keras.backend.backend() == "tensorflow" else 1
     model.compile(optimizer=make_optimizer(config, steps_per_epoch),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  jit_compile=_jit(config), steps_per_execution=steps_per_execution)
+                  jit_compile=jit_compile_setting(config), steps_per_execution=steps_per_execution)
 
 
 # -- checkpoints -------------------------------------------------------------------------------
