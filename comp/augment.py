@@ -9,10 +9,14 @@ shift, rotation, zoom and crop at once, on the whole batch.
 Presets (comma-separated, composable):
     none        nothing
     flip        horizontal flip
+    alt-flip    alternating flip (airbench): each image is mirrored in every other epoch, so
+                any two consecutive epochs show it both ways instead of a coin flip each time
     simple      rotation +-30 deg, brightness 0.8-1.0, zoom 0.3, shift 0.2, flip (the classic
                 ImageDataGenerator settings of competition notebooks)
     flip-crop   pad-4 random crop + flip (the CIFAR standard)
+    alt-flip-crop  pad-4 random crop + alternating flip (the fast nets' default)
     cutout      a random square of half the image side set to zero
+    crop=N      a pad-N random crop (e.g. "alt-flip,crop=2", airbench94's 2-px translation)
 """
 
 from __future__ import annotations
@@ -28,22 +32,36 @@ PRESETS: dict[str, dict] = {
     "flip": {"flip": True},
     "simple": {"flip": True, "rotation": 30.0, "zoom": 0.3, "shift": 0.2, "brightness": (0.8, 1.0)},
     "flip-crop": {"flip": True, "crop_pad": 4},
+    "alt-flip": {"flip": "alternate"},
+    "alt-flip-crop": {"flip": "alternate", "crop_pad": 4},
     "cutout": {"cutout": 0.5},
 }
 
 
+MAX_CROP_PAD = 8  # px; a pad-8 crop already hides a quarter of a 32-px image
+
+
 def parse_presets(text: str, source: str = "augment") -> dict:
-    """Merge comma-separated presets into one parameter dict."""
+    """Merge comma-separated presets into one parameter dict; `crop=N` sets a pad-N random crop."""
     params: dict = {}
     for name in [p.strip() for p in (text or "none").split(",") if p.strip()]:
+        pad = name.removeprefix("crop=")
+        if name.startswith("crop=") and pad.isdigit() and 1 <= int(pad) <= MAX_CROP_PAD:
+            params["crop_pad"] = int(pad)
+            continue
         if name not in PRESETS:
-            raise CompError(f"{source}: augmentation preset {name!r} unknown; choose from {', '.join(PRESETS)}")
+            raise CompError(f"{source}: augmentation preset {name!r} unknown; choose from {', '.join(PRESETS)} "
+                            f"or crop=N (N = 1..{MAX_CROP_PAD})")
         params.update(PRESETS[name])
     return params
 
 
-def make_augment_layer(preset: str, seed: int):
-    """A Keras layer applying the preset to float images (0..255) when training=True."""
+def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
+    """A Keras layer applying the preset to float images (0..255) when training=True.
+
+    `steps_per_epoch` tells the alternating flip where epochs end: the layer counts its training
+    calls in a variable (saved with checkpoints), so it needs no callback and stays jittable.
+    """
     import keras
     from keras import ops
 
@@ -54,6 +72,21 @@ def make_augment_layer(preset: str, seed: int):
             super().__init__(**kwargs)
             self.params = params
             self.seed_generator = keras.random.SeedGenerator(seed)
+            if params.get("flip") == "alternate":
+                self.steps_seen = self.add_weight(shape=(), dtype="int32", initializer="zeros",
+                                                  trainable=False, name="steps_seen")
+
+        def _alternating_flip(self, images):
+            """+-1 per image: a fixed per-image coin, inverted in every odd epoch.
+
+            The coin is the parity of the image's pixel sum, a hash of its content: the same
+            image gets the same coin every epoch without carrying row ids through the pipeline.
+            Airbench flips a random half once and then everything in odd epochs; this is the same.
+            """
+            pixel_sum = ops.cast(ops.sum(images, axis=(1, 2, 3)), "int32")  # exact: < 2**24 for 32x32x3
+            epoch = ops.floor_divide(self.steps_seen, steps_per_epoch)
+            mirrored = ops.equal(ops.mod(pixel_sum + epoch, 2), 1)
+            return ops.where(mirrored, -1.0, 1.0)
 
         def _uniform(self, shape, low, high):
             return keras.random.uniform(shape, low, high, seed=self.seed_generator)
@@ -64,7 +97,12 @@ def make_augment_layer(preset: str, seed: int):
             batch = ops.shape(images)[0]
             height, width = images.shape[1], images.shape[2]
             ones = ops.ones((batch,))
-            flip = ops.where(self._uniform((batch,), 0, 1) < 0.5, -ones, ones) if p.get("flip") else ones
+            if p.get("flip") == "alternate":
+                flip = self._alternating_flip(images)
+            elif p.get("flip"):
+                flip = ops.where(self._uniform((batch,), 0, 1) < 0.5, -ones, ones)
+            else:
+                flip = ones
             angle = self._uniform((batch,), -1, 1) * (p.get("rotation", 0.0) * math.pi / 180.0)
             zoom = 1.0 + self._uniform((batch,), -1, 1) * p.get("zoom", 0.0)  # >1 zooms out
             shift_x = self._uniform((batch,), -1, 1) * p.get("shift", 0.0) * width
@@ -104,6 +142,8 @@ def make_augment_layer(preset: str, seed: int):
             p = self.params
             if any(p.get(k) for k in ("flip", "rotation", "zoom", "shift", "crop_pad")):
                 images = self._affine(images)
+            if p.get("flip") == "alternate":
+                self.steps_seen.assign(self.steps_seen + 1)
             if p.get("brightness"):
                 low, high = p["brightness"]
                 images = images * self._uniform((ops.shape(images)[0], 1, 1, 1), low, high)
@@ -192,7 +232,7 @@ def preview_grid(dataset, preset: str, mixup: float, cutmix: float, out_path, se
     chosen = rng.choice(len(dataset.train_x), size=rows, replace=False)
     images = dataset.train_x[chosen].astype("float32")
     targets = keras.ops.one_hot(dataset.train_y[chosen], dataset.num_classes)
-    augment = make_augment_layer(preset, seed)
+    augment = make_augment_layer(preset, seed)  # one step per "epoch": alternating flips alternate per column
     mix = make_mix_layer(mixup, cutmix, seed)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.25), squeeze=False)
     for c in range(cols):

@@ -37,12 +37,14 @@ class RunConfig:
     warmup_epochs: float = 0.0
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
+    bias_lr_scale: float = 1.0  # sgd only: learning-rate multiplier for BatchNorm biases (airbench: 64)
     ema: float = 0.0  # >0: keep an exponential moving average of weights with this momentum
+    lookahead: float = 0.0  # >0: airbench's lookahead averaging, per-step decay (0.95); see trainer
     label_smoothing: float = 0.0
     patience: int = 0  # early stopping on val accuracy; 0 = off
     keep: str = "best"  # best (epoch with best val accuracy) | last
     # Augmentation, on the device inside the train step.
-    augment: str = "none"  # comma-separated presets: none, simple, flip, flip-crop, cutout
+    augment: str = "none"  # comma-separated presets (comp.augment.PRESETS), e.g. flip-crop,cutout
     mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
     cutmix: float = 0.0  # Beta(alpha, alpha) box area; 0 = off
     # Test-time augmentation used for the predictions this run writes.
@@ -97,6 +99,16 @@ class RunConfig:
         for key in ("epochs", "batch_size", "folds"):
             if getattr(self, key) < (2 if key == "folds" else 1):
                 raise CompError(f"{source}: {key} = {getattr(self, key)} is too small")
+        if self.bias_lr_scale != 1.0 and self.optimizer != "sgd":
+            raise CompError(f"{source}: bias_lr_scale works with optimizer sgd only (Adam's steps ignore "
+                            "gradient scale); set it to 1 or use sgd")
+        if self.bias_lr_scale <= 0:
+            raise CompError(f"{source}: bias_lr_scale = {self.bias_lr_scale} must be > 0")
+        for key in ("ema", "lookahead"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise CompError(f"{source}: {key} = {getattr(self, key)} must be in [0, 1); 0 turns it off")
+        if self.ema and self.lookahead:
+            raise CompError(f"{source}: ema and lookahead are two ways to average weights; set one of them to 0")
         if isinstance(self.depth, int):
             self.depth = [self.depth]
 

@@ -148,15 +148,77 @@ def make_schedule(config: RunConfig, steps_per_epoch: int):
     return config.lr
 
 
+LOOKAHEAD_EVERY = 5  # airbench syncs every 5 steps: often enough to steady SGD, rare enough to be free
+
+
+def with_lookahead(optimizer_class, decay: float, total_steps: int):
+    """`optimizer_class` plus airbench's lookahead weight averaging.
+
+    Every LOOKAHEAD_EVERY steps the average moves toward the weights, then the weights jump
+    to the average: average <- keep*average + (1-keep)*weights; weights <- average, with
+    keep = decay**EVERY * progress**3, so early training runs free and the end is averaged
+    hardest. After the last step the weights are the last average (as airbench ends).
+
+    Built on the optimizer's own EMA slot (Keras stores, checkpoints and finalizes it) and
+    written without branches, so the same code runs inside a jitted step on every backend.
+    """
+
+    class Lookahead(optimizer_class):
+        def _update_model_variables_moving_average(self, trainable_variables):
+            step = ops.cast(self.iterations, "float32") + 1.0  # the step being applied, from 1
+            sync = ops.cast(ops.equal(ops.mod(step, LOOKAHEAD_EVERY), 0.0), "float32")
+            first_sync = ops.cast(ops.equal(step, float(LOOKAHEAD_EVERY)), "float32")
+            progress = ops.minimum(step / total_steps, 1.0)
+            keep = decay**LOOKAHEAD_EVERY * progress**3 * (1.0 - first_sync)  # the average starts as the weights
+            pull = sync * (1.0 - keep)
+            for var, average in zip(trainable_variables, self._model_variables_moving_average):
+                new_average = average + ops.cast(pull, var.dtype) * (var - average)
+                average.assign(new_average)
+                var.assign(var + ops.cast(sync, var.dtype) * (new_average - var))
+
+        def finalize_variable_values(self, var_list):
+            # Before the first sync the average is still empty (zeros): keep the weights.
+            if int(ops.convert_to_numpy(self.iterations)) >= LOOKAHEAD_EVERY:
+                super().finalize_variable_values(var_list)
+
+    return Lookahead
+
+
+def with_bias_lr_scale(optimizer_class, scale: float):
+    """`optimizer_class` whose steps on BatchNorm biases (variables named "beta") are `scale` times larger.
+
+    For SGD with momentum, scaling a variable's gradient is scaling its learning rate; decoupled
+    weight decay does not see the gradient, so biases still decay like every other weight.
+    This is airbench's bias_scaler: the nets have no other bias, and BN biases set the
+    activation thresholds, which must move much faster than the scale-free conv weights.
+    """
+
+    class BiasScaled(optimizer_class):
+        def _backend_update_step(self, grads, trainable_variables, learning_rate):
+            grads = [g * scale if v.name == "beta" else g for g, v in zip(grads, trainable_variables)]
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    return BiasScaled
+
+
 def make_optimizer(config: RunConfig, steps_per_epoch: int):
     lr = make_schedule(config, steps_per_epoch)
-    ema = {"use_ema": True, "ema_momentum": config.ema} if config.ema else {}
     decay = config.weight_decay or None
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=config.momentum, nesterov=True, weight_decay=decay, **ema)
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay or 1e-4, **ema)
-    return keras.optimizers.Adam(lr, weight_decay=decay, **ema)
+        optimizer_class, options = keras.optimizers.SGD, {"momentum": config.momentum, "nesterov": True}
+        if config.bias_lr_scale != 1.0:
+            optimizer_class = with_bias_lr_scale(optimizer_class, config.bias_lr_scale)
+    elif config.optimizer == "adamw":
+        optimizer_class, options = keras.optimizers.AdamW, {}
+        decay = config.weight_decay or 1e-4
+    else:
+        optimizer_class, options = keras.optimizers.Adam, {}
+    if config.lookahead:
+        optimizer_class = with_lookahead(optimizer_class, config.lookahead, config.epochs * steps_per_epoch)
+        options |= {"use_ema": True}
+    elif config.ema:
+        options |= {"use_ema": True, "ema_momentum": config.ema}
+    return optimizer_class(lr, weight_decay=decay, **options)
 
 
 def jit_compile_setting(config: RunConfig):
@@ -302,10 +364,11 @@ def set_precision(precision: str) -> None:
     keras.config.set_dtype_policy(PRECISION_POLICIES[precision])
 
 
-def build_training_model(config: RunConfig, image_shape, num_classes: int, sample_images, fold: int):
+def build_training_model(config: RunConfig, image_shape, num_classes: int, sample_images, fold: int,
+                         steps_per_epoch: int = 1):
     seed = config.seed * 1000 + fold  # distinct but reproducible random streams per fold
     net = build_model(config, image_shape, num_classes, sample_images)
-    augment = make_augment_layer(config.augment, seed)
+    augment = make_augment_layer(config.augment, seed, steps_per_epoch)
     mix = make_mix_layer(config.mixup, config.cutmix, seed + 1)
     augment.dtype_policy = keras.DTypePolicy("float32")  # augment in float32 even under bf16
     mix.dtype_policy = keras.DTypePolicy("float32")
@@ -325,8 +388,8 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
     set_precision(config.precision)
     started = time.time()
     try:
-        model, net = build_training_model(config, train_x.shape[1:], num_classes, train_x, fold)
         training_data, steps = training_inputs(train_x, train_y, num_classes, config.batch_size, config.seed + fold)
+        model, net = build_training_model(config, train_x.shape[1:], num_classes, train_x, fold, steps)
         compile_training_model(model, config, steps)
         val_onehot = np.eye(num_classes, dtype=np.float32)[val_y]
         model((val_x[:2], val_onehot[:2]))  # build every variable before loading a checkpoint

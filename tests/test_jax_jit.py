@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+from comp.augment import PRESETS
 from comp.models import MODELS
 
 from .conftest import REPO
@@ -50,8 +51,10 @@ CHECK = textwrap.dedent("""
 ALL_AUGMENTATION = {"augment": "simple,flip-crop,cutout", "mixup": 0.2, "cutmix": 1.0}
 CASES = (
     [{"model": name, **ALL_AUGMENTATION} for name in MODELS]
-    + [{"model": "baseline", "augment": preset} for preset in ("none", "flip", "simple", "flip-crop", "cutout")]
+    + [{"model": "baseline", "augment": preset} for preset in PRESETS]
     + [{"model": "baseline", "mixup": 0.2}, {"model": "baseline", "cutmix": 1.0}]
+    # The fast nets' own recipe: alternating flips (a step counter in the layer) and lookahead.
+    + [{"model": "fast"}, {"model": "baseline", "optimizer": "adam", "lookahead": 0.95}]
 )
 
 

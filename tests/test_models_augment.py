@@ -60,6 +60,31 @@ def test_flip_is_exact():
         assert np.allclose(augmented, original, atol=1e-3) or np.allclose(augmented, original[:, ::-1], atol=1e-3)
 
 
+def _mirrored(original, augmented) -> bool:
+    """True if augmented is the mirror image, False if it is the original; fails otherwise."""
+    if np.allclose(augmented, original, atol=1e-3):
+        return False
+    assert np.allclose(augmented, original[:, ::-1], atol=1e-3)
+    return True
+
+
+def test_alternating_flip_shows_each_image_both_ways_in_consecutive_epochs():
+    images = np.random.default_rng(2).integers(0, 256, (64, 16, 16, 3)).astype("float32")
+    layer = make_augment_layer("alt-flip", seed=0, steps_per_epoch=2)
+    # Four calls = two epochs of two steps: the same batch in both steps of an epoch.
+    orientations = []
+    for _ in range(4):
+        out = keras.ops.convert_to_numpy(layer(images, training=True))
+        orientations.append([_mirrored(a, b) for a, b in zip(images, out)])
+    first, same_epoch, second, _ = (np.array(o) for o in orientations)
+    assert np.array_equal(first, same_epoch)  # an image keeps its side within an epoch
+    assert np.array_equal(second, ~first)  # ... and shows the other side the next epoch
+    assert 16 < first.sum() < 48  # about half mirrored in the first epoch, not all or none
+    assert int(keras.ops.convert_to_numpy(layer.steps_seen)) == 4
+    layer(images, training=False)  # inference neither flips nor counts
+    assert int(keras.ops.convert_to_numpy(layer.steps_seen)) == 4
+
+
 def test_crop_shifts_by_whole_pixels_with_zero_fill():
     layer = make_augment_layer("flip-crop", seed=5)
     images = _batch()
@@ -86,6 +111,11 @@ def test_inference_is_untouched_and_presets_compose():
     assert parse_presets("simple,cutout")["cutout"] == 0.5
     with pytest.raises(CompError, match="unknown"):
         parse_presets("flip,spin")
+    assert parse_presets("alt-flip,crop=2") == {"flip": "alternate", "crop_pad": 2}
+    assert parse_presets("flip-crop,crop=3")["crop_pad"] == 3  # later parts win
+    for bad in ("crop=0", "crop=two", "crop=99"):
+        with pytest.raises(CompError, match="crop=N"):
+            parse_presets(bad)
 
 
 @pytest.mark.parametrize("mixup,cutmix", [(0.2, 0.0), (0.0, 1.0), (0.4, 1.0)])
@@ -117,3 +147,19 @@ def test_augment_preview_writes_a_grid(tmp_path):
 
     with Image.open(out) as image:
         assert image.size[0] > 300 and image.size[1] > 200
+
+
+def test_fast_convs_start_as_identity_on_their_first_channels():
+    config = build_config({}, {"model": "fast", "width": 0.25})
+    net = build_model(config, (16, 16, 3), 10)
+    convs = [l for l in net.layers if isinstance(l, keras.layers.Conv2D) and l.name != "whiten"]
+    assert len(convs) == 6
+    for conv in convs:
+        kernel = conv.get_weights()[0]
+        n = min(kernel.shape[2], kernel.shape[3])
+        identity = np.zeros(kernel.shape[:3] + (n,), np.float32)
+        identity[1, 1, np.arange(n), np.arange(n)] = 1.0
+        assert np.array_equal(kernel[..., :n], identity)
+        rest = kernel[..., n:]
+        # The other filters keep PyTorch's default init, U(+-1/sqrt(fan_in)).
+        assert rest.size == 0 or 0 < np.abs(rest).max() <= 1 / np.sqrt(9 * kernel.shape[2])

@@ -1,0 +1,83 @@
+"""The optimiser pieces of the train step: lookahead averaging and what a checkpoint keeps."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from comp.config import build_config
+from comp.errors import CompError
+from comp.trainer import (LOOKAHEAD_EVERY, _load_checkpoint, _save_checkpoint, build_training_model,
+                          compile_training_model, make_optimizer, training_inputs)
+
+
+def _apply_constant_gradient(optimizer, variable, steps: int) -> list[float]:
+    values = []
+    for _ in range(steps):
+        optimizer.apply([keras.ops.ones((1,))], [variable])
+        values.append(float(keras.ops.convert_to_numpy(variable)[0]))
+    return values
+
+
+def test_lookahead_pulls_the_weights_to_their_average_every_few_steps():
+    total = 2 * LOOKAHEAD_EVERY
+    config = build_config({}, {"model": "baseline", "optimizer": "sgd", "momentum": 0.0, "lr": 0.1,
+                               "schedule": "constant", "lookahead": 0.9, "epochs": total})
+    variable = keras.Variable(np.zeros(1, np.float32))
+    optimizer = make_optimizer(config, steps_per_epoch=1)
+    optimizer.build([variable])
+    values = _apply_constant_gradient(optimizer, variable, total)
+    # Plain SGD until the first sync, where the average starts as the weights themselves.
+    assert values[:LOOKAHEAD_EVERY] == pytest.approx([-0.1 * (i + 1) for i in range(LOOKAHEAD_EVERY)])
+    # At the last step (progress 1) the average keeps decay**EVERY of its old value.
+    keep = 0.9**LOOKAHEAD_EVERY
+    expected = keep * values[LOOKAHEAD_EVERY - 1] + (1 - keep) * (-0.1 * total)
+    assert values[-1] == pytest.approx(expected, abs=1e-6)
+    assert values[-2] == pytest.approx(values[LOOKAHEAD_EVERY - 1] - 0.1 * (LOOKAHEAD_EVERY - 1))
+
+
+def test_weight_averaging_options_are_checked():
+    with pytest.raises(CompError, match="two ways"):
+        build_config({}, {"model": "baseline", "ema": 0.99, "lookahead": 0.95})
+    with pytest.raises(CompError, match="lookahead"):
+        build_config({}, {"model": "baseline", "lookahead": 1.5})
+    assert build_config({}, {"model": "fast"}).lookahead == 0.95
+
+
+def test_fit_ends_on_the_average_and_a_checkpoint_keeps_the_flip_counter(tmp_path):
+    config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 16, "epochs": 2})
+    assert config.augment == "alt-flip-crop"
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 96)
+    data, steps = training_inputs(images, labels, 3, config.batch_size, 0)
+    model, _ = build_training_model(config, images.shape[1:], 3, images, 0, steps)
+    compile_training_model(model, config, steps)
+    model.fit(**data, epochs=config.epochs, verbose=0)
+    averages = model.optimizer._model_variables_moving_average
+    assert all(np.array_equal(keras.ops.convert_to_numpy(w.value), keras.ops.convert_to_numpy(a.value))
+               for w, a in zip(model.trainable_variables, averages))
+    assert int(keras.ops.convert_to_numpy(model.augment.steps_seen)) == 2 * steps
+
+    _save_checkpoint(tmp_path, model, {"epoch": 2})
+    fresh, _ = build_training_model(config, images.shape[1:], 3, images, 0, steps)
+    compile_training_model(fresh, config, steps)
+    fresh((images[:2], np.eye(3, dtype=np.float32)[labels[:2]]))
+    assert _load_checkpoint(tmp_path / "checkpoint", fresh)["epoch"] == 2
+    assert int(keras.ops.convert_to_numpy(fresh.augment.steps_seen)) == 2 * steps  # resumes mid-alternation
+    assert all(np.array_equal(keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value))
+               for a, b in zip(fresh.optimizer._model_variables_moving_average, averages))
+
+
+def test_bias_lr_scale_moves_batchnorm_biases_faster():
+    config = build_config({}, {"model": "fast", "momentum": 0.0, "lr": 0.01, "schedule": "constant",
+                               "weight_decay": 0.0, "lookahead": 0.0, "bias_lr_scale": 64})
+    beta = keras.Variable(np.zeros(2, np.float32), name="beta")
+    kernel = keras.Variable(np.zeros(2, np.float32), name="kernel")
+    optimizer = make_optimizer(config, steps_per_epoch=1)
+    optimizer.build([beta, kernel])
+    optimizer.apply([keras.ops.ones((2,)), keras.ops.ones((2,))], [beta, kernel])
+    assert keras.ops.convert_to_numpy(kernel) == pytest.approx([-0.01, -0.01])
+    assert keras.ops.convert_to_numpy(beta) == pytest.approx([-0.64, -0.64])
+    with pytest.raises(CompError, match="sgd only"):
+        build_config({}, {"model": "baseline", "optimizer": "adam", "bias_lr_scale": 64})
