@@ -58,7 +58,8 @@ MAX_RETRY = 3  # a trial killed this often is given up: its parameters likely ki
 LR_SPAN = 10  # the learning rate is searched from a tenth to ten times the config's, on a log scale
 BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048)
 MIN_STEPS_PER_EPOCH = 4  # a batch larger than a quarter of the train rows leaves an epoch too few steps
-AUGMENT_CHOICES = ["none", "flip", "flip-crop", "simple", "flip-crop,cutout"]
+# alt-flip-crop: the fast nets' own default (alternating flips), searched for every model.
+AUGMENT_CHOICES = ["none", "flip", "flip-crop", "alt-flip-crop", "simple", "flip-crop,cutout", "alt-flip-crop,cutout"]
 MEDIAN_STARTUP_TRIALS = 5  # the median pruner waits for this many finished trials: a median of fewer is noise
 PRUNE_WARMUP_STEPS = 1  # and never judges the first epoch, which says little about the last
 STORAGE_ATTEMPTS = 5  # workers starting together on a new database race to create its tables; retry
