@@ -28,7 +28,7 @@ from .config import RunConfig
 from .fileio import atomic_path, read_json, save_csv, save_npy, write_json
 from .models import build_model
 from .scoring import accuracy as score_accuracy, log_loss
-from .tta import predict_probs
+from .tta import average_views, predict_logits
 
 # A checkpoint (weights + optimizer state, tens of MB for the big nets) is written at an epoch's
 # end once this many seconds passed since the last one: a kill loses at most this much work,
@@ -418,11 +418,22 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
     return result
 
 
+def _probs_by_policy(net, images, policy: str, batch: int) -> dict[str, np.ndarray]:
+    """Probabilities as is ("none") and with the run's TTA policy, from one pass over the views.
+
+    The first view of every policy is the image as is, so the plain prediction is its slice.
+    """
+    view_logits = predict_logits(net, images, policy, batch)
+    probs = {"none": average_views(view_logits[:1])}
+    if policy != "none":
+        probs[policy] = average_views(view_logits)
+    return probs
+
+
 def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, seconds) -> FoldResult:
     """Predict validation rows (and test) with the kept model; write the artifacts; metrics last."""
-    policies = ["none"] if config.tta == "none" else ["none", config.tta]
     batch = max(config.batch_size, 256)
-    val_probs = {p: predict_probs(net, val_x, p, batch) for p in policies}
+    val_probs = _probs_by_policy(net, val_x, config.tta, batch)
     plain = val_probs["none"]
     accuracy, loss = score_accuracy(plain, val_y), log_loss(plain, val_y)
     result = FoldResult(fold, accuracy, loss, state["best_epoch"], state["epoch"], seconds, val_probs.get(config.tta))
@@ -430,12 +441,13 @@ def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, secon
         return result
     metrics = {"fold": fold, "val_accuracy": accuracy, "val_loss": loss, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"], "seconds": round(seconds, 2), "val_rows": len(val_y)}
+    test_probs = _probs_by_policy(net, test_x, config.tta, batch) if test_x is not None else {}
     for policy, probs in val_probs.items():
         suffix = "" if policy == "none" else f".{policy}"
         save_npy(fold_dir / f"val_probs{suffix}.npy", probs.astype(np.float32))
         metrics[f"val_accuracy{suffix}"] = score_accuracy(probs, val_y)
-        if test_x is not None:
-            save_npy(fold_dir / f"test_probs{suffix}.npy", predict_probs(net, test_x, policy, batch).astype(np.float32))
+        if policy in test_probs:
+            save_npy(fold_dir / f"test_probs{suffix}.npy", test_probs[policy].astype(np.float32))
     plot_curves(state["history"], fold_dir / "curves.png", f"fold {fold}")
     write_json(fold_dir / "metrics.json", metrics)  # written last: its presence means "fold done"
     for name in ("checkpoint", "checkpoint.old", "checkpoint.new"):
