@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from . import __version__
 from .console import console, set_quiet
 from .context import add_global_options, import_keras, set_backend
 from .errors import CompError
-from .isolate import WORKER_ENV, die_with_parent
+from .isolate import INTERRUPTED_EXIT, die_with_parent, is_worker
 
 # One module per stage; each registers its own commands.
 COMMAND_MODULES = ["comp.data_cli", "comp.train", "comp.tune", "comp.predict", "comp.ensemble",
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for stages that rerun a part in a child
-    if os.environ.get(WORKER_ENV):
+    if is_worker():
         die_with_parent()
     if not getattr(args, "func", None):
         parser.print_help()
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: everything written so far is consistent; rerun the same command to resume",
               file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
     return result if isinstance(result, int) else 0
 
 

@@ -16,13 +16,19 @@ import sys
 
 WORKER_ENV = "COMP_WORKER"  # set in children: they run in-process
 OFF_ENV = "COMP_NO_ISOLATE"  # set to 1 to keep everything in one process (e.g. for profiling)
+INTERRUPTED_EXIT = 130  # what comp exits with on Ctrl-C (128 + SIGINT, the shell's convention)
+TRIAL_FAILED_EXIT = 3  # a tune worker whose trial failed: said, and the study goes on
+
+
+def is_worker() -> bool:
+    """True in a child started by run_child: it trains in-process and leaves reporting to its parent."""
+    return bool(os.environ.get(WORKER_ENV))
 
 
 def should_isolate() -> bool:
     import keras
 
-    return keras.backend.backend() == "tensorflow" and not os.environ.get(WORKER_ENV) \
-        and not os.environ.get(OFF_ENV)
+    return keras.backend.backend() == "tensorflow" and not is_worker() and not os.environ.get(OFF_ENV)
 
 
 def die_with_parent() -> None:
@@ -42,6 +48,15 @@ def die_with_parent() -> None:
 
 
 def run_child(argv: list[str], *extra: str) -> int:
-    """Run `comp <argv> <extra>` as a worker; returns its exit code (output goes to ours)."""
+    """Run `comp <argv> <extra>` as a worker (its output goes to ours).
+
+    Ctrl-C in the worker is Ctrl-C here, and any other failure stops this command with the
+    worker's exit code (the worker already said why). Returns 0, or TRIAL_FAILED_EXIT.
+    """
     env = {**os.environ, WORKER_ENV: "1"}
-    return subprocess.run([sys.executable, "-m", "comp", *argv, *extra], env=env).returncode
+    code = subprocess.run([sys.executable, "-m", "comp", *argv, *extra], env=env).returncode
+    if code == INTERRUPTED_EXIT:
+        raise KeyboardInterrupt
+    if code not in (0, TRIAL_FAILED_EXIT):
+        raise SystemExit(code)
+    return code

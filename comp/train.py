@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from .data import apply_limit, load_dataset
 from .errors import CompError
 from .fileio import read_json, save_npy, write_json
 from .folds import Split, ensure_split, parse_fold_selection
+from .isolate import is_worker, run_child, should_isolate
 from .scoring import accuracy, log_loss
 from .workspace import Workspace
 
@@ -123,7 +123,7 @@ def resolve_config(args, workspace: Workspace, fingerprint: str) -> RunConfig:
         best = latest_best_config(workspace, fingerprint)
         if best:
             file_values, source = read_json(best), str(best)
-            if not os.environ.get("COMP_WORKER"):  # said once by the parent, not by every fold worker
+            if not is_worker():  # said once by the parent, not by every fold worker
                 info(f"using the best parameters found by tune: {best}")
     if args.preset:
         file_values = {**PRESETS[args.preset], **(file_values or {})}
@@ -181,7 +181,6 @@ def train_run(config: RunConfig, dataset, split: Split, workspace: Workspace, fo
     With `argv` (the command's own arguments) and TensorFlow, each fold runs in a child process
     `comp <argv> --fold K`, so memory stays flat across folds (see comp.isolate).
     """
-    from .isolate import WORKER_ENV, run_child, should_isolate
     from .progress import TrainingProgress
     from .trainer import train_fold
 
@@ -200,9 +199,7 @@ def train_run(config: RunConfig, dataset, split: Split, workspace: Workspace, fo
         todo.append(fold)
     if argv is not None and should_isolate() and todo:
         for fold in todo:
-            code = run_child(argv, "--fold", str(fold))
-            if code != 0:
-                raise SystemExit(code)  # the child already said why
+            run_child(argv, "--fold", str(fold))
         return summarize_run(run_dir, dataset, split)
     with TrainingProgress(len(todo), config.epochs) as progress:
         for fold in todo:
@@ -213,7 +210,7 @@ def train_run(config: RunConfig, dataset, split: Split, workspace: Workspace, fo
                 fold_dir=run_dir / f"fold{fold}", test_x=dataset.test_x, progress=progress)
             progress.note(f"fold {fold}: val accuracy {result.val_accuracy:.4f} "
                           f"(best epoch {result.best_epoch}, {result.seconds:.0f}s)")
-    if os.environ.get(WORKER_ENV):
+    if is_worker():
         return {}  # a fold worker: the parent process summarises the run
     return summarize_run(run_dir, dataset, split)
 
@@ -304,7 +301,7 @@ def run(args) -> int:
     started = time.time()
     folds = parse_fold_selection(args.fold, split.k)
     train_run(config, dataset, split, workspace, folds, force=args.force, argv=args.argv)
-    if not os.environ.get("COMP_WORKER"):
+    if not is_worker():
         info(f"done in {time.time() - started:.0f}s")
     return 0
 

@@ -42,7 +42,7 @@ from .context import add_data_options, data_dir_from, workspace_from
 from .data import Dataset, apply_limit, load_dataset
 from .errors import CompError
 from .fileio import save_csv, save_figure, write_json
-from .isolate import WORKER_ENV, run_child, should_isolate
+from .isolate import TRIAL_FAILED_EXIT, is_worker, run_child, should_isolate
 from .folds import Split
 from .models import model_defaults
 from .train import CONFIG_FLAGS, add_config_options, resolve_config, split_for
@@ -711,11 +711,13 @@ def finish(study, study_dir: Path, url: str) -> None:
 # -- the command ----------------------------------------------------------------------------------
 
 
-def run_trials_in_children(args, started: float) -> None:
+def run_trials_in_children(args, started: float) -> list[str]:
     """On TensorFlow, each trial runs as `comp <same arguments> --trials 1` (see comp.isolate).
 
     The children share the study through its storage, exactly as workers on other machines do.
+    Returns "FAIL" or "DONE" per child, as the in-process callback records trial states.
     """
+    outcomes = []
     for _ in range(args.trials):
         extra = ["--trials", "1"]
         if args.timeout:
@@ -723,11 +725,8 @@ def run_trials_in_children(args, started: float) -> None:
             if left <= 0:
                 break
             extra += ["--timeout", f"{left:.0f}"]
-        code = run_child(args.argv, *extra)
-        if code == 130:
-            raise KeyboardInterrupt
-        if code != 0:
-            raise SystemExit(code)  # the child already said why
+        outcomes.append("FAIL" if run_child(args.argv, *extra) == TRIAL_FAILED_EXIT else "DONE")
+    return outcomes
 
 
 def run(args) -> int:
@@ -754,7 +753,7 @@ def run(args) -> int:
     check_study(study, {"fingerprint": dataset.fingerprint, "folds_hash": split.hash, "folds": folds,
                         "model": space.base.model, "epochs": space.base.epochs, "limit": space.base.limit}, url)
     study_dir = workspace.folds / name
-    if not os.environ.get(WORKER_ENV):  # a one-trial worker prints only its trial
+    if not is_worker():  # a one-trial worker prints only its trial
         info(f"study [bold]{name}[/bold] in {display_url(url)}: {len(study.trials)} trials so far; this worker runs "
              f"{args.trials} more{f' (or stops after {args.timeout:g}s)' if args.timeout else ''}, "
              f"{space.base.model}, {space.base.epochs} epochs on fold{'s' if len(folds) > 1 else ''} "
@@ -764,7 +763,7 @@ def run(args) -> int:
     outcomes: list[str] = []
     started = time.time()
     if args.trials > 1 and should_isolate():
-        run_trials_in_children(args, started)
+        outcomes = run_trials_in_children(args, started)
     elif args.trials:
         try:
             study.optimize(lambda trial: objective(trial, search), n_trials=args.trials, timeout=args.timeout,
@@ -774,8 +773,8 @@ def run(args) -> int:
             requeue(study, search.current.get("number"))
             raise
     gc.collect()
-    if os.environ.get(WORKER_ENV):
-        return 0  # a one-trial worker: the parent process reports the study
+    if is_worker():  # a one-trial worker: the parent process reports the study
+        return TRIAL_FAILED_EXIT if outcomes and all(state == "FAIL" for state in outcomes) else 0
     finish(study, study_dir, url)
     info(f"done in {time.time() - started:.0f}s")
     if outcomes and all(state == "FAIL" for state in outcomes):

@@ -262,3 +262,12 @@ def test_workers_share_a_postgresql_study(tmp_path, data_dir):
 def test_bad_storage_is_one_line(tmp_path, data_dir, capsys):
     assert run_tune(tmp_path / "w", data_dir, "--trials", "0", "--storage", "nosuchdb://x") == 2
     assert "--storage nosuchdb://x" in capsys.readouterr().err
+
+
+def test_a_run_whose_every_trial_fails_says_so(tmp_path, data_dir, capsys):
+    # Dense(0) fails inside training, in each trial's own worker process on TensorFlow: the
+    # parent still learns that all of them failed and exits 2 with one line.
+    assert run_tune(tmp_path / "w", data_dir, "--head", "0", "--trials", "2", "--study", "failing") == 2
+    assert "all 2 trials of this run failed" in capsys.readouterr().err
+    study = load(sqlite_url(tmp_path / "w"), "failing")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
