@@ -10,10 +10,12 @@ WORK=${2:-/tmp/comp-fast-ablation}
 COMP=${COMP:-comp}
 COMMON=(--data "$DATA" --workdir "$WORK" --model fast --width 0.5 --limit 25000 --fold 0 --quiet)
 
+NAMES=()
 variant() {  # variant NAME [flags...]
     local name=$1
     shift
     $COMP train "${COMMON[@]}" --name "$name" "$@"
+    NAMES+=("$name")
 }
 variant defaults
 variant no-lookahead --lookahead 0
@@ -21,10 +23,10 @@ variant random-flip --augment flip-crop
 variant bias-lr-64 --bias-lr-scale 64
 variant crop-2 --augment alt-flip,crop=2
 
-python3 - "$WORK" <<'PY'
+python3 - "$WORK" "${NAMES[@]}" <<'PY'
 import json, pathlib, sys
 print(f"{'variant':<14} {'val acc':>8} {'with TTA':>9} {'seconds':>8}")
-for run in ("defaults", "no-lookahead", "random-flip", "bias-lr-64", "crop-2"):
+for run in sys.argv[2:]:
     m = json.loads((pathlib.Path(sys.argv[1]) / "folds" / run / "fold0" / "metrics.json").read_text())
     tta = next(v for k, v in m.items() if k.startswith("val_accuracy."))
     print(f"{run:<14} {m['val_accuracy']:>8.4f} {tta:>9.4f} {m['seconds']:>8.0f}")

@@ -315,7 +315,8 @@ FAST_TRAINING = dict(
 )
 
 
-@register("fast", "speedrun net: frozen patch whitening + Conv-BN-GELU 64/256/256, SGD, label smoothing",
+@register("fast", "speedrun net: frozen patch whitening, identity-init Conv-BN-GELU 64/256/256, "
+          "SGD + lookahead, label smoothing, alternating flips",
           epochs=16, **FAST_TRAINING)
 def build_fast(config, input_shape, num_classes, sample_images=None):
     return _build_fast(config, input_shape, num_classes, sample_images, (64, 256, 256), 2, "fast")
