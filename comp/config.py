@@ -156,11 +156,19 @@ def recipe_names() -> list[str]:
 
 
 def build_config(file_values: dict | None, overrides: dict, source: str = "config") -> RunConfig:
-    """Dataclass defaults < the model's preset < --config file < CLI flags."""
+    """Dataclass defaults < the model's preset < --config file (named `source`) < CLI flags.
+
+    A bad value is reported under the name of where it came from: the file's path when the file
+    alone is invalid, "options" when a command-line flag made it so.
+    """
     from .models import model_defaults
 
     values = dict(file_values or {})
-    model = overrides.get("model") or values.get("model") or RunConfig.model
-    merged = {**model_defaults(model), **values, **{k: v for k, v in overrides.items() if v is not None}}
-    return RunConfig.from_dict(merged, source)
-
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    model = flags.get("model") or values.get("model") or RunConfig.model
+    try:
+        return RunConfig.from_dict({**model_defaults(model), **values, **flags}, "options" if flags else source)
+    except CompError:
+        if flags and values:
+            RunConfig.from_dict({**model_defaults(model), **values}, source)  # raises if the file is to blame
+        raise

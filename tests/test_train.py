@@ -138,6 +138,13 @@ def test_config_precedence_and_recipes(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(CompError, match="bad.json"):
         load_config_file(str(bad))
+    # A bad value is reported under where it came from: the flag, or the file.
+    with pytest.raises(CompError, match=r"^options: lookahead = 1.5"):
+        build_config({"model": "fast"}, {"lookahead": 1.5}, source="best.json")
+    with pytest.raises(CompError, match=r"^best.json: lookahead = 1.5"):
+        build_config({"model": "fast", "lookahead": 1.5}, {"epochs": 2}, source="best.json")
+    with pytest.raises(CompError, match=r"^best.json: lookahead = 1.5"):
+        build_config({"model": "fast", "lookahead": 1.5}, {}, source="best.json")
 
 
 def test_bare_train_uses_remembered_data(tmp_path, monkeypatch):
