@@ -120,7 +120,7 @@ def check_compatible(runs: list[Run], dataset) -> None:
             )
 
 
-def default_runs(workspace, dataset, rows: np.ndarray | None) -> list[Run]:
+def default_runs(runs: list[Run], workspace, dataset, rows: np.ndarray | None) -> list[Run]:
     """Finished runs under folds/ on this data, the largest group that shares a split and rows.
 
     Runs on other data, pretrained runs and runs on another split or --limit are left out with a
@@ -129,7 +129,6 @@ def default_runs(workspace, dataset, rows: np.ndarray | None) -> list[Run]:
     """
     from .fileio import read_json
 
-    runs = finished_runs(workspace)
     candidates = []
     for run in runs:
         if run.pretrained:
@@ -164,15 +163,23 @@ def limited_rows(args, dataset) -> np.ndarray | None:
     return limit_rows(dataset.train_y, args.limit) if getattr(args, "limit", 0) else None
 
 
-def select_runs(args, workspace, dataset) -> list[Run]:
+def candidate_runs(args, workspace) -> list[Run]:
+    """The runs --runs names (loaded once), or every finished run under folds/ without it."""
+    if args.runs in (None, "", "all"):
+        return finished_runs(workspace)
+    names = [n.strip() for n in args.runs.split(",") if n.strip()]
+    if len(set(names)) != len(names):
+        raise CompError(f"--runs {args.runs}: a run is named twice")
+    return [load_run(workspace, n) for n in names]
+
+
+def select_runs(args, workspace, dataset, candidates: list[Run]) -> list[Run]:
+    """Of `candidate_runs`, the ones to blend: checked (named) or chosen (all) for this data."""
     rows = limited_rows(args, dataset)
     if args.runs in (None, "", "all"):
-        runs = default_runs(workspace, dataset, rows)
+        runs = default_runs(candidates, workspace, dataset, rows)
     else:
-        names = [n.strip() for n in args.runs.split(",") if n.strip()]
-        if len(set(names)) != len(names):
-            raise CompError(f"--runs {args.runs}: a run is named twice")
-        runs = [load_run(workspace, n) for n in names]
+        runs = candidates
         refuse_pretrained(runs, args.allow_pretrained)  # before anything else: the rule, not a detail
         for run in runs:
             require_finished(run)
@@ -365,10 +372,9 @@ def run(args) -> int:
     if out.exists() and not args.force:  # say so now, not after the work
         raise CompError(f"{out}: already exists; choose another --out, or pass --force to replace it")
     # 1. The runs: named, or every finished one that fits the data; refused when not comparable.
-    candidates = finished_runs(workspace) if args.runs in (None, "", "all") else \
-        [load_run(workspace, n.strip()) for n in args.runs.split(",") if n.strip()]
+    candidates = candidate_runs(args, workspace)
     dataset = load_full_dataset(args, candidates)
-    runs = select_runs(args, workspace, dataset)
+    runs = select_runs(args, workspace, dataset, candidates)
     # 2. Their predictions: OOF rows (to score and fit) and test images (to submit).
     members = load_members(runs, args.tta, args.tta_average)
     labels = dataset.train_y[runs[0].oof_rows()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,6 +66,16 @@ def _swap_in(workspace: Workspace, fingerprint: str) -> None:
         shutil.rmtree(wanted, ignore_errors=True)
 
 
+def read_split(meta_path: Path, rows: int) -> Split:
+    """A split ensure_split wrote (folds.json and the folds.csv beside it), checked against its hash."""
+    meta = read_json(meta_path)
+    csv_path = meta_path.with_name("folds.csv")
+    folds = pd.read_csv(csv_path)["fold"].to_numpy()
+    if len(folds) != rows or _hash(folds, meta["k"]) != meta["hash"]:
+        raise CompError(f"{csv_path}: edited or damaged (hash mismatch); restore it or pass --resplit")
+    return Split(folds, meta["k"], meta["seed"], meta["fingerprint"], meta["hash"])
+
+
 def ensure_split(workspace: Workspace, labels: np.ndarray, fingerprint: str, k: int, seed: int,
                  train_files: list[str] | None = None, resplit: bool = False) -> Split:
     """Read folds/folds.csv, or write it for this dataset on first use."""
@@ -78,10 +89,7 @@ def ensure_split(workspace: Workspace, labels: np.ndarray, fingerprint: str, k: 
                 f"{csv_path}: this data's split has {meta['k']} folds, not {k}; pass --folds {meta['k']}, "
                 "or --resplit to write a new split (runs on the old one will no longer ensemble with new ones)"
             )
-        folds = pd.read_csv(csv_path)["fold"].to_numpy()
-        if len(folds) != len(labels) or _hash(folds, k) != meta["hash"]:
-            raise CompError(f"{csv_path}: edited or damaged (hash mismatch); restore it or pass --resplit")
-        return Split(folds, k, meta["seed"], fingerprint, meta["hash"])
+        return read_split(meta_path, len(labels))
     folds = make_split(labels, k, seed)
     frame = pd.DataFrame({"row": np.arange(len(labels)), "label": labels, "fold": folds})
     if train_files is not None:

@@ -15,7 +15,7 @@ prediction files.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from .console import console, info, warn
 from .context import workspace_from
 from .errors import CompError
 from .fileio import read_json, save_csv, save_npy, write_json
-from .folds import Split
+from .folds import Split, read_split
 from .scoring import accuracy, log_loss  # noqa: F401  (ensemble imports them from here)
 from .tta import AVERAGES, DEFAULT_AVERAGE, average_views, parse_policy, predict_logits, prediction_tag
 from .workspace import Workspace
@@ -43,6 +43,7 @@ class Run:
     name: str  # what messages call it: the folder name for folds/, else the path as given
     path: Path
     config: dict
+    _oof_rows: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def provenance(self) -> dict:
@@ -87,7 +88,10 @@ class Run:
         return self.folds_done and (self.path / "oof_probs.npy").exists() and (self.path / "oof_rows.npy").exists()
 
     def oof_rows(self) -> np.ndarray:
-        return np.load(self.path / "oof_rows.npy")
+        """Which train rows the OOF predictions cover, in their order (read once, then kept)."""
+        if self._oof_rows is None:
+            self._oof_rows = np.load(self.path / "oof_rows.npy")
+        return self._oof_rows
 
 
 def resolve_run_path(workspace: Workspace, text: str) -> tuple[str, Path]:
@@ -205,13 +209,8 @@ def load_split(run: Run, labels: np.ndarray) -> Split:
     for meta_path in (folds_root / "folds.json", folds_root / "splits" / str(run.fingerprint) / "folds.json"):
         if not meta_path.exists():
             continue
-        meta = read_json(meta_path)
-        if meta.get("hash") != wanted:
-            continue
-        folds = pd.read_csv(meta_path.with_name("folds.csv"))["fold"].to_numpy()
-        if len(folds) != len(labels):
-            break
-        return Split(folds, meta["k"], meta["seed"], meta["fingerprint"], meta["hash"])
+        if read_json(meta_path).get("hash") == wanted:
+            return read_split(meta_path, len(labels))
     raise CompError(f"{run.name}: the fold split it was trained on ({wanted}) is no longer in {folds_root}; "
                     "its validation rows cannot be told apart, so it cannot be re-predicted")
 
