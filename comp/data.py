@@ -102,24 +102,34 @@ def _list_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return sorted(images), sorted(others)
 
 
+def read_id_csv(path: Path, columns: str, fix: str) -> pd.DataFrame:
+    """The first two columns (an id, then a target or label) of a CSV, as stripped text, one row per id.
+
+    Used for sample_submission.csv, a labels CSV, a submission and an answers file. Read as text
+    with no NaN guessing, so ids like 0001 keep their zeros and a class named "NA" stays one.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CompError(f"{path}: not a readable CSV ({err}); {fix}") from None
+    if frame.shape[1] < 2 or len(frame) == 0:
+        raise CompError(f"{path}: needs {columns}, one row per image; {fix}")
+    frame = frame.iloc[:, :2].apply(lambda column: column.str.strip())
+    ids = frame.iloc[:, 0]
+    repeated = ids[ids.duplicated()].unique()
+    if len(repeated):
+        raise CompError(f"{path}: repeated ids (e.g. {', '.join(repeated[:3])}); each id must appear once. {fix}")
+    return frame
+
+
 def read_submission_format(data_dir: Path) -> SubmissionFormat:
     path = next((data_dir / n for n in SAMPLE_CSV_NAMES if (data_dir / n).is_file()), None)
     if path is None:
         raise CompError(f"{data_dir}/sample_submission.csv: missing; copy it from the competition download")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CompError(f"{path}: not a readable CSV ({err}); re-download it") from None
-    if frame.shape[1] < 2 or len(frame) == 0:
-        raise CompError(f"{path}: needs an id column and a target column with one row per test image")
+    frame = read_id_csv(path, "an id column and a target column", "re-download it")
     id_column, target_column = frame.columns[0], frame.columns[1]
-    targets = frame[target_column].str.strip()
-    target_kind = "int" if targets.str.fullmatch(r"-?\d+").all() else "name"
-    ids = frame[id_column].str.strip().tolist()
-    if len(set(ids)) != len(ids):
-        dup = [i for i, n in Counter(ids).items() if n > 1][:3]
-        raise CompError(f"{path}: repeated ids (e.g. {', '.join(dup)}); each test image needs one row")
-    return SubmissionFormat(path, id_column, target_column, target_kind, ids)
+    target_kind = "int" if frame[target_column].str.fullmatch(r"-?\d+").all() else "name"
+    return SubmissionFormat(path, id_column, target_column, target_kind, frame[id_column].tolist())
 
 
 def _id_key(text: str) -> str:
@@ -171,12 +181,10 @@ def _scan_labels_csv(data_dir: Path, train_dir: Path):
             f"{train_dir}: holds no class folders and {data_dir} has no labels CSV "
             f"({', '.join(LABEL_CSV_NAMES)}); use train/<class>/*.jpg or add a labels CSV with columns id,label"
         )
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    if frame.shape[1] < 2:
-        raise CompError(f"{csv_path}: needs two columns, id and label")
+    frame = read_id_csv(csv_path, "two columns, id and label", "fix the CSV")
     images, skipped = _list_files(train_dir)
     by_key = {_id_key(p.name): p for p in images}
-    ids, names = frame.iloc[:, 0].str.strip(), frame.iloc[:, 1].str.strip()
+    ids, names = frame.iloc[:, 0], frame.iloc[:, 1]
     missing = [i for i in ids if _id_key(i) not in by_key]
     if missing:
         raise CompError(

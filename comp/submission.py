@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .console import info
-from .data import SubmissionFormat
+from .data import SubmissionFormat, read_id_csv
 from .errors import CompError
 from .fileio import atomic_path, save_csv
 from .workspace import Workspace
@@ -99,17 +99,8 @@ def append_index(workspace: Workspace, entry: dict) -> Path:
 def _read_two_columns(path: Path, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise CompError(f"{path}: no such file ({what})")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CompError(f"{path}: not a readable CSV ({err})") from None
-    if frame.shape[1] < 2:
-        raise CompError(f"{path}: needs two columns, id and target ({what})")
-    frame = frame.iloc[:, :2].apply(lambda column: column.str.strip())
+    frame = read_id_csv(path, "two columns, id and target", f"fix {what}")
     frame.columns = ["id", "target"]
-    dup = frame["id"][frame["id"].duplicated()]
-    if len(dup):
-        raise CompError(f"{path}: {len(dup)} repeated id(s) (e.g. {dup.iloc[0]}); each id must appear once")
     return frame
 
 

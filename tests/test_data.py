@@ -166,6 +166,27 @@ def test_ids_without_files_and_files_without_ids(tmp_path):
     _expect_error(root, "sample_submission.csv", "0001")
 
 
+def test_repeated_ids_in_the_sample_and_the_labels_csv(tmp_path):
+    root = make_competition(tmp_path / "d", per_class=2, test_count=3)
+    sample = root / "sample_submission.csv"
+    frame = pd.read_csv(sample, dtype=str)
+    pd.concat([frame, frame.iloc[:1]]).to_csv(sample, index=False)
+    _expect_error(root, "sample_submission.csv", "repeated ids", frame.iloc[0, 0])
+    sample.write_text("id\n")
+    _expect_error(root, "sample_submission.csv", "needs an id column and a target column")
+
+    kaggle = tmp_path / "k"
+    (kaggle / "train").mkdir(parents=True)
+    (kaggle / "test").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(kaggle / "train" / f"img{i}.jpg")
+    Image.new("RGB", (8, 8)).save(kaggle / "test" / "t0.jpg")
+    pd.DataFrame({"id": ["t0.jpg"], "label": ["cat"]}).to_csv(kaggle / "sample_submission.csv", index=False)
+    pd.DataFrame({"id": ["img0", "img1", "img2", "img3", "img1"],
+                  "label": ["cat", "dog", "cat", "dog", "cat"]}).to_csv(kaggle / "train.csv", index=False)
+    _expect_error(kaggle, "train.csv", "repeated ids (e.g. img1)", "fix the CSV")
+
+
 def test_cli_damaged_copy_gets_one_line_and_exit_2(tmp_path):
     """The issue's damaged copy: each defect gets exit code 2 and a single line, never a traceback."""
     root = make_competition(tmp_path / "d", per_class=3, ext=".jpg")
