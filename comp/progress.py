@@ -10,8 +10,9 @@ from .console import console, is_quiet
 class TrainingProgress:
     """Used by train_fold through four hooks; prints nothing under --quiet except fold results."""
 
-    def __init__(self, folds: int, epochs: int):
+    def __init__(self, folds: int, epochs: int, epoch_lines: bool = True):
         self.total_epochs = max(1, folds * epochs)
+        self.epoch_lines = epoch_lines  # a line per epoch (comp train); tune prints one per trial instead
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -45,6 +46,8 @@ class TrainingProgress:
 
     def epoch_end(self, epoch: int, row: dict) -> None:
         self.progress.advance(self.job)
+        if not self.epoch_lines:
+            return
         parts = [f"{k.replace('_', ' ')} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in row]
         self.progress.console.print(f"fold {self.fold} epoch {epoch + 1:>3}/{self.epochs}  " + "  ".join(parts)
                                     + f"  {row['seconds']:.1f}s")

@@ -109,7 +109,12 @@ def latest_best_config(workspace: Workspace, fingerprint: str) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def resolve_config(args, workspace: Workspace, fingerprint: str) -> RunConfig:
+def resolve_config(args, workspace: Workspace, fingerprint: str, use_latest_best: bool = True) -> RunConfig:
+    """The run's config from flags, --config and --preset; with none of them, the newest tune result.
+
+    `use_latest_best=False` (comp tune) starts from the model's defaults instead: a rerun of a
+    study must not centre its search space on what the last study found.
+    """
     overrides = {name: getattr(args, name, None) for name, _, _ in CONFIG_FLAGS}
     overrides |= {"name": args.name, "depth": _int_list(args.depth), "head": _int_list(args.head)}
     if getattr(args, "seed", None) is not None:
@@ -119,7 +124,7 @@ def resolve_config(args, workspace: Workspace, fingerprint: str) -> RunConfig:
     file_values, source = None, "options"
     if args.config:
         file_values, source = load_config_file(args.config), args.config
-    elif not args.model and not args.preset:
+    elif use_latest_best and not args.model and not args.preset:
         best = latest_best_config(workspace, fingerprint)
         if best:
             file_values, source = read_json(best), str(best)
@@ -282,6 +287,18 @@ def split_for(workspace: Workspace, dataset, config: RunConfig, resplit: bool = 
                         dataset.stats.get("train_files"), resplit=resplit)
 
 
+def start_up(args, use_latest_best: bool = True, resplit: bool = False):
+    """What comp train and comp tune begin with: (workspace, config, dataset, split).
+
+    The split is made on the full train set (so every --limit shares it), then --limit applies.
+    """
+    workspace = workspace_from(args)
+    dataset = load_dataset(data_dir_from(args), workspace.cache, limit=0, skip_bad=args.skip_bad)
+    config = resolve_config(args, workspace, dataset.fingerprint, use_latest_best)
+    split = split_for(workspace, dataset, config, resplit)
+    return workspace, config, apply_limit(dataset, config.limit), split
+
+
 def run(args) -> int:
     if args.list_models:
         from .models import MODELS
@@ -293,11 +310,7 @@ def run(args) -> int:
         for name in recipe_names():
             console.print(name)
         return 0
-    workspace = workspace_from(args)
-    dataset = load_dataset(data_dir_from(args), workspace.cache, limit=0, skip_bad=args.skip_bad)
-    config = resolve_config(args, workspace, dataset.fingerprint)
-    split = split_for(workspace, dataset, config, args.resplit)
-    dataset = apply_limit(dataset, config.limit)
+    workspace, config, dataset, split = start_up(args, resplit=args.resplit)
     started = time.time()
     folds = parse_fold_selection(args.fold, split.k)
     train_run(config, dataset, split, workspace, folds, force=args.force, argv=args.argv)

@@ -22,7 +22,6 @@ so nothing is lost. Ctrl-C re-queues the interrupted trial at once.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -38,14 +37,14 @@ import numpy as np
 
 from .config import RunConfig, load_config_file
 from .console import console, info, warn
-from .context import add_data_options, data_dir_from, workspace_from
-from .data import Dataset, apply_limit, load_dataset
+from .context import add_data_options
+from .data import Dataset
 from .errors import CompError
 from .fileio import save_csv, save_figure, write_json
 from .isolate import TRIAL_FAILED_EXIT, is_worker, run_child, should_isolate
 from .folds import Split
 from .models import model_defaults
-from .train import CONFIG_FLAGS, add_config_options, resolve_config, split_for
+from .train import CONFIG_FLAGS, add_config_options, start_up
 from .workspace import Workspace
 
 DEFAULT_TRIALS = 20
@@ -114,18 +113,6 @@ def _check_budget(args) -> None:
         raise CompError(f"--cv-folds {args.cv_folds}: give 1 or more")
     if args.heartbeat < 1:
         raise CompError(f"--heartbeat {args.heartbeat}: give 1 or more seconds")
-
-
-def base_config(args, workspace: Workspace, fingerprint: str) -> RunConfig:
-    """The fixed config, from the same flags and --config as `comp train`.
-
-    A bare `comp train` starts from the newest best.json; a bare `comp tune` must not, or each
-    rerun would move the search space (the learning-rate range is centred on the config's).
-    """
-    if not (args.config or args.model or args.preset):
-        args = argparse.Namespace(**vars(args))
-        args.model = RunConfig.model
-    return resolve_config(args, workspace, fingerprint)
 
 
 def objective_folds(cv_folds: int, k: int) -> list[int]:
@@ -407,14 +394,10 @@ def _rss_mb() -> float | None:
 
 
 def trial_progress(folds: int, epochs: int):
-    """TrainingProgress without its line per epoch: a study prints one line per trial."""
+    """The training progress bar without its line per epoch: a study prints one line per trial."""
     from .progress import TrainingProgress
 
-    class TrialProgress(TrainingProgress):
-        def epoch_end(self, epoch, row):
-            self.progress.advance(self.job)
-
-    return TrialProgress(folds, epochs)
+    return TrainingProgress(folds, epochs, epoch_lines=False)
 
 
 def objective(trial, search: Search) -> float:
@@ -735,11 +718,10 @@ def run(args) -> int:
     _check_budget(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial replaces Optuna's
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, multivariate
-    workspace = workspace_from(args)
-    dataset = load_dataset(data_dir_from(args), workspace.cache, limit=0, skip_bad=args.skip_bad)
-    base = base_config(args, workspace, dataset.fingerprint)
-    split = split_for(workspace, dataset, base)
-    dataset = apply_limit(dataset, base.limit)
+    # A bare `comp tune` starts from the model's defaults, not the newest best.json as a bare
+    # `comp train` does: each rerun would otherwise move the search space (the learning-rate
+    # range is centred on the base config's).
+    workspace, base, dataset, split = start_up(args, use_latest_best=False)
     folds = objective_folds(args.cv_folds, split.k)
     train_rows = len(split.rows(folds[0], dataset.rows)[0])
     space = build_space(base, args, train_rows)

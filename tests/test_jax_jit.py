@@ -23,7 +23,8 @@ CHECK = textwrap.dedent("""
     import numpy as np
     import keras
     from comp.config import build_config
-    from comp.trainer import ShuffledBatches, build_training_model, make_optimizer
+    from comp.trainer import (ShuffledBatches, batch_norm_layers, build_training_model, make_optimizer,
+                              recalibrate_batchnorm)
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     rng = np.random.default_rng(0)
@@ -42,9 +43,15 @@ CHECK = textwrap.dedent("""
             warnings.simplefilter("always")
             history = model.fit(batches, epochs=1, verbose=0)
         messages = printed.getvalue() + " ".join(str(w.message) for w in caught)
+        # After averaged training the BN statistics are re-estimated by eager calls: they must move.
+        norms = batch_norm_layers(model.net)
+        before = [keras.ops.convert_to_numpy(norm.moving_mean).copy() for norm in norms]
+        recalibrate_batchnorm(model, x, y, 3, 16, 0)
+        moved = [not np.allclose(b, keras.ops.convert_to_numpy(norm.moving_mean)) for b, norm in zip(before, norms)]
         results.append({"case": case, "jit": model.jit_compile is True,
                         "fallback": "support jit_compile" in messages,
-                        "loss": float(history.history["loss"][-1])})
+                        "loss": float(history.history["loss"][-1]),
+                        "recalibrated": bool(norms) and all(moved)})
     print("RESULTS" + json.dumps(results))
 """)
 
@@ -72,3 +79,5 @@ def test_jax_training_keeps_jit():
     for item in results:
         assert item["jit"] and not item["fallback"], item
         assert item["loss"] == item["loss"], item  # not NaN
+        if item["case"]["model"] == "fast":
+            assert item["recalibrated"], item

@@ -81,3 +81,26 @@ def test_bias_lr_scale_moves_batchnorm_biases_faster():
     assert keras.ops.convert_to_numpy(beta) == pytest.approx([-0.64, -0.64])
     with pytest.raises(CompError, match="sgd only"):
         build_config({}, {"model": "baseline", "optimizer": "adam", "bias_lr_scale": 64})
+
+
+def test_batchnorm_statistics_are_recalibrated_to_equal_weight_batch_averages():
+    from comp.augment import make_augment_layer, make_mix_layer
+    from comp.trainer import RECALIBRATION_BATCHES, TrainingModel, recalibrate_batchnorm
+
+    inputs = keras.Input((4, 4, 2))
+    norm = keras.layers.BatchNormalization(momentum=0.6)
+    net = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(norm(inputs))))
+    model = TrainingModel(net, make_augment_layer("none", 0), make_mix_layer(0.0, 0.0, 1), 3, 0.0)
+    rng = np.random.default_rng(0)
+    batch = 8
+    images = rng.normal(5.0, 3.0, (batch * (RECALIBRATION_BATCHES + 2), 4, 4, 2)).astype(np.float32)
+    labels = rng.integers(0, 3, len(images))
+    recalibrate_batchnorm(model, images, labels, 3, batch, seed=4)
+
+    order = np.random.default_rng(4).permutation(len(images))  # the batches the function drew
+    batches = [images[np.sort(order[i * batch:(i + 1) * batch])] for i in range(RECALIBRATION_BATCHES)]
+    means = np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0)
+    variances = np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0)
+    assert keras.ops.convert_to_numpy(norm.moving_mean) == pytest.approx(means, rel=1e-4)
+    assert keras.ops.convert_to_numpy(norm.moving_variance) == pytest.approx(variances, rel=1e-4)
+    assert norm.momentum == 0.6  # put back for later training

@@ -23,7 +23,7 @@ from comp.config import RunConfig, build_config, load_config_file
 from comp.demo import write_competition
 from comp.errors import CompError
 from comp.fileio import read_json
-from comp.train import resolve_config
+from comp.train import resolve_config, start_up
 from comp.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,9 +193,11 @@ def test_two_runs_make_one_study_and_best_json_trains_as_found(tmp_path, data_di
 
     # The study refuses trials scored another way, and a bare tune does not start from best.json.
     assert run_tune(work, data_dir, "--trials", "0", "--epochs", "2") == 2
-    args = build_parser().parse_args(["tune", "--workdir", str(work)])
-    base = tune.base_config(args, Workspace(work), values["provenance"]["fingerprint"])
+    args = build_parser().parse_args(["tune", "--workdir", str(work), "--data", str(data_dir)])
+    _, base, _, _ = start_up(args, use_latest_best=False)
     assert base.lr == RunConfig.lr and base.model == RunConfig.model
+    _, bare_train, _, _ = start_up(args)  # what a bare `comp train` resolves: the study's best
+    assert bare_train.to_dict() == config.to_dict()
 
 
 def test_cv_folds_report_every_epoch_of_every_fold(tmp_path, data_dir):
