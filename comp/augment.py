@@ -17,6 +17,8 @@ Presets (comma-separated, composable):
     alt-flip-crop  pad-4 random crop + alternating flip (the fast nets' default)
     cutout      a random square of half the image side set to zero
     crop=N      a pad-N random crop (e.g. "alt-flip,crop=2", airbench94's 2-px translation)
+    reflect     fill what shifts, crops, rotations and zooms uncover with the mirrored image
+                instead of black (airbench pads by reflection)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ PRESETS: dict[str, dict] = {
     "alt-flip": {"flip": "alternate"},
     "alt-flip-crop": {"flip": "alternate", "crop_pad": 4},
     "cutout": {"cutout": 0.5},
+    "reflect": {"fill": "reflect"},
 }
 
 
@@ -108,7 +111,7 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
             shift_x = self._uniform((batch,), -1, 1) * p.get("shift", 0.0) * width
             shift_y = self._uniform((batch,), -1, 1) * p.get("shift", 0.0) * height
             pad = p.get("crop_pad", 0)
-            if pad:  # pad-N random crop = an integer translation in [-N, N] with zero fill
+            if pad:  # pad-N random crop = an integer translation in [-N, N], black (or reflected) fill
                 shift_x = shift_x + ops.floor(self._uniform((batch,), 0, 2 * pad + 1)) - pad
                 shift_y = shift_y + ops.floor(self._uniform((batch,), 0, 2 * pad + 1)) - pad
             cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
@@ -121,7 +124,7 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
             zeros = ops.zeros((batch,))
             transform = ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
             return ops.image.affine_transform(images, transform, interpolation="bilinear",
-                                              fill_mode="constant", fill_value=0.0,
+                                              fill_mode=p.get("fill", "constant"), fill_value=0.0,
                                               data_format="channels_last")
 
         def _cutout(self, images):

@@ -55,7 +55,7 @@ CHECK = textwrap.dedent("""
     print("RESULTS" + json.dumps(results))
 """)
 
-ALL_AUGMENTATION = {"augment": "simple,flip-crop,cutout", "mixup": 0.2, "cutmix": 1.0}
+ALL_AUGMENTATION = {"augment": "simple,flip-crop,cutout,reflect", "mixup": 0.2, "cutmix": 1.0}
 CASES = (
     [{"model": name, **ALL_AUGMENTATION} for name in MODELS]
     + [{"model": "baseline", "augment": preset} for preset in PRESETS]

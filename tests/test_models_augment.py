@@ -85,15 +85,16 @@ def test_alternating_flip_shows_each_image_both_ways_in_consecutive_epochs():
     assert int(keras.ops.convert_to_numpy(layer.steps_seen)) == 4
 
 
-def test_crop_shifts_by_whole_pixels_with_zero_fill():
-    layer = make_augment_layer("flip-crop", seed=5)
+@pytest.mark.parametrize("preset, pad_mode", [("flip-crop", "constant"), ("flip-crop,reflect", "symmetric")])
+def test_crop_shifts_by_whole_pixels_with_zero_or_mirrored_fill(preset, pad_mode):
+    layer = make_augment_layer(preset, seed=5)
     images = _batch()
     out = keras.ops.convert_to_numpy(layer(images, training=True))
     assert out.shape == images.shape
     for original, augmented in zip(images, out):
         matched = False
         for flipped in (original, original[:, ::-1]):
-            padded = np.pad(flipped, ((4, 4), (4, 4), (0, 0)))
+            padded = np.pad(flipped, ((4, 4), (4, 4), (0, 0)), mode=pad_mode)  # Keras's reflect = numpy's symmetric
             for dy in range(9):
                 for dx in range(9):
                     if np.allclose(padded[dy:dy + 16, dx:dx + 16], augmented, atol=1e-2):
