@@ -101,15 +101,15 @@ def ensure_split(workspace: Workspace, labels: np.ndarray, fingerprint: str, k: 
     return Split(folds, k, seed, fingerprint, split_hash)
 
 
-def parse_fold_selection(text: str, k: int) -> list[int]:
-    """`all`, `0` or `0,2` -> fold indices."""
-    if text in (None, "", "all"):
+def parse_fold_selection(text: str | None, k: int) -> list[int]:
+    """`all`, `0` or `0,2` -> sorted fold indices, each checked against the split's k folds."""
+    if text is None or text.strip().lower() in ("", "all"):
         return list(range(k))
     try:
-        chosen = sorted({int(part) for part in text.split(",")})
+        chosen = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise CompError(f"--fold {text}: use all, a fold number, or a list like 0,2") from None
     bad = [f for f in chosen if not 0 <= f < k]
-    if bad:
-        raise CompError(f"--fold {text}: fold {bad[0]} does not exist; folds are 0..{k - 1}")
+    if bad or not chosen:
+        raise CompError(f"--fold {text}: {f'fold {bad[0]} does not exist; ' if bad else ''}folds are 0..{k - 1}")
     return chosen

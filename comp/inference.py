@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def predict_logits(net, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """The net's outputs for every image, (N, classes) float32."""
+def predict_outputs(net, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The net's outputs for every image, (N, classes) float32: logits for comp's nets (see
+    comp.models), probabilities for the transfer track's softmax heads."""
     batch_size = max(1, min(batch_size, len(images)))
     outputs = []
     for start in range(0, len(images), batch_size):

@@ -34,6 +34,8 @@ from .console import console, info
 from .context import add_data_options, dataset_from, workspace_from
 from .errors import CompError
 from .fileio import read_json, save_csv, save_figure, save_npy, write_json
+from .folds import parse_fold_selection
+from .inference import predict_outputs
 from .scoring import accuracy, log_loss
 
 DEFAULT_SEED = 42
@@ -327,20 +329,6 @@ def kfold_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.nda
     return list(splitter.split(np.zeros(len(labels)), labels))
 
 
-def parse_fold_selection(text: str, folds: int) -> list[int]:
-    """`all`, `0` or `0,2` -> sorted fold numbers, each checked against --folds."""
-    if text.strip().lower() == "all":
-        return list(range(folds))
-    try:
-        chosen = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise CompError(f"--fold {text}: use all, a fold number, or numbers like 0,2") from None
-    bad = [k for k in chosen if not 0 <= k < folds]
-    if bad or not chosen:
-        raise CompError(f"--fold {text}: folds are numbered 0 to {folds - 1} with --folds {folds}")
-    return chosen
-
-
 # -- training ------------------------------------------------------------------------------
 
 
@@ -564,8 +552,8 @@ def finetune_fold(backbone: Backbone, dataset, split, args, weights: str, seed: 
         tuned = fit(model, dataset, *split, args.epochs, args.batch_size, f"{label} finetune")
 
     train_rows, val_rows = split
-    val_probs = model.predict(dataset.train_x[val_rows], batch_size=args.batch_size, verbose=0)
-    test_probs = model.predict(dataset.test_x, batch_size=args.batch_size, verbose=0)
+    val_probs = predict_outputs(model, dataset.train_x[val_rows], args.batch_size)  # the head ends in softmax
+    test_probs = predict_outputs(model, dataset.test_x, args.batch_size)
     val_labels = dataset.train_y[val_rows]
     val_accuracy, val_loss = accuracy(val_probs, val_labels), log_loss(val_probs, val_labels)
     metrics = {

@@ -128,9 +128,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def predict_logits(net, images: np.ndarray, policy: str, batch_size: int = 512) -> np.ndarray:
     """Logits of every view: (views, N, classes). The net outputs logits (see comp.models)."""
-    from .inference import predict_logits as predict_batches
+    from .inference import predict_outputs
 
-    return np.stack([predict_batches(net, view(images, *v), batch_size) for v in views_for(policy)])
+    return np.stack([predict_outputs(net, view(images, *v), batch_size) for v in views_for(policy)])
 
 
 def average_probs(view_logits: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import pytest
 from comp.cli import main
 from comp.demo import write_competition
 from comp.errors import CompError
+from comp.folds import parse_fold_selection
 from comp.transfer import (
     BACKBONES,
     RESULT_COLUMNS,
@@ -23,7 +24,6 @@ from comp.transfer import (
     download_error,
     input_pipeline,
     parse_backbones,
-    parse_fold_selection,
     preprocess_function,
     unfreeze_index,
     unfreeze_top,
@@ -139,8 +139,11 @@ def test_parse_backbones():
 def test_parse_fold_selection():
     assert parse_fold_selection("all", 3) == [0, 1, 2]
     assert parse_fold_selection("2,0", 3) == [0, 2]
-    with pytest.raises(CompError, match="0 to 2"):
+    assert parse_fold_selection(" ALL ", 2) == [0, 1]
+    with pytest.raises(CompError, match=r"fold 3 does not exist; folds are 0\.\.2"):
         parse_fold_selection("3", 3)
+    with pytest.raises(CompError, match="a list like 0,2"):
+        parse_fold_selection("first", 3)
 
 
 def test_unfreeze_keeps_batchnorm_frozen_and_early_layers_frozen():
