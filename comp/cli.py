@@ -14,7 +14,7 @@ import sys
 from . import __version__
 from .console import console, set_quiet
 from .context import add_global_options, import_keras, set_backend
-from .errors import CompError
+from .errors import CompError, one_line
 from .isolate import INTERRUPTED_EXIT, die_with_parent, is_worker
 
 # One module per stage; each registers its own commands.
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except CompError as err:
         console.quiet = False
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)  # one line, whatever the message embeds
         return 2
     except KeyboardInterrupt:
         print("interrupted: everything written so far is consistent; rerun the same command to resume",

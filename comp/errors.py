@@ -6,3 +6,9 @@ class CompError(Exception):
 
     The CLI prints it as one line (no traceback) and exits with status 2.
     """
+
+
+def one_line(message, limit: int | None = None) -> str:
+    """Text or an exception on one line: every run of whitespace, newlines included, becomes a space."""
+    text = " ".join(str(message).split())
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."

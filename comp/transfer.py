@@ -32,7 +32,7 @@ import numpy as np
 
 from .console import console, info
 from .context import add_data_options, dataset_from, workspace_from
-from .errors import CompError
+from .errors import CompError, one_line
 from .fileio import read_json, save_csv, save_figure, save_npy, write_json
 from .folds import parse_fold_selection
 from .inference import predict_outputs
@@ -193,9 +193,9 @@ def keras_models_dir() -> Path:
     return Path(home) / "models"
 
 
-def one_line(err: Exception, limit: int = 160) -> str:
-    """An exception as `Type: message` on one line: a CompError is printed as a single line."""
-    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:limit]
+def describe_error(err: Exception, limit: int = 160) -> str:
+    """`Type: message` on one line, short enough to sit inside a CompError's sentence."""
+    return one_line(f"{type(err).__name__}: {err}", limit)
 
 
 def download_error(backbone: Backbone, err: Exception) -> CompError:
@@ -206,7 +206,7 @@ def download_error(backbone: Backbone, err: Exception) -> CompError:
     file_name = url.group(0).rsplit("/", 1)[-1] if url else backbone.weights_file
     source = f" (download it from {url.group(0)} on a connected machine)" if url else ""
     return CompError(
-        f"{backbone.name}: could not get the ImageNet weights ({one_line(err)}); "
+        f"{backbone.name}: could not get the ImageNet weights ({describe_error(err)}); "
         f"to work offline, put {file_name} in {keras_models_dir()}/{source}, "
         f"or pass --weights PATH with a .h5 file, or --weights none for random initialisation"
     )
@@ -234,7 +234,7 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int]):
         except Exception as err:  # h5py and Keras raise several types for a file that does not fit
             raise CompError(
                 f"--weights {weights}: does not fit {backbone.name} without its top "
-                f"({one_line(err)}); use a no-top weights file of this backbone"
+                f"({describe_error(err)}); use a no-top weights file of this backbone"
             ) from None
     return base
 

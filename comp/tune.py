@@ -39,7 +39,7 @@ from .config import RunConfig, load_config_file
 from .console import console, info, warn
 from .context import add_data_options
 from .data import Dataset
-from .errors import CompError
+from .errors import CompError, one_line
 from .fileio import save_csv, save_figure, write_json
 from .isolate import TRIAL_FAILED_EXIT, is_worker, run_child, should_isolate
 from .folds import Split
@@ -503,7 +503,7 @@ def open_storage(url: str, heartbeat: int):
             raise CompError(f"--storage {shown}: not a database URL ({err}); use sqlite:///path.db or "
                             "postgresql://user:password@host:5432/database") from None
         except sqlalchemy.exc.OperationalError as err:
-            reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
+            reason = one_line(getattr(err, "orig", err))
             raise CompError(f"--storage {shown}: cannot open it ({reason}); check the server, the address "
                             "and the credentials") from None
     raise AssertionError("unreachable")

@@ -213,3 +213,10 @@ def test_scan_reports_layout(tmp_path):
     layout = scan(root)
     assert len(layout.train_files) == 6 and len(layout.test_files) == 2
     assert all(isinstance(p, Path) for p in layout.train_files)
+
+
+def test_error_text_is_made_one_line():
+    from comp.errors import one_line
+
+    assert one_line(ValueError("cannot open\n\tIs the server running?")) == "cannot open Is the server running?"
+    assert one_line("x" * 10, limit=6) == "xxx..."
