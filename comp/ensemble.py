@@ -28,8 +28,8 @@ import numpy as np
 from .console import console, info, warn
 from .context import add_data_options, workspace_from
 from .errors import CompError
-from .predict import (Run, accuracy, finished_runs, load_full_dataset, load_run, log_loss, oof_probs,
-                      require_finished, test_probs)
+from .predict import (Run, accuracy, check_same_data, finished_runs, load_full_dataset, load_run, log_loss,
+                      oof_probs, require_finished, test_probs)
 from .tta import AVERAGES, DEFAULT_AVERAGE, parse_policy, prediction_tag
 
 METHODS = ("auto", "mean", "geomean", "vote", "weights")
@@ -94,12 +94,8 @@ def refuse_pretrained(runs: list[Run], allow: bool) -> None:
 def check_compatible(runs: list[Run], dataset) -> None:
     """Every run against the data and the first run; CompError naming the runs and the reason."""
     for run in runs:
-        if run.fingerprint != dataset.fingerprint:
-            raise CompError(
-                f"{run.name}: trained on other data (fingerprint {run.fingerprint}) than {dataset.data_dir} "
-                f"({dataset.fingerprint}); its test predictions belong to another test set. Pass --data with "
-                "its folder, or leave it out of --runs"
-            )
+        check_same_data(run, dataset, "its test predictions belong to another test set. Pass --data with its "
+                                      "folder, or leave it out of --runs")
     first = runs[0]
     for run in runs[1:]:
         if run.classes != first.classes:

@@ -194,11 +194,12 @@ def load_full_dataset(args, runs: list[Run], prefer_recorded: bool = False):
                         skip_bad=getattr(args, "skip_bad", False))
 
 
-def check_same_data(run: Run, dataset) -> None:
+def check_same_data(run: Run, dataset, fix: str = "pass --data with the folder it was trained on") -> None:
+    """Refuse a run made on other data than `dataset` (their fingerprints differ)."""
     if run.fingerprint != dataset.fingerprint:
         raise CompError(
             f"{run.name}: trained on other data (fingerprint {run.fingerprint}) than {dataset.data_dir} "
-            f"({dataset.fingerprint}); pass --data with the folder it was trained on"
+            f"({dataset.fingerprint}); {fix}"
         )
 
 
