@@ -22,6 +22,7 @@ variant no-lookahead --lookahead 0
 variant random-flip --augment flip-crop
 variant bias-lr-64 --bias-lr-scale 64
 variant crop-2 --augment alt-flip,crop=2
+variant reflect --augment alt-flip-crop,reflect
 
 python3 - "$WORK" "${NAMES[@]}" <<'PY'
 import json, pathlib, sys
