@@ -104,3 +104,33 @@ def test_batchnorm_statistics_are_recalibrated_to_equal_weight_batch_averages():
     assert keras.ops.convert_to_numpy(norm.moving_mean) == pytest.approx(means, rel=1e-4)
     assert keras.ops.convert_to_numpy(norm.moving_variance) == pytest.approx(variances, rel=1e-4)
     assert norm.momentum == 0.6  # put back for later training
+
+
+def test_a_fold_resumed_after_its_last_epoch_ends_on_the_average(tmp_path, monkeypatch):
+    """Killed between the last epoch's checkpoint and the fold's artifacts: the resume skips fit,
+    so it must finalize the average itself; its kept weights equal an uninterrupted run's."""
+    from comp import trainer
+
+    config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 16, "epochs": 2})
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 96)
+    val_images, val_labels = images[:16], labels[:16]
+    monkeypatch.setattr(trainer, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every epoch
+
+    trainer.train_fold(config, images, labels, val_images, val_labels, 3, 0, fold_dir=tmp_path / "whole")
+
+    finish = trainer._finish_fold
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_finish_fold", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_fold(config, images, labels, val_images, val_labels, 3, 0, fold_dir=tmp_path / "cut")
+    assert (tmp_path / "cut" / "checkpoint").exists() and not (tmp_path / "cut" / "metrics.json").exists()
+    monkeypatch.setattr(trainer, "_finish_fold", finish)
+    trainer.train_fold(config, images, labels, val_images, val_labels, 3, 0, fold_dir=tmp_path / "cut")
+
+    whole, resumed = (keras.models.load_model(tmp_path / name / "model.keras", compile=False) for name in ("whole", "cut"))
+    for a, b in zip(whole.trainable_weights, resumed.trainable_weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
