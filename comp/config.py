@@ -124,6 +124,11 @@ class RunConfig:
         return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
     @property
+    def averages_weights(self) -> bool:
+        """Training ends on an average of the weights (lookahead or EMA), not the last step's."""
+        return bool(self.lookahead or self.ema)
+
+    @property
     def run_name(self) -> str:
         return self.name or f"{self.model}-{self.identity_hash()}"
 

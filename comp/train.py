@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .augment import PRESETS as AUGMENT_PRESETS
 from .config import RunConfig, build_config, load_config_file, recipe_names
 from .console import console, info
 from .context import add_data_options, data_dir_from, workspace_from
@@ -42,7 +43,7 @@ CONFIG_FLAGS = [
     ("label_smoothing", float, "label smoothing"),
     ("patience", int, "early stopping patience on val accuracy (0 = off)"),
     ("keep", str, "best | last epoch's model"),
-    ("augment", str, "augmentation presets, comma-separated: none, flip, alt-flip, simple, flip-crop, alt-flip-crop, cutout"),
+    ("augment", str, f"augmentation presets, comma-separated: {', '.join(AUGMENT_PRESETS)}, crop=N"),
     ("mixup", float, "mixup alpha (0 = off)"),
     ("cutmix", float, "cutmix alpha (0 = off)"),
     ("dropout", float, "dropout"),

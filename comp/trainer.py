@@ -247,8 +247,6 @@ RECALIBRATION_BATCHES = 10  # batches (5,120 images at 512) whose statistics rep
 
 def batch_norm_layers(layer) -> list:
     """Every BatchNormalization inside `layer`, nested models included."""
-    import keras
-
     if isinstance(layer, keras.layers.BatchNormalization):
         return [layer]
     return [norm for child in getattr(layer, "layers", []) for norm in batch_norm_layers(child)]
@@ -270,13 +268,13 @@ def recalibrate_batchnorm(model: TrainingModel, images, labels, num_classes: int
         return
     momenta = [norm.momentum for norm in norms]
     order = np.random.default_rng(seed).permutation(len(labels))
-    onehot = np.eye(num_classes, dtype=np.float32)[labels]
+    onehot = np.eye(num_classes, dtype=np.float32)
     try:
         for i in range(min(RECALIBRATION_BATCHES, len(labels) // batch)):
             for norm in norms:
                 norm.momentum = i / (i + 1)  # the first batch replaces the statistics, later ones average in
             rows = np.sort(order[i * batch:(i + 1) * batch])
-            model((images[rows], onehot[rows]), training=True)
+            model((images[rows], onehot[labels[rows]]), training=True)
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
@@ -449,10 +447,10 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
             model.fit(**training_data, epochs=total_epochs, initial_epoch=state["epoch"],
                       validation_data=((val_x, val_onehot), val_y), validation_batch_size=max(config.batch_size, 256),
                       callbacks=[callback, SyncEvaluation()], verbose=0)
-        elif checkpoint and (config.lookahead or config.ema):
+        elif checkpoint and config.averages_weights:
             # Resumed after the last epoch: fit, which would end on the averaged weights, does not run.
             model.optimizer.finalize_variable_values(model.trainable_variables)
-        if config.keep == "last" and (config.lookahead or config.ema):
+        if config.keep == "last" and config.averages_weights:
             recalibrate_batchnorm(model, train_x, train_y, num_classes, config.batch_size, config.seed + fold)
         if config.keep == "best" and fold_dir and (fold_dir / "model.keras").exists():
             net = keras.models.load_model(fold_dir / "model.keras", compile=False)
