@@ -120,6 +120,23 @@ def test_resume_after_kill_9(tmp_path):
     assert (run / "oof_probs.npy").exists()
 
 
+def test_machine_presets_set_defaults_that_flags_override(tmp_path):
+    from comp.cli import build_parser
+    from comp.train import resolve_config
+    from comp.workspace import Workspace
+
+    def resolve(*flags):
+        args = build_parser().parse_args(["train", *flags])
+        return resolve_config(args, Workspace(tmp_path), fingerprint="none")
+
+    cpu = resolve("--preset", "cpu")
+    assert (cpu.model, cpu.batch_size, cpu.epochs, cpu.precision) == ("resnet", 128, 15, "float32")
+    gpu = resolve("--preset", "gpu", "--epochs", "3")
+    assert (gpu.model, gpu.precision, gpu.jit, gpu.batch_size) == ("fast-large", "bfloat16", "on", 512)
+    assert gpu.epochs == 3 and gpu.augment == "alt-flip-crop,cutout"  # flag, then the model's default
+    assert resolve("--preset", "gpu", "--model", "fast").model == "fast"
+
+
 def test_config_precedence_and_recipes(tmp_path):
     file_values = {"model": "vgg", "epochs": 7, "lr": 0.01}
     config = build_config(file_values, {"epochs": 3, "lr": None})
