@@ -60,22 +60,6 @@ class Member:
         return self.run.name
 
 
-def split_identity(run: Run) -> str:
-    """What says two runs used the same folds: comp train's folds_hash.
-
-    A comp transfer study has its own split (no folds_hash); its folds' val_rows.npy say which
-    row was in which fold, so two studies can still be compared with each other.
-    """
-    if run.provenance.get("folds_hash"):
-        return run.provenance["folds_hash"]
-    import hashlib
-
-    parts = [np.load(run.fold_dir(k) / "val_rows.npy").astype(np.int64) for k in range(run.k)
-             if (run.fold_dir(k) / "val_rows.npy").exists()]
-    digest = hashlib.sha1(b"".join(np.sort(p).tobytes() + b"|" for p in parts)).hexdigest()[:12]
-    return f"study-{digest}"
-
-
 def refuse_pretrained(runs: list[Run], allow: bool) -> None:
     if allow:
         for run in (r for r in runs if r.pretrained):
@@ -103,10 +87,10 @@ def check_compatible(runs: list[Run], dataset) -> None:
                 f"cannot combine {first.name} and {run.name}: different class lists ({len(first.classes or [])} vs "
                 f"{len(run.classes or [])} classes); column i of their probabilities means different classes"
             )
-        if split_identity(run) != split_identity(first):
+        if run.split_identity() != first.split_identity():
             raise CompError(
-                f"cannot combine {first.name} and {run.name}: different fold splits ({split_identity(first)} vs "
-                f"{split_identity(run)}); their out-of-fold predictions are not comparable row for row, so the "
+                f"cannot combine {first.name} and {run.name}: different fold splits ({first.split_identity()} vs "
+                f"{run.split_identity()}); their out-of-fold predictions are not comparable row for row, so the "
                 "blend's OOF score would not be honest. Retrain one of them on the current folds/folds.csv"
             )
         if not np.array_equal(run.oof_rows(), first.oof_rows()):
@@ -143,8 +127,8 @@ def default_runs(runs: list[Run], workspace, dataset, rows: np.ndarray | None) -
     current = read_json(meta_path).get("hash") if meta_path.exists() else None
     groups: dict[tuple, list[Run]] = {}
     for run in candidates:
-        groups.setdefault((split_identity(run), run.oof_rows().tobytes()), []).append(run)
-    best = max(groups.values(), key=lambda g: (split_identity(g[0]) == current, len(g), len(g[0].oof_rows())))
+        groups.setdefault((run.split_identity(), run.oof_rows().tobytes()), []).append(run)
+    best = max(groups.values(), key=lambda g: (g[0].split_identity() == current, len(g), len(g[0].oof_rows())))
     for group in groups.values():
         if group is not best:
             info(f"{', '.join(r.name for r in group)}: another split or --limit than "

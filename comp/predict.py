@@ -44,6 +44,7 @@ class Run:
     path: Path
     config: dict
     _oof_rows: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _split_identity: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def provenance(self) -> dict:
@@ -92,6 +93,23 @@ class Run:
         if self._oof_rows is None:
             self._oof_rows = np.load(self.path / "oof_rows.npy")
         return self._oof_rows
+
+    def split_identity(self) -> str:
+        """What says two runs used the same folds: comp train's folds_hash (worked out once, then kept).
+
+        A comp transfer study has its own split (no folds_hash); its folds' val_rows.npy say which
+        row was in which fold, so two studies can still be compared with each other.
+        """
+        if self._split_identity is None:
+            self._split_identity = self.provenance.get("folds_hash") or self._val_rows_digest()
+        return self._split_identity
+
+    def _val_rows_digest(self) -> str:
+        import hashlib
+
+        parts = [np.load(self.fold_dir(k) / "val_rows.npy").astype(np.int64) for k in range(self.k)
+                 if (self.fold_dir(k) / "val_rows.npy").exists()]
+        return "study-" + hashlib.sha1(b"".join(np.sort(p).tobytes() + b"|" for p in parts)).hexdigest()[:12]
 
 
 def resolve_run_path(workspace: Workspace, text: str) -> tuple[str, Path]:

@@ -393,17 +393,11 @@ def _rss_mb() -> float | None:
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
-def trial_progress(folds: int, epochs: int):
-    """The training progress bar without its line per epoch: a study prints one line per trial."""
-    from .progress import TrainingProgress
-
-    return TrainingProgress(folds, epochs, epoch_lines=False)
-
-
 def objective(trial, search: Search) -> float:
     """Train the trial's config on the objective folds; return their mean validation accuracy."""
     import optuna
 
+    from .progress import TrainingProgress
     from .trainer import train_fold
 
     search.current["number"] = trial.number
@@ -414,7 +408,8 @@ def objective(trial, search: Search) -> float:
         trial.set_user_attr(key, [])
     info(f"trial {trial.number}: {format_params(trial.params)}")
     try:
-        with trial_progress(len(search.folds), config.epochs) as progress:
+        # The bar without a line per epoch: a study prints one line per trial.
+        with TrainingProgress(len(search.folds), config.epochs, epoch_lines=False) as progress:
             for index, fold in enumerate(search.folds):
                 train_pos, val_pos = search.split.rows(fold, dataset.rows)
                 result = train_fold(

@@ -215,3 +215,21 @@ def test_score_against_answers(shared, work, tmp_path, capsys):
     assert main(["score", str(tmp_path / "short.csv"), "--answers", str(answers)]) == 2
     err = capsys.readouterr().err
     assert "4 answer id(s) missing" in err and "1 submission id(s) not in the answers" in err
+
+
+def test_split_identity_is_the_folds_hash_or_a_digest_of_each_folds_rows(tmp_path):
+    from comp.predict import Run
+
+    def study(name, folds):
+        path = tmp_path / name
+        for k, rows in enumerate(folds):
+            (path / f"fold{k}").mkdir(parents=True)
+            np.save(path / f"fold{k}" / "val_rows.npy", np.asarray(rows))
+        return Run(name, path, {"folds": len(folds)})
+
+    same = study("a", [[0, 2], [1, 3]]).split_identity()
+    assert same.startswith("study-")
+    assert study("b", [[2, 0], [3, 1]]).split_identity() == same  # order within a fold does not matter
+    assert study("c", [[0, 1], [2, 3]]).split_identity() != same  # another assignment of rows to folds
+    trained = Run("t", tmp_path / "t", {"provenance": {"folds_hash": "c70a982d38d5", "folds": 2}})
+    assert trained.split_identity() == "c70a982d38d5"
