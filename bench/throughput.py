@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from comp.context import import_keras  # noqa: E402
+from comp.context import accelerator, import_keras  # noqa: E402
 
 keras = import_keras()
 import numpy as np  # noqa: E402
@@ -83,19 +83,6 @@ def bare_timer(config, images, labels, steps: int, warmup: int):
     return seconds
 
 
-def device_name() -> str:
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return str(jax.devices()[0].device_kind)
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return f"cpu ({os.cpu_count()} cores)"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="baseline,deep,fast")
@@ -132,7 +119,7 @@ def main(argv=None) -> int:
                      "ratio": round(pipeline / bare, 3)})
         print(f"{name:<10} bare {bare:>10.1f} img/s   pipeline {pipeline:>10.1f} img/s   ratio {pipeline / bare:.3f}",
               flush=True)
-    report = {"backend": keras.backend.backend(), "device": device_name(), "batch_size": args.batch_size,
+    report = {"backend": keras.backend.backend(), "device": accelerator() or f"cpu ({os.cpu_count()} cores)", "batch_size": args.batch_size,
               "precision": args.precision, "jit": args.jit, "augment": args.augment, "mixup": args.mixup,
               "results": rows}
     print(json.dumps(report))

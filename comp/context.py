@@ -67,6 +67,26 @@ def import_keras():
     return keras
 
 
+def accelerator() -> str | None:
+    """The GPU the chosen backend will train on, by name; None when it runs on the CPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return None if device.platform == "cpu" else str(device.device_kind)
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return gpus[0].name if gpus else None
+
+
 def workspace_from(args) -> Workspace:
     return Workspace(Path(args.workdir).expanduser().resolve())
 

@@ -137,6 +137,16 @@ def test_machine_presets_set_defaults_that_flags_override(tmp_path):
     assert resolve("--preset", "gpu", "--model", "fast").model == "fast"
 
 
+def test_gpu_settings_on_this_cpu_are_warned_about(capsys):
+    from comp.train import warn_gpu_settings_on_cpu
+
+    for flags in ({"jit": "on"}, {"precision": "bfloat16"}):
+        warn_gpu_settings_on_cpu(build_config({}, flags))
+        assert "no GPU found" in capsys.readouterr().out  # CI machines have no GPU
+    warn_gpu_settings_on_cpu(build_config({}, {"jit": "auto", "precision": "float32"}))
+    assert capsys.readouterr().out == ""
+
+
 def test_config_precedence_and_recipes(tmp_path):
     file_values = {"model": "vgg", "epochs": 7, "lr": 0.01}
     config = build_config(file_values, {"epochs": 3, "lr": None})
