@@ -22,7 +22,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TARBALL=${1:-.bench-data/cifar10-dacon.tar.xz}
 shift || true
-# fast-large alone: OOF 0.9200 with TTA in about 5 minutes on an H200 (bench/RESULTS.md);
+# fast-large alone: OOF 0.9200 with TTA, about 5 minutes on an H200 by the stage times of the
+# two-model run (bench/RESULTS.md; this default was not timed alone);
 # MODELS="fast-large fast" adds the two-run ensemble (0.9212, 7 min 39 s in all there).
 MODELS=${MODELS:-fast-large}  # each a 5-fold run, then one ensemble of them
 WORK=${WORK:-/tmp/comp-gpu}

@@ -119,7 +119,8 @@ def main(argv=None) -> int:
                      "ratio": round(pipeline / bare, 3)})
         print(f"{name:<10} bare {bare:>10.1f} img/s   pipeline {pipeline:>10.1f} img/s   ratio {pipeline / bare:.3f}",
               flush=True)
-    report = {"backend": keras.backend.backend(), "device": accelerator() or f"cpu ({os.cpu_count()} cores)", "batch_size": args.batch_size,
+    device = accelerator() or f"cpu ({os.cpu_count()} cores)"
+    report = {"backend": keras.backend.backend(), "device": device, "batch_size": args.batch_size,
               "precision": args.precision, "jit": args.jit, "augment": args.augment, "mixup": args.mixup,
               "results": rows}
     print(json.dumps(report))

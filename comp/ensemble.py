@@ -143,9 +143,14 @@ def limited_rows(args, dataset) -> np.ndarray | None:
     return limit_rows(dataset.train_y, args.limit) if getattr(args, "limit", 0) else None
 
 
+def names_runs(args) -> bool:
+    """--runs lists runs by name (rather than being absent or `all`)."""
+    return args.runs not in (None, "", "all")
+
+
 def candidate_runs(args, workspace) -> list[Run]:
     """The runs --runs names (loaded once), or every finished run under folds/ without it."""
-    if args.runs in (None, "", "all"):
+    if not names_runs(args):
         return finished_runs(workspace)
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     if len(set(names)) != len(names):
@@ -156,7 +161,7 @@ def candidate_runs(args, workspace) -> list[Run]:
 def select_runs(args, workspace, dataset, candidates: list[Run]) -> list[Run]:
     """Of `candidate_runs`, the ones to blend: checked (named) or chosen (all) for this data."""
     rows = limited_rows(args, dataset)
-    if args.runs in (None, "", "all"):
+    if not names_runs(args):
         runs = default_runs(candidates, workspace, dataset, rows)
     else:
         runs = candidates
