@@ -1,5 +1,9 @@
-import sys
+"""`python -m comp`: the command line. Guarded: a spawned child process (comp.isolate) imports
+this module as __mp_main__ and must not run the CLI again."""
 
-from .cli import main
+if __name__ == "__main__":
+    import sys
 
-sys.exit(main())
+    from .cli import main
+
+    sys.exit(main())

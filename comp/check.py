@@ -96,3 +96,8 @@ def report(dataset: Dataset, grid_path: Path) -> dict:
         "duplicates": duplicates,
         "fingerprint": dataset.fingerprint,
     } | {k: stats[k] for k in ("sizes", "modes", "resized", "bad_files", "skipped_files")}
+
+
+def check_data(workspace, grid_path: Path) -> dict:
+    """`comp data check` on the workspace's data folder."""
+    return report(workspace.dataset(), grid_path)

@@ -1,9 +1,10 @@
-"""RunConfig: the one object that describes a training run, saved with it as config.json.
+"""RunConfig: the one object that describes a training run, saved with it in its manifest.
 
-`comp train` builds it from (in order of precedence) CLI flags, `--config FILE` (a JSON file or
-a named recipe), the model's preset defaults, and the dataclass defaults below. Tuning writes
-its best trial as a file of the same shape, so `comp train --config folds/<study>/best.json`
-trains exactly what was found.
+`comp train` (and `Workspace.train`) builds it from (in order of precedence) explicit
+overrides (CLI flags or keyword arguments), a config file (a JSON file, a run's manifest, a
+tune best.json, or a named recipe), the model's preset defaults, and the dataclass defaults
+below. Every field is checked by type and range (`FIELD_RULES`) before anything is written, so a
+bad value is one line naming where it came from, never a traceback after the run folder exists.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -42,7 +45,9 @@ class RunConfig:
     lookahead: float = 0.0  # >0: airbench's lookahead averaging, per-step decay (0.95); see trainer
     label_smoothing: float = 0.0
     patience: int = 0  # early stopping on val accuracy; 0 = off
-    keep: str = "best"  # best (epoch with best val accuracy) | last
+    # last: the final epoch's weights. best: the epoch with the best validation accuracy, chosen on
+    # the very rows whose out-of-fold predictions the run reports, so its OOF score flatters it.
+    keep: str = "last"
     # Augmentation, on the device inside the train step.
     augment: str = "none"  # comma-separated presets (comp.augment.PRESETS), e.g. flip-crop,cutout
     mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
@@ -60,6 +65,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "RunConfig":
+        if not isinstance(values, dict):
+            raise CompError(f"{source}: must be a mapping of config keys to values")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known - IGNORED_KEYS)
         if unknown:
@@ -69,24 +76,16 @@ class RunConfig:
         return config
 
     def replace(self, **changes) -> "RunConfig":
+        """A copy with `changes` (None values ignored), checked like any other config."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        config = dataclasses.replace(self, **changes)
-        config.validate("options")
-        return config
+        return RunConfig.from_dict({**self.to_dict(), **changes}, "options")
 
     def validate(self, source: str) -> None:
+        """Every field by type and range (`FIELD_RULES`), then the rules across fields."""
+        for name in fields(self):
+            setattr(self, name.name, check_field(name.name, getattr(self, name.name), source))
         from .models import MODELS
 
-        choices = {
-            "optimizer": ("adam", "adamw", "sgd"),
-            "schedule": ("constant", "cosine", "onecycle"),
-            "precision": ("float32", "bfloat16", "float16"),
-            "jit": ("auto", "on", "off"),
-            "keep": ("best", "last"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise CompError(f"{source}: {key} = {getattr(self, key)!r}; choose one of {', '.join(allowed)}")
         if self.model not in MODELS:
             raise CompError(f"{source}: model = {self.model!r}; choose one of {', '.join(MODELS)}")
         from .augment import parse_presets
@@ -96,21 +95,14 @@ class RunConfig:
 
         # A named policy (none, flip, flip-shift) or a custom list such as "flip,shift=1".
         self.tta = policy_for_augment(self.augment) if self.tta == "auto" else parse_policy(self.tta)
-        for key in ("epochs", "batch_size", "folds"):
-            if getattr(self, key) < (2 if key == "folds" else 1):
-                raise CompError(f"{source}: {key} = {getattr(self, key)} is too small")
         if self.bias_lr_scale != 1.0 and self.optimizer != "sgd":
             raise CompError(f"{source}: bias_lr_scale works with optimizer sgd only (Adam's steps ignore "
                             "gradient scale); set it to 1 or use sgd")
-        if self.bias_lr_scale <= 0:
-            raise CompError(f"{source}: bias_lr_scale = {self.bias_lr_scale} must be > 0")
-        for key in ("ema", "lookahead"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise CompError(f"{source}: {key} = {getattr(self, key)} must be in [0, 1); 0 turns it off")
         if self.ema and self.lookahead:
             raise CompError(f"{source}: ema and lookahead are two ways to average weights; set one of them to 0")
-        if isinstance(self.depth, int):
-            self.depth = [self.depth]
+        if self.keep == "best" and self.averages_weights:
+            raise CompError(f"{source}: keep = best with {'ema' if self.ema else 'lookahead'}: the averaged weights "
+                            "exist only after the last epoch, so there is no best epoch of them; use keep = last")
 
     # -- identity ---------------------------------------------------------------------
 
@@ -133,26 +125,163 @@ class RunConfig:
         return self.name or f"{self.model}-{self.identity_hash()}"
 
 
-# Keys a saved config.json carries beside the config proper (provenance), skipped on load.
-IGNORED_KEYS = {"provenance", "pretrained", "comment", "study", "trial", "value"}
+# -- per-field rules ---------------------------------------------------------------------------
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one safe path component: a folder under folds/
+
+
+@dataclass(frozen=True)
+class Number:
+    """An int or float field: its kind and range. `low_open`: the low end itself is refused."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False  # None allowed (the model's own default)
+
+    def describe(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        what = "a whole number" if self.kind is int else "a number"
+        return " and ".join(p for p in (f"{what} {low}".strip(), high) if p)
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Text:
+    pass
+
+
+@dataclass(frozen=True)
+class IntList:
+    low: int = 1  # every entry at least this
+
+
+@dataclass(frozen=True)
+class Name:
+    pass
+
+
+FIELD_RULES = {
+    "name": Name(),
+    "model": Text(),  # checked against the registry in validate (it imports the models)
+    "depth": IntList(1),
+    "width": Number(float, 0, 16, low_open=True),
+    "dropout": Number(float, 0, 1, high_open=True, optional=True),
+    "head": IntList(1),
+    "epochs": Number(int, 1, 100_000),
+    "batch_size": Number(int, 1, 1 << 16),
+    "optimizer": Choice(("adam", "adamw", "sgd")),
+    "lr": Number(float, 0, None, low_open=True),
+    "schedule": Choice(("constant", "cosine", "onecycle")),
+    "warmup_epochs": Number(float, 0),
+    "weight_decay": Number(float, 0, 1, high_open=True),
+    "momentum": Number(float, 0, 1, high_open=True),
+    "bias_lr_scale": Number(float, 0, None, low_open=True),
+    "ema": Number(float, 0, 1, high_open=True),
+    "lookahead": Number(float, 0, 1, high_open=True),
+    "label_smoothing": Number(float, 0, 1, high_open=True),
+    "patience": Number(int, 0),
+    "keep": Choice(("best", "last")),
+    "augment": Text(),  # parsed by comp.augment in validate
+    "mixup": Number(float, 0, 100),
+    "cutmix": Number(float, 0, 100),
+    "tta": Text(),  # parsed by comp.tta in validate
+    "precision": Choice(("float32", "bfloat16", "float16")),
+    "jit": Choice(("auto", "on", "off")),
+    "folds": Number(int, 2, 100),
+    "seed": Number(int, 0, 2**32 - 1),
+    "limit": Number(int, 0),
+}
+
+
+def _bad(source: str, key: str, value, expected: str) -> CompError:
+    return CompError(f"{source}: {key} = {value!r}; expected {expected}")
+
+
+def _number(key: str, value, rule: Number, source: str):
+    if value is None and rule.optional:
+        return None
+    # bool is an int to Python, but `epochs: true` is a typo, never a count.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(source, key, value, rule.describe())
+    if not math.isfinite(value):
+        raise _bad(source, key, value, rule.describe())
+    if rule.kind is int:
+        if not float(value).is_integer():
+            raise _bad(source, key, value, rule.describe())
+        value = int(value)
+    else:
+        value = float(value)
+    too_low = rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low)
+    too_high = rule.high is not None and (value >= rule.high if rule.high_open else value > rule.high)
+    if too_low or too_high:
+        raise _bad(source, key, value, rule.describe())
+    return value
+
+
+def check_field(key: str, value, source: str):
+    """The field's value in its canonical type, or a CompError naming the key, the value and what fits."""
+    rule = FIELD_RULES[key]
+    if isinstance(rule, Number):
+        return _number(key, value, rule, source)
+    if isinstance(rule, Choice):
+        if value not in rule.options:
+            raise _bad(source, key, value, f"one of {', '.join(rule.options)}")
+        return value
+    if isinstance(rule, IntList):
+        if value is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        entries = value if isinstance(value, list) else None
+        expected = f"a list of whole numbers >= {rule.low}, e.g. [2, 2, 2]"
+        if not entries or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not float(v).is_integer() or v < rule.low for v in entries):
+            raise _bad(source, key, value, expected)
+        return [int(v) for v in entries]
+    if isinstance(rule, Name):
+        if not isinstance(value, str) or (value and not RUN_NAME.fullmatch(value)):
+            raise _bad(source, key, value, "a run name of letters, digits, '.', '_' and '-' (a folder under folds/), "
+                                           "starting with a letter or digit")
+        return value
+    if not isinstance(value, str):
+        raise _bad(source, key, value, "text")
+    return value
+
+
+# Keys a saved manifest or best.json carries beside the config proper, skipped on load.
+IGNORED_KEYS = {"provenance", "pretrained", "comment", "study", "trial", "value", "tuned"}
 
 
 def load_config_file(path_or_name: str) -> dict:
-    """--config takes a JSON file path or the name of a bundled recipe (see `comp train --list-recipes`)."""
+    """--config takes a JSON file path, a run folder's config.json, or the name of a bundled recipe."""
     path = Path(path_or_name)
     if not path.exists():
-        recipe = RECIPES_DIR / f"{path_or_name.removesuffix('.json')}.json"
+        recipe = RECIPES_DIR / f"{str(path_or_name).removesuffix('.json')}.json"
         if recipe.exists():
             path = recipe
         else:
-            names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.json")))
+            names = ", ".join(recipe_names())
             raise CompError(f"{path_or_name}: no such config file or recipe; recipes: {names}")
+    if path.is_dir():
+        path = path / "config.json"  # a run folder
     try:
         values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise CompError(f"{path}: cannot be read ({err}); pass a JSON config file") from None
     except json.JSONDecodeError as err:
         raise CompError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); fix the file") from None
     if not isinstance(values, dict):
         raise CompError(f"{path}: must hold a JSON object of config keys")
+    if isinstance(values.get("config"), dict) and "schema" in values:  # a run manifest: its config
+        values = values["config"]
     return values
 
 
@@ -161,16 +290,18 @@ def recipe_names() -> list[str]:
 
 
 def build_config(file_values: dict | None, overrides: dict, source: str = "config") -> RunConfig:
-    """Dataclass defaults < the model's preset < --config file (named `source`) < CLI flags.
+    """Dataclass defaults < the model's preset < config file (named `source`) < overrides.
 
     A bad value is reported under the name of where it came from: the file's path when the file
-    alone is invalid, "options" when a command-line flag made it so.
+    alone is invalid, "options" when an override made it so.
     """
     from .models import model_defaults
 
     values = dict(file_values or {})
     flags = {k: v for k, v in overrides.items() if v is not None}
     model = flags.get("model") or values.get("model") or RunConfig.model
+    if not isinstance(model, str):
+        raise _bad("options" if "model" in flags else source, "model", model, "a model name")
     try:
         return RunConfig.from_dict({**model_defaults(model), **values, **flags}, "options" if flags else source)
     except CompError:

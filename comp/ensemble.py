@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from .console import console, info, warn
-from .context import add_data_options, workspace_from
 from .errors import CompError
-from .predict import (Run, accuracy, check_same_data, finished_runs, load_full_dataset, load_run, log_loss,
-                      oof_probs, require_finished, test_probs)
+from .runs import Run, check_same_data, finished_runs, require_finished
+from .scoring import accuracy, log_loss
 from .tta import AVERAGES, DEFAULT_AVERAGE, parse_policy, prediction_tag
 
 METHODS = ("auto", "mean", "geomean", "vote", "weights")
@@ -87,10 +86,10 @@ def check_compatible(runs: list[Run], dataset) -> None:
                 f"cannot combine {first.name} and {run.name}: different class lists ({len(first.classes or [])} vs "
                 f"{len(run.classes or [])} classes); column i of their probabilities means different classes"
             )
-        if run.split_identity() != first.split_identity():
+        if run.split_hash != first.split_hash:
             raise CompError(
-                f"cannot combine {first.name} and {run.name}: different fold splits ({first.split_identity()} vs "
-                f"{run.split_identity()}); their out-of-fold predictions are not comparable row for row, so the "
+                f"cannot combine {first.name} and {run.name}: different fold splits ({first.split_hash} vs "
+                f"{run.split_hash}); their out-of-fold predictions are not comparable row for row, so the "
                 "blend's OOF score would not be honest. Retrain one of them on the current folds/folds.csv"
             )
         if not np.array_equal(run.oof_rows(), first.oof_rows()):
@@ -127,8 +126,8 @@ def default_runs(runs: list[Run], workspace, dataset, rows: np.ndarray | None) -
     current = read_json(meta_path).get("hash") if meta_path.exists() else None
     groups: dict[tuple, list[Run]] = {}
     for run in candidates:
-        groups.setdefault((run.split_identity(), run.oof_rows().tobytes()), []).append(run)
-    best = max(groups.values(), key=lambda g: (g[0].split_identity() == current, len(g), len(g[0].oof_rows())))
+        groups.setdefault((run.split_hash, run.oof_rows().tobytes()), []).append(run)
+    best = max(groups.values(), key=lambda g: (g[0].split_hash == current, len(g), len(g[0].oof_rows())))
     for group in groups.values():
         if group is not best:
             info(f"{', '.join(r.name for r in group)}: another split or --limit than "
@@ -136,48 +135,42 @@ def default_runs(runs: list[Run], workspace, dataset, rows: np.ndarray | None) -
     return best
 
 
-def limited_rows(args, dataset) -> np.ndarray | None:
+def limited_rows(limit: int, dataset) -> np.ndarray | None:
     """The train rows --limit selects (as comp train does), or None without --limit."""
     from .data import limit_rows
 
-    return limit_rows(dataset.train_y, args.limit) if getattr(args, "limit", 0) else None
+    return limit_rows(dataset.train_y, limit) if limit else None
 
 
-def names_runs(args) -> bool:
-    """--runs lists runs by name (rather than being absent or `all`)."""
-    return args.runs not in (None, "", "all")
-
-
-def candidate_runs(args, workspace) -> list[Run]:
-    """The runs --runs names (loaded once), or every finished run under folds/ without it."""
-    if not names_runs(args):
+def candidate_runs(workspace, names: list[str] | None) -> list[Run]:
+    """The runs named (loaded once), or every finished run under folds/ without names."""
+    if names is None:
         return finished_runs(workspace)
-    names = [n.strip() for n in args.runs.split(",") if n.strip()]
     if len(set(names)) != len(names):
-        raise CompError(f"--runs {args.runs}: a run is named twice")
-    return [load_run(workspace, n) for n in names]
+        raise CompError(f"--runs {','.join(names)}: a run is named twice")
+    return [workspace.run(n) for n in names]
 
 
-def select_runs(args, workspace, dataset, candidates: list[Run]) -> list[Run]:
+def select_runs(workspace, dataset, candidates: list[Run], named: bool, limit: int,
+                allow_pretrained: bool) -> list[Run]:
     """Of `candidate_runs`, the ones to blend: checked (named) or chosen (all) for this data."""
-    rows = limited_rows(args, dataset)
-    if not names_runs(args):
+    rows = limited_rows(limit, dataset)
+    if not named:
         runs = default_runs(candidates, workspace, dataset, rows)
     else:
         runs = candidates
-        refuse_pretrained(runs, args.allow_pretrained)  # before anything else: the rule, not a detail
+        refuse_pretrained(runs, allow_pretrained)  # before anything else: the rule, not a detail
         for run in runs:
             require_finished(run)
             if rows is not None and not np.array_equal(run.oof_rows(), rows):
-                raise CompError(f"{run.name}: trained on other rows than --limit {args.limit}; "
-                                "drop --limit or the run")
+                raise CompError(f"{run.name}: trained on other rows than --limit {limit}; drop --limit or the run")
     check_compatible(runs, dataset)
     return runs
 
 
 def member_tag(run: Run, tta: str | None, average: str) -> str:
     """--tta for every run, else each run's own policy (the one its augmentation taught)."""
-    if run.pretrained or "provenance" not in run.config:
+    if run.kind != "kfold":
         return ""  # study runs write plain predictions only
     return prediction_tag(parse_policy(tta or run.tta), average)
 
@@ -186,7 +179,7 @@ def load_members(runs: list[Run], tta: str | None, average: str) -> list[Member]
     members = []
     for run in runs:
         tag = member_tag(run, tta, average)
-        oof, test = oof_probs(run, tag).astype(np.float64), test_probs(run, tag).astype(np.float64)
+        oof, test = run.read_oof(tag).astype(np.float64), run.read_test(tag).astype(np.float64)
         members.append(Member(run, tag, oof, test))
     return members
 
@@ -288,7 +281,7 @@ def members_table(members: list[Member], labels: np.ndarray, weights: np.ndarray
     for i, m in enumerate(members):
         tta = (m.tag.lstrip(".") or "none")
         weight = f"{weights[i]:.3f}" if weights is not None else "-"
-        table.add_row(m.name, str(m.run.config.get("model", m.run.config.get("backbone", "?"))), tta,
+        table.add_row(m.name, m.run.model, tta,
                       f"{accuracy(m.oof, labels):.4f}", f"{log_loss(m.oof, labels):.4f}", weight)
     return table
 
@@ -348,53 +341,51 @@ def index_entry(workspace, out: Path, members: list[Member], choice: Blend, rows
     }
 
 
-def run(args) -> int:
+@dataclass
+class Submission:
+    """A written leaderboard CSV and how it was made."""
+
+    path: Path
+    method: str
+    weights: dict  # run name -> weight in the blend (empty for geomean and vote)
+    oof_accuracy: float  # the blend's accuracy on the out-of-fold rows
+    oof_rows: int
+    runs: list[str]
+
+
+def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str = "auto", tta: str | None = None,
+             average: str = DEFAULT_AVERAGE, force: bool = False, allow_pretrained: bool = False,
+             limit: int = 0) -> Submission:
+    """Blend finished runs (named, or every one that fits the data) into a leaderboard CSV. -> Submission."""
+    from .predict import dataset_for_runs
     from .submission import append_index, submission_frame, write_submission
 
-    workspace = workspace_from(args)
+    if method not in METHODS:
+        raise CompError(f"--method {method}: choose one of {', '.join(METHODS)}")
+    if average not in AVERAGES:
+        raise CompError(f"--tta-average {average}: choose one of {', '.join(AVERAGES)}")
     started = time.time()
-    out = workspace.submission_path(args.out or default_out_name()).expanduser().resolve()
-    if out.exists() and not args.force:  # say so now, not after the work
+    out = workspace.submission_path(out or default_out_name()).expanduser().resolve()
+    if out.exists() and not force:  # say so now, not after the work
         raise CompError(f"{out}: already exists; choose another --out, or pass --force to replace it")
     # 1. The runs: named, or every finished one that fits the data; refused when not comparable.
-    candidates = candidate_runs(args, workspace)
-    dataset = load_full_dataset(args, candidates)
-    runs = select_runs(args, workspace, dataset, candidates)
+    candidates = candidate_runs(workspace, runs)
+    dataset = dataset_for_runs(workspace, candidates)
+    chosen = select_runs(workspace, dataset, candidates, runs is not None, limit, allow_pretrained)
     # 2. Their predictions: OOF rows (to score and fit) and test images (to submit).
-    members = load_members(runs, args.tta, args.tta_average)
-    labels = dataset.train_y[runs[0].oof_rows()]
+    members = load_members(chosen, tta, average)
+    labels = dataset.train_y[chosen[0].oof_rows()]
     # 3. How to combine them, decided on the OOF rows.
-    choice = decide_blend(members, labels, args.method)
+    choice = decide_blend(members, labels, method)
     console.print(members_table(members, labels, choice.weights))
-    explain_blend(choice, args.method, len(labels))
+    explain_blend(choice, method, len(labels))
     # 4. The CSV, checked, and its line in the history.
     predicted = blend(choice.method, [m.test for m in members], choice.fitted).argmax(1)
     frame = submission_frame(dataset.submission, dataset.classes, predicted)
-    write_submission(out, frame, dataset.submission, dataset.classes, force=args.force)
+    write_submission(out, frame, dataset.submission, dataset.classes, force=force)
     index = append_index(workspace, index_entry(workspace, out, members, choice, len(labels), dataset.fingerprint))
     best_single = max(accuracy(m.oof, labels) for m in members)
     info(f"wrote {out}: {len(frame):,} rows, method {choice.method}, OOF accuracy [bold]{choice.accuracy:.4f}[/bold] "
          f"(best single run {best_single:.4f}); history: {index} ({time.time() - started:.0f}s)")
-    return 0
-
-
-def register(subparsers, parents) -> None:
-    from .submission import register_score
-
-    parser = subparsers.add_parser("ensemble", parents=parents,
-                                   help="blend finished runs into a leaderboard CSV (scored on OOF rows)")
-    parser.add_argument("--runs", help="comma-separated run names under folds/ or paths (e.g. studies/x), or all "
-                                       "(default: every finished run that fits the data, split and rows)")
-    parser.add_argument("--out", help="CSV path; a bare name lands in submissions/ (default: ensemble-<time>.csv)")
-    parser.add_argument("--method", choices=METHODS, default="auto",
-                        help="how runs are combined (default: auto = mean or fitted weights, "
-                             "whichever scores better on held-out OOF rows)")
-    parser.add_argument("--tta", help="use every run's predictions with this TTA policy (default: each run's own)")
-    parser.add_argument("--tta-average", choices=AVERAGES, default=DEFAULT_AVERAGE,
-                        help=f"which averaged TTA predictions to use (default: {DEFAULT_AVERAGE})")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--allow-pretrained", action="store_true",
-                        help="accept runs made from pretrained weights (forbidden in these competitions)")
-    add_data_options(parser)  # --limit N: only runs trained with --limit N (the same rows)
-    parser.set_defaults(func=run)
-    register_score(subparsers, parents)
+    weights = {} if choice.weights is None else {m.name: float(w) for m, w in zip(members, choice.weights)}
+    return Submission(out, choice.method, weights, choice.accuracy, len(labels), [m.name for m in members])

@@ -77,3 +77,27 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def load_npy(path: str | os.PathLike, fix: str) -> np.ndarray:
+    """np.load for an artifact; a missing, truncated or damaged file is a CompError naming it and `fix`."""
+    from .errors import CompError
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise CompError(f"{path}: damaged or unreadable ({type(err).__name__}: {err}); {fix}") from None
+
+
+def remove_tree(path: str | os.PathLike, inside: str | os.PathLike) -> None:
+    """shutil.rmtree, refused unless `path` lies strictly inside `inside` (a run's own folder under folds/).
+
+    Names are validated before they become paths; this is the last guard that a delete never
+    leaves the workdir, whatever a name or a link resolves to.
+    """
+    import shutil
+
+    target, root = Path(path).resolve(), Path(inside).resolve()
+    if target == root or root not in target.parents:
+        raise AssertionError(f"refusing to delete {target}: not inside {root}")
+    shutil.rmtree(target, ignore_errors=True)

@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 
 from .console import console, info
-from .context import workspace_from
 from .errors import CompError
 from .fileio import save_csv, save_figure
-from .predict import Run, accuracy, finished_runs, load_full_dataset, load_run, oof_probs, require_finished
-from .tta import prediction_tag
+from .runs import Run, finished_runs, require_finished
+from .scoring import accuracy
 
 MISTAKES_SHOWN = 24  # a 4x6 grid: enough to see a pattern, small enough to read the labels
 MISTAKES_COLUMNS = 6
@@ -78,10 +77,8 @@ def leaderboard_table(frame: pd.DataFrame, fingerprint: str | None):
 
 def best_oof(run: Run) -> tuple[np.ndarray, str]:
     """The run's OOF probabilities with its TTA policy when written, else without."""
-    tag = prediction_tag(run.tta) if "provenance" in run.config else ""
-    if not (run.path / f"oof_probs{tag}.npy").exists():
-        tag = ""
-    return oof_probs(run, tag), (tag.lstrip(".") or "none")
+    tag = run.own_tag
+    return run.read_oof(tag), (tag.lstrip(".") or "none")
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -159,32 +156,34 @@ def plot_mistakes(images: np.ndarray, probs: np.ndarray, labels: np.ndarray, cla
 # -- the command -----------------------------------------------------------------------------
 
 
-def pick_run(args, workspace, runs: list[Run], board: pd.DataFrame, fingerprint: str) -> Run:
-    if args.run:
-        run = load_run(workspace, args.run)
-        require_finished(run)
-        return run
+def pick_run(workspace, run, board: pd.DataFrame, runs: list[Run], fingerprint: str) -> Run:
+    if run is not None:
+        chosen = workspace.run(run)
+        require_finished(chosen)
+        return chosen
     fitting = board[board["fingerprint"] == fingerprint]
     if fitting.empty:
         raise CompError(f"no finished run on the current data ({fingerprint}); pass --run or --data")
     return next(r for r in runs if r.name == fitting.iloc[0]["run"])
 
 
-def run(args) -> int:
-    workspace = workspace_from(args)
-    out_dir = Path(args.out).expanduser() if args.out else workspace.folds / "report"
+def report(workspace, run=None, out_dir: Path | None = None, mistakes: int | None = None) -> dict:
+    """Leaderboard (table + CSV), confusion matrix and confident mistakes of the best run (or `run`)."""
+    from .predict import dataset_for_runs
+
+    out_dir = Path(out_dir).expanduser() if out_dir else workspace.folds / "report"
     runs = finished_runs(workspace)
-    if not runs and not args.run:
+    if not runs and run is None:
         raise CompError(f"no finished run under {workspace.folds}; train one first (comp train --fold all)")
-    chosen_hint = [load_run(workspace, args.run)] if args.run else runs
-    dataset = load_full_dataset(args, chosen_hint, prefer_recorded=bool(args.run))
+    chosen_hint = [workspace.run(run)] if run is not None else runs
+    dataset = dataset_for_runs(workspace, chosen_hint, prefer_recorded=run is not None)
     board = leaderboard(runs) if runs else pd.DataFrame(columns=["run", "fingerprint"])
     if runs:
         console.print(leaderboard_table(board, dataset.fingerprint))
         save_csv(out_dir / "leaderboard.csv", board)
         info(f"leaderboard: {out_dir / 'leaderboard.csv'}")
 
-    best = pick_run(args, workspace, runs, board, dataset.fingerprint)
+    best = pick_run(workspace, run, board, runs, dataset.fingerprint)
     if best.fingerprint != dataset.fingerprint:
         raise CompError(f"{best.name}: trained on other data than {dataset.data_dir}; pass --data with its folder")
     probs, tta = best_oof(best)
@@ -194,21 +193,9 @@ def run(args) -> int:
     counts = confusion(labels, probs.argmax(1), dataset.num_classes)
     confusion_png = plot_confusion(counts, dataset.classes, title, out_dir / "confusion.png")
     mistakes_png = plot_mistakes(dataset.train_x[rows], probs, labels, dataset.classes, best.name,
-                                 out_dir / "mistakes.png", args.mistakes)
+                                 out_dir / "mistakes.png", MISTAKES_SHOWN if mistakes is None else mistakes)
     per_class = np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
     worst = np.argsort(per_class)[:3]
     info(f"{title}\nweakest classes: " + ", ".join(f"{dataset.classes[c]} {per_class[c]:.3f}" for c in worst))
     info(f"plots: {confusion_png}, {mistakes_png}")
-    return 0
-
-
-def register(subparsers, parents) -> None:
-    parser = subparsers.add_parser("report", parents=parents,
-                                   help="leaderboard of runs, confusion matrix and confident mistakes (PNG)")
-    parser.add_argument("--run", help="plot this run (name under folds/ or a path) instead of the best")
-    parser.add_argument("--out", help="output folder (default: folds/report)")
-    parser.add_argument("--mistakes", type=int, default=MISTAKES_SHOWN,
-                        help=f"how many confident mistakes to show (default: {MISTAKES_SHOWN})")
-    parser.add_argument("--data", help="competition folder (default: the one the runs were trained on)")
-    parser.add_argument("--skip-bad", action="store_true", help="as given to comp train, if it was")
-    parser.set_defaults(func=run)
+    return {"leaderboard": board, "run": best.name, "confusion": confusion_png, "mistakes": mistakes_png}

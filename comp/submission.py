@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .console import info
 from .data import SubmissionFormat, read_id_csv
 from .errors import CompError
 from .fileio import atomic_path, save_csv
@@ -127,23 +126,4 @@ def score_submission(submission: Path, answers: Path) -> dict:
         raise CompError(f"{submission}: ids do not match {answers}: {'; '.join(parts)}")
     merged = ans.merge(sub, on="id", suffixes=("_true", "_pred"))
     correct = _same_target(merged["target_true"], merged["target_pred"])
-    return {"accuracy": float(correct.mean()), "correct": int(correct.sum()), "rows": len(merged)}
-
-
-def run_score(args) -> int:
-    from .context import data_dir_from
-
-    submission = Path(args.submission).expanduser()
-    answers = Path(args.answers).expanduser() if args.answers else data_dir_from(args) / "answers.csv"
-    result = score_submission(submission, answers)
-    info(f"{submission}: accuracy [bold]{result['accuracy']:.4f}[/bold] "
-         f"({result['correct']:,} of {result['rows']:,} correct, answers {answers})")
-    return 0
-
-
-def register_score(subparsers, parents) -> None:
-    parser = subparsers.add_parser("score", parents=parents, help="accuracy of a submission CSV against an answers CSV")
-    parser.add_argument("submission", help="the submission CSV (id,target)")
-    parser.add_argument("--answers", help="answers CSV (id,target) (default: answers.csv in the data folder)")
-    parser.add_argument("--data", help="data folder holding answers.csv (default: the workdir's)")
-    parser.set_defaults(func=run_score)
+    return {"accuracy": float(correct.mean()), "correct": int(correct.sum()), "rows": len(merged), "answers": answers}

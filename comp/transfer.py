@@ -19,19 +19,17 @@ BACKBONES table below is the one place that decides which function that is.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import os
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .console import console, info
-from .context import add_data_options, dataset_from, workspace_from
 from .errors import CompError, one_line
 from .fileio import read_json, save_csv, save_figure, save_npy, write_json
 from .folds import parse_fold_selection
@@ -39,6 +37,7 @@ from .inference import predict_outputs
 from .scoring import accuracy, log_loss
 
 DEFAULT_SEED = 42
+STUDY_FILE = "study.json"  # a study's settings; a K-fold fine-tuning run also writes a run manifest
 VAL_FRACTION = 0.2  # the holdout split: 80% train, 20% validation
 HEAD_DROPOUT = 0.2  # between the pooled features and the new classifier, as in the Keras transfer guide
 HEAD_LR = 1e-3  # the new head starts from random weights and needs an ordinary learning rate
@@ -318,17 +317,6 @@ def holdout_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray
     return np.sort(train_rows), np.sort(val_rows)
 
 
-def kfold_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedKFold
-
-    smallest = int(np.bincount(labels).min())
-    if smallest < folds:
-        raise CompError(f"--folds {folds}: the smallest class has only {smallest} images; use --folds {max(2, smallest)} "
-                        "or more data")
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(labels)), labels))
-
-
 # -- training ------------------------------------------------------------------------------
 
 
@@ -375,10 +363,25 @@ def start_model(seed: int) -> None:
 # -- the study folder ----------------------------------------------------------------------
 
 
-def base_config(args, dataset, weights: str, seed: int, study: str) -> dict:
-    """What every study run records: enough to tell it from a submission run and to redo it."""
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """What a fine-tuning study trains: one backbone, two stages (head, then the unfrozen top)."""
+
+    backbone: str = "ResNet50V2"
+    weights: str = "imagenet"  # imagenet | none | path of a no-top .h5 file
+    unfreeze_from: str | None = None  # None: the backbone's default (start of its last stage)
+    epochs_head: int = 5
+    epochs: int = 10
+    optimizer: str = "adam"
+    lr: float = FINETUNE_LR
+    batch_size: int = 64
+    seed: int = DEFAULT_SEED
+
+
+def study_record(dataset, weights: str, seed: int, study: str, batch_size: int) -> dict:
+    """What every study records: enough to tell it from a submission run and to redo it."""
     return {
-        # Marks every run of this track, whatever --weights: the ensemble stage refuses any
+        # Marks every study of this track, whatever the weights: the ensemble stage refuses any
         # run carrying it (unless --allow-pretrained), so studies never leak into submissions.
         "pretrained": True,
         "study": study,
@@ -388,7 +391,7 @@ def base_config(args, dataset, weights: str, seed: int, study: str) -> dict:
         "image_shape": list(dataset.image_shape),
         "limit": dataset.limit,
         "seed": seed,
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
     }
 
 
@@ -400,7 +403,7 @@ def check_same_study(folder: Path, config: dict, has_results: bool, free_keys: t
     first result (say, the weights download failed) holds nothing to mix, so it is simply
     started again. Keys in `free_keys` may differ (compare may add backbones to a study).
     """
-    path = folder / "config.json"
+    path = folder / STUDY_FILE
     if not (has_results and path.exists()):
         return {}
     old = read_json(path)
@@ -487,38 +490,40 @@ def comparison_plot(rows: list[dict], num_classes: int, weights: str, path: Path
     return path
 
 
-def run_compare(args) -> int:
-    backbones = parse_backbones(args.backbones)
-    weights = resolve_weights(args.weights)
-    name = check_name(args.name)
-    epochs = check_at_least("--epochs", args.epochs, 1)
-    check_at_least("--batch-size", args.batch_size, 1)
-    seed = args.seed or DEFAULT_SEED
-    dataset = dataset_from(args)
-    folder = workspace_from(args).studies / name
-    config = base_config(args, dataset, weights, seed, "compare") | {
-        "epochs": epochs, "val_fraction": VAL_FRACTION, "backbones": [b.name for b in backbones]}
+def compare(workspace, backbones: str = "all", weights: str = "imagenet", epochs: int = 3, batch_size: int = 64,
+            name: str = "compare", seed: int | None = None) -> list[dict]:
+    """Every chosen backbone frozen, a new head trained, all on one holdout split: a row each."""
+    chosen = parse_backbones(backbones)
+    weights = resolve_weights(weights)
+    name = check_name(name)
+    epochs = check_at_least("--epochs", epochs, 1)
+    check_at_least("--batch-size", batch_size, 1)
+    seed = seed or DEFAULT_SEED
+    dataset = workspace.dataset()
+    folder = workspace.studies / name
+    config = study_record(dataset, weights, seed, "compare", batch_size) | {
+        "epochs": epochs, "val_fraction": VAL_FRACTION, "backbones": [b.name for b in chosen]}
     csv_path = folder / "results.csv"
     earlier = check_same_study(folder, config, csv_path.exists(), free_keys=("backbones",))
     config["backbones"] = list(dict.fromkeys([*earlier.get("backbones", []), *config["backbones"]]))
-    write_json(folder / "config.json", config)
+    write_json(folder / STUDY_FILE, config)
 
     split = holdout_split(dataset.train_y, seed)
     info(f"study {folder}: {len(split[0]):,} train / {len(split[1]):,} val images, {epochs} epoch(s) per backbone")
     rows = read_done_rows(csv_path)
     done = {row["backbone"] for row in rows}
-    for backbone in backbones:
+    for backbone in chosen:
         if backbone.name in done:
             info(f"{backbone.name}: done earlier in this study, kept")
             continue
-        rows.append(compare_one(backbone, dataset, split, weights, epochs, args.batch_size, seed))
+        rows.append(compare_one(backbone, dataset, split, weights, epochs, batch_size, seed))
         save_csv(csv_path, _frame(rows))  # after each backbone, so an interrupted study resumes
     rows.sort(key=lambda row: list(BACKBONES).index(row["backbone"]))
     save_csv(csv_path, _frame(rows))
     console.print(results_table(rows, f"{name}: frozen backbones, weights {Path(weights).name}"))
     plot = comparison_plot(rows, dataset.num_classes, weights, folder / "comparison.png")
     info(f"results: {csv_path}\nplot: {plot}")
-    return 0
+    return rows
 
 
 def _frame(rows: list[dict]):
@@ -530,32 +535,33 @@ def _frame(rows: list[dict]):
 # -- comp transfer finetune ----------------------------------------------------------------
 
 
-def finetune_fold(backbone: Backbone, dataset, split, args, weights: str, seed: int, label: str):
+def finetune_fold(backbone: Backbone, dataset, split, settings: FinetuneSettings, label: str):
     """Stage 1: new head on the frozen base. Stage 2: unfreeze the top, retrain at a low rate.
 
     Returns (val probabilities, test probabilities, metrics).
     """
-    start_model(seed)
+    start_model(settings.seed)
     started = time.perf_counter()
-    model, base = build_model(backbone, weights, dataset.image_shape, dataset.num_classes)
-    layer = args.unfreeze_from or backbone.unfreeze_from
+    model, base = build_model(backbone, settings.weights, dataset.image_shape, dataset.num_classes)
+    layer = settings.unfreeze_from or backbone.unfreeze_from
     start = unfreeze_index(base, backbone, layer)  # before any training: a typo costs nothing
 
     compile_model(model, "adam", HEAD_LR)
-    head = fit(model, dataset, *split, args.epochs_head, args.batch_size, f"{label} head")
+    head = fit(model, dataset, *split, settings.epochs_head, settings.batch_size, f"{label} head")
 
     tuned, unfrozen = None, 0
-    if args.epochs:  # --epochs 0: the frozen-base result alone, as a baseline
+    if settings.epochs:  # epochs 0: the frozen-base result alone, as a baseline
         unfrozen = unfreeze_top(base, start)
-        compile_model(model, args.optimizer, args.lr)  # recompiling makes the new trainable set take effect
-        info(f"  {label}: unfroze {unfrozen} layer(s) from {layer}; BatchNorm stays frozen; lr {args.lr:g}")
-        tuned = fit(model, dataset, *split, args.epochs, args.batch_size, f"{label} finetune")
+        compile_model(model, settings.optimizer, settings.lr)  # recompiling makes the new trainable set take effect
+        info(f"  {label}: unfroze {unfrozen} layer(s) from {layer}; BatchNorm stays frozen; lr {settings.lr:g}")
+        tuned = fit(model, dataset, *split, settings.epochs, settings.batch_size, f"{label} finetune")
 
     train_rows, val_rows = split
-    val_probs = predict_outputs(model, dataset.train_x[val_rows], args.batch_size)  # the head ends in softmax
-    test_probs = predict_outputs(model, dataset.test_x, args.batch_size)
+    val_probs = predict_outputs(model, dataset.train_x[val_rows], settings.batch_size)  # the head ends in softmax
+    test_probs = predict_outputs(model, dataset.test_x, settings.batch_size)
     val_labels = dataset.train_y[val_rows]
     val_accuracy, val_loss = accuracy(val_probs, val_labels), log_loss(val_probs, val_labels)
+    seconds = time.perf_counter() - started
     metrics = {
         "val_accuracy": val_accuracy,
         "val_loss": val_loss,
@@ -568,31 +574,20 @@ def finetune_fold(backbone: Backbone, dataset, split, args, weights: str, seed: 
         "train_images": len(train_rows),
         "val_images": len(val_rows),
         "seconds_per_epoch": float(np.mean(head["epoch_seconds"] + (tuned or {}).get("epoch_seconds", []))),
-        "total_seconds": time.perf_counter() - started,
+        "total_seconds": seconds,
+        # The names every K-fold run's metrics.json carries (comp.train's table and summary read them).
+        "best_epoch": settings.epochs_head + settings.epochs,
+        "epochs_run": settings.epochs_head + settings.epochs,
+        "seconds": seconds,
     }
     return val_probs, test_probs, metrics
 
 
-def write_fold(folder: Path, dataset, val_rows: np.ndarray, val_probs, test_probs, metrics: dict) -> None:
+def write_fold(folder: Path, val_probs, test_probs, metrics: dict) -> None:
     """Probabilities first, metrics.json last: its presence means the fold is complete."""
-    # Rows are indices into the full train set (dataset.rows), so they stay meaningful under --limit.
-    save_npy(folder / "val_rows.npy", dataset.rows[val_rows])
     save_npy(folder / "val_probs.npy", val_probs.astype(np.float32))
     save_npy(folder / "test_probs.npy", test_probs.astype(np.float32))
     write_json(folder / "metrics.json", metrics)
-
-
-def write_oof(folder: Path, folds: int) -> bool:
-    """oof_probs.npy + oof_rows.npy once every fold is complete (from this run or earlier ones)."""
-    fold_dirs = [folder / f"fold{k}" for k in range(folds)]
-    if not all((d / "metrics.json").exists() for d in fold_dirs):
-        return False
-    rows = np.concatenate([np.load(d / "val_rows.npy") for d in fold_dirs])
-    probs = np.concatenate([np.load(d / "val_probs.npy") for d in fold_dirs])
-    order = np.argsort(rows)  # in train-row order, like the dataset itself
-    save_npy(folder / "oof_rows.npy", rows[order])
-    save_npy(folder / "oof_probs.npy", probs[order])
-    return True
 
 
 def finetune_table(results: list[tuple[str, dict]], title: str):
@@ -610,94 +605,66 @@ def finetune_table(results: list[tuple[str, dict]], title: str):
     return table
 
 
-def run_finetune(args) -> int:
-    chosen = parse_backbones(args.backbone)
-    if len(chosen) != 1:
-        raise CompError(f"--backbone {args.backbone}: fine-tune one backbone at a time (compare ranks several)")
-    backbone = chosen[0]
-    weights = resolve_weights(args.weights)
-    name = check_name(args.name or f"finetune-{backbone.name.lower()}")
-    check_at_least("--epochs-head", args.epochs_head, 1)
-    check_at_least("--epochs", args.epochs, 0)
-    check_at_least("--batch-size", args.batch_size, 1)
-    if args.folds:
-        check_at_least("--folds", args.folds, 2)
-    elif args.fold != "all":
-        raise CompError(f"--fold {args.fold}: needs --folds K (without it there is one holdout split)")
-    seed = args.seed or DEFAULT_SEED
-    dataset = dataset_from(args)
-    folder = workspace_from(args).studies / name
-    config = base_config(args, dataset, weights, seed, "finetune") | {
-        "backbone": backbone.name, "unfreeze_from": args.unfreeze_from or backbone.unfreeze_from,
-        "epochs_head": args.epochs_head, "epochs": args.epochs, "optimizer": args.optimizer, "lr": args.lr,
-        "folds": args.folds, "val_fraction": None if args.folds else VAL_FRACTION}
-    check_same_study(folder, config, has_results=any(folder.glob("**/metrics.json")))
-    write_json(folder / "config.json", config)
+def finetune(workspace, settings: FinetuneSettings, folds: int = 0, fold="all", name: str | None = None,
+             limit: int = 0) -> dict:
+    """Fine-tune one backbone: on one holdout split, or (folds=K) on the workspace's K-fold split as a
+    run of kind "transfer" with out-of-fold predictions, like comp train's runs. The study's folder."""
+    from .data import apply_limit
+    from .folds import ensure_split
+    from .runs import make_manifest
+    from .train import run_folds, summarize_run
 
-    if args.folds:
-        splits = kfold_splits(dataset.train_y, args.folds, seed)
-        plan = [(f"fold{k}", folder / f"fold{k}", splits[k]) for k in parse_fold_selection(args.fold, args.folds)]
-    else:
-        plan = [("holdout", folder, holdout_split(dataset.train_y, seed))]
+    backbone = parse_backbones(settings.backbone)
+    if len(backbone) != 1:
+        raise CompError(f"--backbone {settings.backbone}: fine-tune one backbone at a time (compare ranks several)")
+    backbone = backbone[0]
+    settings = FinetuneSettings(**{**asdict(settings), "backbone": backbone.name,
+                                   "weights": resolve_weights(settings.weights),
+                                   "unfreeze_from": settings.unfreeze_from or backbone.unfreeze_from})
+    name = check_name(name or f"finetune-{backbone.name.lower()}")
+    check_at_least("--epochs-head", settings.epochs_head, 1)
+    check_at_least("--epochs", settings.epochs, 0)
+    check_at_least("--batch-size", settings.batch_size, 1)
+    if folds:
+        check_at_least("--folds", folds, 2)
+    elif fold != "all":
+        raise CompError(f"--fold {fold}: needs --folds K (without it there is one holdout split)")
+    dataset = workspace.dataset()
+    folder = workspace.studies / name
+    config = study_record(dataset, settings.weights, settings.seed, "finetune", settings.batch_size) | asdict(settings) | {
+        "folds": folds, "val_fraction": None if folds else VAL_FRACTION}
+    check_same_study(folder, config | {"limit": limit}, has_results=any(folder.glob("**/metrics.json")))
+    write_json(folder / STUDY_FILE, config | {"limit": limit})
 
-    results = []
-    for label, out, split in plan:
-        if (out / "metrics.json").exists():
-            info(f"{label}: done earlier in this study, kept")
+    if not folds:  # one holdout split: a study, not a run (no out-of-fold rows for every image)
+        dataset = apply_limit(dataset, limit)
+        if (folder / "metrics.json").exists():
+            info("holdout: done earlier in this study, kept")
         else:
-            info(f"[bold]{backbone.name}[/bold] {label}: {len(split[0]):,} train / {len(split[1]):,} val images")
-            val_probs, test_probs, metrics = finetune_fold(backbone, dataset, split, args, weights, seed, label)
-            write_fold(out, dataset, split[1], val_probs, test_probs, metrics)
-        results.append((label, read_json(out / "metrics.json")))
+            split = holdout_split(dataset.train_y, settings.seed)
+            info(f"[bold]{backbone.name}[/bold] holdout: {len(split[0]):,} train / {len(split[1]):,} val images")
+            write_fold(folder, *finetune_fold(backbone, dataset, split, settings, "holdout"))
+        metrics = read_json(folder / "metrics.json")
+        console.print(finetune_table([("holdout", metrics)], f"{name}: {backbone.name} fine-tuned, "
+                                                                f"weights {Path(settings.weights).name}"))
+        info(f"study: {folder}")
+        return metrics
 
-    console.print(finetune_table(results, f"{name}: {backbone.name} fine-tuned, weights {Path(weights).name}"))
-    if args.folds and write_oof(folder, args.folds):
-        info(f"all {args.folds} folds done: {folder / 'oof_probs.npy'}")
-    elif args.folds:
-        info(f"out-of-fold probabilities are written once all {args.folds} folds are done")
+    # K folds: the workspace's split, the shared fold loop and OOF writer; a run manifest of kind "transfer".
+    split = ensure_split(workspace, dataset.train_y, dataset.fingerprint, folds, settings.seed,
+                         dataset.stats.get("train_files"))
+    dataset = apply_limit(dataset, limit)
+    manifest = make_manifest(name, "transfer", config | {"limit": limit}, dataset, split, pretrained=True)
+    write_json(folder / "config.json", manifest)
+
+    def train(k: int) -> dict:
+        train_pos, val_pos = split.rows(k, dataset.rows)
+        info(f"[bold]{backbone.name}[/bold] fold {k}: {len(train_pos):,} train / {len(val_pos):,} val images")
+        val_probs, test_probs, metrics = finetune_fold(backbone, dataset, (train_pos, val_pos), settings, f"fold{k}")
+        write_fold(folder / f"fold{k}", val_probs, test_probs, metrics)
+        return metrics
+
+    run_folds(workspace, folder, parse_fold_selection(fold, folds), False, train)
+    summarize_run(folder, dataset, split)
     info(f"study: {folder}")
-    return 0
-
-
-# -- the commands --------------------------------------------------------------------------
-
-
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    add_data_options(parser)
-    parser.add_argument("--weights", default="imagenet",
-                        help="imagenet (downloaded once to ~/.keras/models), none (random init), "
-                             "or PATH of a no-top .h5/.weights.h5 file (default: imagenet)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
-
-
-def register(subparsers, parents) -> None:
-    transfer = subparsers.add_parser(
-        "transfer", parents=parents,
-        help="study pretrained Keras backbones (results go to studies/, never to submissions)")
-    verbs = transfer.add_subparsers(dest="transfer_command", metavar="VERB", required=True)
-
-    compare = verbs.add_parser("compare", parents=parents,
-                               help="frozen backbones + new head on one holdout split: table and plot")
-    add_common_options(compare)
-    compare.add_argument("--backbones", default="all",
-                         help=f"comma-separated, or all (default): {', '.join(BACKBONES)}")
-    compare.add_argument("--epochs", type=int, default=3, help="epochs per backbone (default: 3)")
-    compare.add_argument("--name", default="compare", help="study folder under studies/ (default: compare)")
-    compare.set_defaults(func=run_compare)
-
-    finetune = verbs.add_parser("finetune", parents=parents,
-                                help="train a new head, then unfreeze the top of the backbone at a low rate")
-    add_common_options(finetune)
-    finetune.add_argument("--backbone", default="ResNet50V2", help="one of the backbones (default: ResNet50V2)")
-    finetune.add_argument("--unfreeze-from", help="first layer to unfreeze (default: the start of the "
-                                                  "backbone's last stage, e.g. conv5_block1_preact_bn)")
-    finetune.add_argument("--epochs-head", type=int, default=5, help="stage 1 epochs, base frozen (default: 5)")
-    finetune.add_argument("--epochs", type=int, default=10, help="stage 2 epochs, top unfrozen (default: 10)")
-    finetune.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="stage 2 optimizer (default: adam)")
-    finetune.add_argument("--lr", type=float, default=FINETUNE_LR,
-                          help=f"stage 2 learning rate (default: {FINETUNE_LR:g}); stage 1 uses Adam at {HEAD_LR:g}")
-    finetune.add_argument("--folds", type=int, default=0,
-                          help="stratified K-fold with out-of-fold probabilities (default: one holdout split)")
-    finetune.add_argument("--fold", default="all", help="with --folds: all, a fold number, or e.g. 0,2")
-    finetune.add_argument("--name", help="study folder under studies/ (default: finetune-<backbone>)")
-    finetune.set_defaults(func=run_finetune)
+    return {"folder": folder}

@@ -1,28 +1,45 @@
-"""Where things live: the workdir layout and how the data folder is found.
+"""The workspace: where a competition's work lives, and the verbs a notebook calls on it
+(tune, train, predict, label, ensemble, runs, report, score; the package docstring shows them
+end to end). The CLI (comp.cli) only parses arguments into these calls. Layout under the root:
 
-    <workdir>/comp.toml          remembers the data folder the first `--data` named
-    <workdir>/folds/             split, cache, runs and studies of the Optuna search
-    <workdir>/submissions/       leaderboard CSVs and their index
-    <workdir>/studies/           the transfer-learning track (never feeds submissions)
+    <root>/comp.toml          remembers the data folder the first `--data` named
+    <root>/folds/             split, cache, runs and studies of the Optuna search
+    <root>/submissions/       leaderboard CSVs and their index
+    <root>/studies/           the transfer-learning track (never feeds submissions)
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CompError
 from .fileio import write_text
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 PROJECT_FILE = "comp.toml"
 DATA_ENV = "COMP_DATA"
 
 
-@dataclass(frozen=True)
 class Workspace:
-    root: Path
+    """A workdir (`root`) and the competition data it works on (`data`, else remembered or found)."""
+
+    def __init__(self, root: str | os.PathLike = ".", data: str | os.PathLike | None = None, *,
+                 skip_bad: bool = False, remember: bool = True):
+        self.root = Path(root).expanduser().resolve()
+        self.data = data  # as given; resolved lazily by data_dir
+        self.skip_bad = skip_bad  # damaged images are skipped instead of stopping every command
+        self.remember = remember  # an explicit data folder is written into comp.toml for later commands
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r}, data={None if self.data is None else str(self.data)!r})"
+
+    # -- the layout -------------------------------------------------------------------------
 
     @property
     def folds(self) -> Path:
@@ -54,14 +71,14 @@ class Workspace:
             return self.submissions / out
         return out
 
-    # -- the project file -------------------------------------------------------------
+    # -- the data -----------------------------------------------------------------------------
 
     def read_project(self) -> dict:
         if not self.project_file.exists():
             return {}
         try:
             return tomllib.loads(self.project_file.read_text())
-        except tomllib.TOMLDecodeError as err:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise CompError(f"{self.project_file}: not valid TOML ({err}); fix or delete it") from None
 
     def remember_data(self, data_dir: Path) -> None:
@@ -70,8 +87,125 @@ class Workspace:
         if project.get("data") == str(data_dir):
             return
         project["data"] = str(data_dir)
-        lines = [f'{key} = "{value}"' for key, value in project.items() if isinstance(value, str)]
+        # A JSON string is a valid TOML basic string: quotes, backslashes and control characters escaped.
+        lines = [f"{key} = {json.dumps(value)}" for key, value in project.items() if isinstance(value, str)]
         write_text(self.project_file, "# written by comp: the data folder bare commands use\n" + "\n".join(lines) + "\n")
+
+    @property
+    def data_dir(self) -> Path:
+        """The data folder: `data`, else $COMP_DATA, else comp.toml, else <root>/data."""
+        return resolve_data_dir(self, None if self.data is None else str(self.data), self.remember)
+
+    def dataset(self, limit: int = 0):
+        """The decoded competition data (cached under folds/cache/), optionally a stratified subsample."""
+        from .data import load_dataset
+
+        return load_dataset(self.data_dir, self.cache, limit=limit, skip_bad=self.skip_bad)
+
+    def check(self, grid: str | os.PathLike | None = None) -> dict:
+        """`comp data check`: the data's problems, class counts, sizes, duplicates; a sample grid PNG."""
+        from .check import check_data
+
+        return check_data(self, Path(grid) if grid else self.folds / "data_samples.png")
+
+    # -- the stages -----------------------------------------------------------------------------
+
+    def config(self, config=None, *, preset: str | None = None, **overrides):
+        """The RunConfig `train` would use for these arguments (nothing is trained or written)."""
+        from .train import resolve_config
+
+        dataset = self.dataset()
+        return resolve_config(self, dataset.fingerprint, config, overrides, preset)
+
+    def train(self, config=None, *, folds="all", k: int | None = None, force: bool = False, resplit: bool = False,
+              preset: str | None = None, isolate: bool | None = None, **overrides):
+        """K-fold training of one config: a RunConfig, a dict, a JSON file or recipe name, or None
+        (the newest tune result on this data, else the model's defaults); keyword arguments override
+        single fields (epochs=3, model="resnet"). `folds`: which folds to train now ("all", 0, [0, 2]);
+        `k`: how many folds the split has (the config's `folds` field, default 5).
+        Finished folds are kept unless `force`. -> Run."""
+        from .data import apply_limit
+        from .folds import parse_fold_selection
+        from .train import resolve_config, split_for, train_run, warn_gpu_settings_on_cpu
+
+        config = getattr(config, "best_config", config)  # a Study trains its best trial
+        if k is not None:
+            overrides["folds"] = k
+        dataset = self.dataset()
+        run_config = resolve_config(self, dataset.fingerprint, config, overrides, preset)
+        warn_gpu_settings_on_cpu(run_config)
+        split = split_for(self, dataset, run_config, resplit)
+        chosen = parse_fold_selection(folds if isinstance(folds, str) else ",".join(map(str, _as_list(folds))),
+                                      split.k)
+        return train_run(self, run_config, apply_limit(dataset, run_config.limit), split, chosen, force=force,
+                         isolate=isolate)
+
+    def tune(self, config=None, *, trials: int = 20, timeout: float | None = None, cv_folds: int = 1,
+             k: int | None = None, pruner: str = "median", space=None, storage: str | None = None,
+             study: str | None = None, heartbeat: int | None = None, isolate: bool | None = None, **overrides):
+        """An Optuna search around `config` (as for train; keyword arguments given here are fixed,
+        not searched). Trials score the first `cv_folds` folds of the k-fold split. Resumable: the
+        same call continues the study. -> Study."""
+        from .tune import tune
+
+        if k is not None:
+            overrides["folds"] = k
+        return tune(self, config, overrides, trials=trials, timeout=timeout, cv_folds=cv_folds, pruner=pruner,
+                    space=space, storage=storage, study_name=study, heartbeat=heartbeat, isolate=isolate)
+
+    def predict(self, run, tta: str | None = None, average: str = "probs") -> dict:
+        """Re-predict a finished run with a TTA policy: val, test and OOF files; OOF scores per variant."""
+        from .predict import repredict
+
+        return repredict(self, self.run(run), tta, average)
+
+    def label(self, run, images: str | os.PathLike, out: str | os.PathLike | None = None,
+              tta: str | None = None, average: str = "probs"):
+        """Label a folder of new images with a finished run: a CSV of file,label,confidence. -> its path."""
+        from .predict import label_images
+
+        return label_images(self, self.run(run), Path(images), out, tta, average)
+
+    def ensemble(self, runs=None, *, out: str | os.PathLike | None = None, method: str = "auto",
+                 tta: str | None = None, average: str = "probs", force: bool = False,
+                 allow_pretrained: bool = False, limit: int = 0):
+        """Blend finished runs (Run objects or names; None: every run that fits) into a leaderboard CSV
+        under submissions/, scored and weighted on out-of-fold rows. -> Submission."""
+        from .ensemble import ensemble
+
+        names = None if runs is None else [getattr(r, "name", r) for r in _as_list(runs)]
+        return ensemble(self, names, out=out, method=method, tta=tta, average=average, force=force,
+                        allow_pretrained=allow_pretrained, limit=limit)
+
+    def run(self, name):
+        """A run by name under folds/ (or a path, or a Run). -> Run."""
+        from .runs import Run, load_run
+
+        return name if isinstance(name, Run) else load_run(self, str(name))
+
+    def runs(self):
+        """The leaderboard of finished runs as a pandas DataFrame, best first."""
+        from .report import leaderboard
+        from .runs import finished_runs
+
+        return leaderboard(finished_runs(self))
+
+    def report(self, run=None, out: str | os.PathLike | None = None, mistakes: int | None = None) -> dict:
+        """Leaderboard CSV, confusion matrix and confident mistakes (PNGs) under folds/report/."""
+        from .report import report
+
+        return report(self, run, Path(out) if out else None, mistakes)
+
+    def score(self, submission, answers: str | os.PathLike | None = None) -> dict:
+        """Accuracy of a submission CSV against an answers CSV (default: answers.csv in the data folder)."""
+        from .submission import score_submission
+
+        path = Path(getattr(submission, "path", submission))
+        return score_submission(path, Path(answers) if answers else self.data_dir / "answers.csv")
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple, set)) else [value]
 
 
 def resolve_data_dir(workspace: Workspace, data_arg: str | None, remember: bool = True) -> Path:

@@ -14,6 +14,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Checkpoint every epoch: test epochs last a fraction of a second (the default waits 30 s).
 os.environ.setdefault("COMP_CHECKPOINT_SECONDS", "0")
+# Folds and trials in the test process itself: a TensorFlow child per fold costs seconds each.
+# The tests of process isolation (test_isolate.py) turn it back on where they need it.
+os.environ.setdefault("COMP_NO_ISOLATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 

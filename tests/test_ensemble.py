@@ -22,8 +22,14 @@ def ensemble(work: Path, *extra: str) -> int:
 def edit_json(path: Path, **changes) -> None:
     data = json.loads(path.read_text())
     for key, value in changes.items():
-        target = data["provenance"] if key in ("fingerprint", "folds_hash", "classes") else data
-        target[key] = value
+        if key in ("fingerprint", "classes"):
+            data["data"][key] = value
+        elif key == "folds_hash":
+            data["split"]["hash"] = value
+        elif key == "pretrained":
+            data[key] = value
+        else:
+            data["config"][key] = value
     path.write_text(json.dumps(data))
 
 
@@ -157,7 +163,7 @@ def test_unknown_run_and_missing_tta_say_what_to_do(work, capsys):
 
 def test_fitted_weights_are_a_simplex_and_beat_the_best_single_run():
     from comp.ensemble import blend_mean, fit_weights
-    from comp.predict import accuracy
+    from comp.scoring import accuracy
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 400)
@@ -173,7 +179,8 @@ def test_fitted_weights_are_a_simplex_and_beat_the_best_single_run():
 
 def test_weights_on_real_runs_beat_the_best_single(shared):
     from comp.ensemble import blend_mean, fit_weights
-    from comp.predict import accuracy, load_run, oof_probs
+    from comp.runs import load_run
+    from comp.scoring import accuracy
     from comp.workspace import Workspace
 
     workspace = Workspace(shared / "work")
@@ -183,7 +190,7 @@ def test_weights_on_real_runs_beat_the_best_single(shared):
 
     dataset = load_dataset(shared / "demo", workspace.cache)
     labels = dataset.train_y[labels]
-    oofs = [oof_probs(r, t) for r, t in zip(runs, ("", ".flip"))]
+    oofs = [r.read_oof(t) for r, t in zip(runs, ("", ".flip"))]
     weights = fit_weights(oofs, labels)
     assert (weights >= 0).all() and weights.sum() == pytest.approx(1)
     assert accuracy(blend_mean(oofs, weights), labels) >= max(accuracy(p, labels) for p in oofs)
@@ -215,21 +222,3 @@ def test_score_against_answers(shared, work, tmp_path, capsys):
     assert main(["score", str(tmp_path / "short.csv"), "--answers", str(answers)]) == 2
     err = capsys.readouterr().err
     assert "4 answer id(s) missing" in err and "1 submission id(s) not in the answers" in err
-
-
-def test_split_identity_is_the_folds_hash_or_a_digest_of_each_folds_rows(tmp_path):
-    from comp.predict import Run
-
-    def study(name, folds):
-        path = tmp_path / name
-        for k, rows in enumerate(folds):
-            (path / f"fold{k}").mkdir(parents=True)
-            np.save(path / f"fold{k}" / "val_rows.npy", np.asarray(rows))
-        return Run(name, path, {"folds": len(folds)})
-
-    same = study("a", [[0, 2], [1, 3]]).split_identity()
-    assert same.startswith("study-")
-    assert study("b", [[2, 0], [3, 1]]).split_identity() == same  # order within a fold does not matter
-    assert study("c", [[0, 1], [2, 3]]).split_identity() != same  # another assignment of rows to folds
-    trained = Run("t", tmp_path / "t", {"provenance": {"folds_hash": "c70a982d38d5", "folds": 2}})
-    assert trained.split_identity() == "c70a982d38d5"

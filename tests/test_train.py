@@ -34,9 +34,11 @@ def test_kfold_run_writes_every_artifact(tmp_path):
                  "--augment", "flip", "--quiet"])
     assert code == 0
     run = _run_dir(work)
-    config = read_json(run / "config.json")
-    assert config["model"] == "baseline" and config["tta"] == "flip"
-    assert config["provenance"]["classes"] == ["class0", "class1", "class2"]
+    manifest = read_json(run / "config.json")
+    assert manifest["kind"] == "kfold" and manifest["pretrained"] is False
+    assert manifest["config"]["model"] == "baseline" and manifest["config"]["tta"] == "flip"
+    assert manifest["data"]["classes"] == ["class0", "class1", "class2"]
+    assert manifest["split"]["k"] == 3 and manifest["split"]["hash"] == read_json(work / "folds" / "folds.json")["hash"]
     for fold in range(3):
         fold_dir = run / f"fold{fold}"
         for name in ("model.keras", "history.csv", "val_probs.npy", "val_probs.flip.npy", "test_probs.npy",
@@ -60,7 +62,7 @@ def test_kfold_run_writes_every_artifact(tmp_path):
     assert summary["cv_accuracy"] > 0.6  # the classes are visible: training must learn them
 
 
-def test_finished_folds_are_skipped_and_changed_data_refused(tmp_path):
+def test_finished_folds_are_skipped_and_changed_data_refused(tmp_path, capsys):
     data = make_competition(tmp_path / "d", per_class=10)
     work = tmp_path / "w"
     args = ["train", "--data", str(data), "--workdir", str(work), *TINY, "--epochs", "1", "--folds", "2", "--quiet"]
@@ -76,11 +78,9 @@ def test_finished_folds_are_skipped_and_changed_data_refused(tmp_path):
     # Relabel one image: the run refuses to continue on other data.
     victim = next((data / "train" / "class0").iterdir())
     victim.rename(data / "train" / "class1" / f"moved{victim.name}")
-    with pytest.raises(CompError, match="another dataset"):
-        from comp.train import prepare_run_dir
-
-        prepare_run_dir(run, RunConfig.from_dict(read_json(run / "config.json")),
-                        read_json(run / "config.json")["provenance"] | {"fingerprint": "other"}, force=False)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "this run was made on another dataset" in capsys.readouterr().err
 
 
 def test_resume_after_kill_9(tmp_path):
@@ -121,20 +121,18 @@ def test_resume_after_kill_9(tmp_path):
 
 
 def test_machine_presets_set_defaults_that_flags_override(tmp_path):
-    from comp.cli import build_parser
     from comp.train import resolve_config
     from comp.workspace import Workspace
 
-    def resolve(*flags):
-        args = build_parser().parse_args(["train", *flags])
-        return resolve_config(args, Workspace(tmp_path), fingerprint="none")
+    def resolve(preset, **overrides):
+        return resolve_config(Workspace(tmp_path), "none", None, overrides, preset)
 
-    cpu = resolve("--preset", "cpu")
+    cpu = resolve("cpu")
     assert (cpu.model, cpu.batch_size, cpu.epochs, cpu.precision) == ("resnet", 128, 15, "float32")
-    gpu = resolve("--preset", "gpu", "--epochs", "3")
+    gpu = resolve("gpu", epochs=3)
     assert (gpu.model, gpu.precision, gpu.jit, gpu.batch_size) == ("fast-large", "bfloat16", "on", 512)
-    assert gpu.epochs == 3 and gpu.augment == "alt-flip-crop,cutout"  # flag, then the model's default
-    assert resolve("--preset", "gpu", "--model", "fast").model == "fast"
+    assert gpu.epochs == 3 and gpu.augment == "alt-flip-crop,cutout"  # override, then the model's default
+    assert resolve("gpu", model="fast").model == "fast"
 
 
 def test_gpu_settings_on_this_cpu_are_warned_about(capsys):
@@ -181,7 +179,7 @@ def test_bare_train_uses_remembered_data(tmp_path, monkeypatch):
     monkeypatch.delenv("COMP_DATA", raising=False)
     assert main(["train", "--workdir", str(work), *TINY, "--epochs", "1", "--folds", "2", "--fold", "0",
                  "--quiet"]) == 0
-    assert read_json(_run_dir(work) / "config.json")["provenance"]["data_dir"] == str(data.resolve())
+    assert read_json(_run_dir(work) / "config.json")["data"]["data_dir"] == str(data.resolve())
 
 
 def test_no_data_anywhere_says_how_to_fix(tmp_path, monkeypatch):

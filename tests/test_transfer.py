@@ -186,7 +186,8 @@ def test_compare_writes_table_csv_plot_and_pretrained_config(tiny_data, tmp_path
     assert results.val_accuracy.between(0, 1).all() and (results.total_seconds > 0).all()
     assert (results.trainable_params < results.params).all()  # the base is frozen
     assert (study / "comparison.png").stat().st_size > 0
-    config = json.loads((study / "config.json").read_text())
+    config = json.loads((study / "study.json").read_text())
+    assert not (study / "config.json").exists()  # a comparison is a study, not a run
     assert config["pretrained"] is True
     assert config["weights"] == "none" and config["epochs"] == 1 and config["limit"] == 0
     assert config["backbones"] == ["MobileNetV2", "EfficientNetB0"] and config["classes"] == CLASSES
@@ -209,7 +210,7 @@ def test_compare_writes_table_csv_plot_and_pretrained_config(tiny_data, tmp_path
 # -- comp transfer finetune ----------------------------------------------------------------
 
 
-def test_finetune_kfold_writes_fold_files_then_oof(tiny_data, tmp_path):
+def test_finetune_kfold_is_a_run_on_the_workspace_split(tiny_data, tmp_path, capsys):
     args = ["finetune", "--backbone", "MobileNetV2", "--epochs-head", "1", "--folds", "2", "--name", "ft", *TINY]
     assert transfer(tiny_data, tmp_path, *args, "--fold", "0") == 0
     study = tmp_path / "studies" / "ft"
@@ -219,15 +220,29 @@ def test_finetune_kfold_writes_fold_files_then_oof(tiny_data, tmp_path):
     assert rows.tolist() == list(range(len(CLASSES) * PER_CLASS))
     assert probs.shape == (len(rows), len(CLASSES))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    # The folds are the workspace's own split (folds/folds.csv), as comp train's runs use.
+    folds = pd.read_csv(tmp_path / "folds" / "folds.csv")["fold"].to_numpy()
     for k in range(2):
         fold = study / f"fold{k}"
-        val_rows, val_probs = np.load(fold / "val_rows.npy"), np.load(fold / "val_probs.npy")
-        assert val_probs.shape == (len(val_rows), len(CLASSES))
+        val_probs = np.load(fold / "val_probs.npy")
+        assert val_probs.shape == ((folds == k).sum(), len(CLASSES))
+        np.testing.assert_allclose(probs[folds == k], val_probs)
         assert np.load(fold / "test_probs.npy").shape == (6, len(CLASSES))
         metrics = json.loads((fold / "metrics.json").read_text())
         assert metrics["unfreeze_from"] == "block_13_expand" and metrics["unfrozen_layers"] > 0
-    config = json.loads((study / "config.json").read_text())
-    assert config["pretrained"] is True and config["backbone"] == "MobileNetV2" and config["folds"] == 2
+    manifest = json.loads((study / "config.json").read_text())
+    assert manifest["kind"] == "transfer" and manifest["pretrained"] is True
+    assert manifest["config"]["backbone"] == "MobileNetV2" and manifest["split"]["k"] == 2
+    assert manifest["split"]["hash"] == json.loads((tmp_path / "folds" / "folds.json").read_text())["hash"]
+    # So it blends with comp train's runs row for row -- only when pretrained weights are allowed.
+    assert main(["train", "--data", str(tiny_data), "--workdir", str(tmp_path), "--model", "baseline", "--width",
+                 "0.25", "--epochs", "1", "--folds", "2", "--name", "scratch", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["ensemble", "--workdir", str(tmp_path), "--runs", "scratch,studies/ft", "--out", "x.csv",
+                 "--quiet"]) == 2
+    assert "pretrained" in capsys.readouterr().err
+    assert main(["ensemble", "--workdir", str(tmp_path), "--runs", "scratch,studies/ft", "--out", "x.csv",
+                 "--allow-pretrained", "--quiet"]) == 0
 
 
 def test_finetune_bad_unfreeze_layer_is_a_clean_error(tiny_data, tmp_path, capsys):

@@ -17,13 +17,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from comp import tune
-from comp.cli import build_parser, main
+from comp.cli import main
 from comp.config import RunConfig, build_config, load_config_file
 from comp.demo import write_competition
 from comp.errors import CompError
 from comp.fileio import read_json
-from comp.train import resolve_config, start_up
+from comp.train import resolve_config
+from comp.tune import fixed_names, space as tune_space, storage as tune_storage, trial as tune_trial
 from comp.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def sqlite_url(workdir: Path) -> str:
 
 
 def load(url: str, name: str = "tune-baseline") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=tune.with_driver(url))
+    return optuna.load_study(study_name=name, storage=tune_storage.with_driver(url))
 
 
 def worker(workdir: Path, data: Path, *extra: str) -> subprocess.Popen:
@@ -70,11 +70,12 @@ def worker(workdir: Path, data: Path, *extra: str) -> subprocess.Popen:
 # -- the search space ------------------------------------------------------------------------------
 
 
-def space_for(tmp_path: Path, text: str, suffix: str, *flags: str, model: str = "vgg") -> tune.Space:
+def space_for(tmp_path: Path, text: str, suffix: str, model: str = "vgg", **overrides) -> tune_space.Space:
     path = tmp_path / f"space{suffix}"
     path.write_text(text)
-    args = build_parser().parse_args(["tune", "--space", str(path), "--model", model, *flags])
-    return tune.build_space(resolve_config(args, Workspace(tmp_path), "fingerprint"), args, train_rows=1000)
+    overrides = {"model": model, **overrides}
+    base = resolve_config(Workspace(tmp_path), "fingerprint", None, overrides, use_latest_best=False)
+    return tune_space.build_space(base, 1000, path, fixed_names(overrides))
 
 
 SPACE_JSON = '{"lr": {"low": 1e-4, "high": 1e-2, "log": true}, "batch_size": {"choices": [64, 128]}, ' \
@@ -101,18 +102,18 @@ def test_default_space_fits_the_model(tmp_path):
     assert set(space.distributions) >= {"lr", "weight_decay", "dropout", "width", "batch_size", "mixup", "augment",
                                         "label_smoothing"}
     vgg = build_config(None, {"model": "deep"})
-    assert tune.apply_params(vgg, {"depth_scale": 0.5}, False).depth == [2, 2, 2, 2]  # 3,3,4,4 halved, rounded up
-    assert tune.apply_params(vgg, {"depth_scale": 2.0}, False).depth == [6, 6, 8, 8]
+    assert tune_space.apply_params(vgg, {"depth_scale": 0.5}, False).depth == [2, 2, 2, 2]  # 3,3,4,4 halved, rounded up
+    assert tune_space.apply_params(vgg, {"depth_scale": 2.0}, False).depth == [6, 6, 8, 8]
     # Test-time augmentation follows the augmentation a trial trains with, unless the user chose it.
-    assert tune.apply_params(vgg, {"augment": "flip"}, tta_auto=True).tta == "flip"
-    assert tune.batch_choices(64, 100_000) == [32, 64, 128, 256]
-    assert tune.batch_choices(64, 200) == [32]  # at least MIN_STEPS_PER_EPOCH steps
+    assert tune_space.apply_params(vgg, {"augment": "flip"}, tta_auto=True).tta == "flip"
+    assert tune_space.batch_choices(64, 100_000) == [32, 64, 128, 256]
+    assert tune_space.batch_choices(64, 200) == [32]  # at least MIN_STEPS_PER_EPOCH steps
 
 
 def test_space_partial_range_flags_and_errors(tmp_path):
     dropout = space_for(tmp_path, '{"dropout": {"high": 0.3}}', ".json").distributions["dropout"]
     assert (dropout.low, dropout.high) == (0.0, 0.3)  # the default low is kept
-    flagged = space_for(tmp_path, "{}", ".json", "--lr", "0.02", "--depth", "1,1,1,1")
+    flagged = space_for(tmp_path, "{}", ".json", lr=0.02, depth=[1, 1, 1, 1])
     assert "lr" not in flagged.distributions and flagged.base.lr == 0.02  # a flag fixes the parameter
     assert "depth_scale" not in flagged.distributions
     bad = {
@@ -128,11 +129,11 @@ def test_space_partial_range_flags_and_errors(tmp_path):
         with pytest.raises(CompError, match=words):
             space_for(tmp_path, text, ".json")
     with pytest.raises(CompError, match="also given as --lr"):
-        space_for(tmp_path, '{"lr": {"low": 0.001, "high": 0.01}}', ".json", "--lr", "0.02")
+        space_for(tmp_path, '{"lr": {"low": 0.001, "high": 0.01}}', ".json", lr=0.02)
 
 
 def test_report_steps_never_collide():
-    steps = [tune.report_step(fold, epoch, 4) for fold in range(3) for epoch in range(4)]
+    steps = [tune_trial.report_step(fold, epoch, 4) for fold in range(3) for epoch in range(4)]
     assert steps == list(range(12))
 
 
@@ -154,10 +155,10 @@ class FakeTrial:
 def test_reporter_prunes_but_never_on_the_final_epoch():
     trial = FakeTrial(prune=True)
     with pytest.raises(optuna.TrialPruned):
-        tune.make_reporter(trial, 1, 3, last_fold=False)(2, {"val_accuracy": 0.5})
+        tune_trial.make_reporter(trial, 1, 3, last_fold=False)(2, {"val_accuracy": 0.5})
     assert trial.reports == {5: 0.5} and trial.user_attrs["pruned_at"]["step"] == 5
     final = FakeTrial(prune=True)
-    tune.make_reporter(final, 1, 3, last_fold=True)(2, {"val_accuracy": 0.5})  # keeps its score
+    tune_trial.make_reporter(final, 1, 3, last_fold=True)(2, {"val_accuracy": 0.5})  # keeps its score
     assert final.reports == {5: 0.5}
 
 
@@ -184,19 +185,19 @@ def test_two_runs_make_one_study_and_best_json_trains_as_found(tmp_path, data_di
         assert getattr(config, name) == value
     assert (study_dir / "trials.csv").exists() and (study_dir / "history.png").exists()
 
-    # comp train --config best.json trains exactly that config.
+    # comp train --config best.json trains exactly that config, at the epochs given for the final run.
     assert main(["train", "--workdir", str(work), "--data", str(data_dir), "--quiet", "--config", str(best_path),
-                 "--fold", "0"]) == 0
-    saved = read_json(work / "folds" / config.run_name / "config.json")
-    saved.pop("provenance")
+                 "--fold", "0", "--epochs", "1"]) == 0
+    saved = read_json(work / "folds" / config.run_name / "config.json")["config"]
     assert saved == config.to_dict()
 
     # The study refuses trials scored another way, and a bare tune does not start from best.json.
     assert run_tune(work, data_dir, "--trials", "0", "--epochs", "2") == 2
-    args = build_parser().parse_args(["tune", "--workdir", str(work), "--data", str(data_dir)])
-    _, base, _, _ = start_up(args, use_latest_best=False)
+    workspace = Workspace(work, data_dir)
+    fingerprint = workspace.dataset().fingerprint
+    base = resolve_config(workspace, fingerprint, None, {}, use_latest_best=False)
     assert base.lr == RunConfig.lr and base.model == RunConfig.model
-    _, bare_train, _, _ = start_up(args)  # what a bare `comp train` resolves: the study's best
+    bare_train = resolve_config(workspace, fingerprint, None, {"epochs": 1})  # a bare `comp train --epochs 1`
     assert bare_train.to_dict() == config.to_dict()
 
 
@@ -233,7 +234,7 @@ def test_killed_worker_trial_is_retried(tmp_path, data_dir):
     proc.wait()
     (trial,) = load(sqlite_url(work)).trials
     assert trial.state == TrialState.RUNNING  # what a dead worker leaves behind
-    time.sleep(tune.GRACE_FACTOR * 1 + 1.5)  # let its heartbeat go stale
+    time.sleep(tune_storage.GRACE_FACTOR * 1 + 1.5)  # let its heartbeat go stale
     assert run_tune(work, data_dir, "--trials", "1", *long) == 0
     killed, retry = load(sqlite_url(work)).trials
     assert killed.state == TrialState.FAIL

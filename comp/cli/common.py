@@ -1,0 +1,122 @@
+"""Options several commands share, and the one place CLI arguments become typed values."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..augment import PRESETS as AUGMENT_PRESETS
+from ..config import RunConfig
+from ..errors import CompError
+from ..workspace import Workspace
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+# Flags that override RunConfig fields: (field, type, help). Their defaults are None = "not given",
+# so the config file, the model's own defaults and the dataclass defaults show through.
+CONFIG_FLAGS = [
+    ("model", str, "model name (see --list-models)"),
+    ("epochs", int, "epochs per fold"),
+    ("batch_size", int, "batch size"),
+    ("optimizer", str, "adam | adamw | sgd"),
+    ("lr", float, "peak learning rate"),
+    ("schedule", str, "constant | cosine | onecycle"),
+    ("warmup_epochs", float, "learning-rate warm-up, in epochs"),
+    ("weight_decay", float, "decoupled weight decay"),
+    ("bias_lr_scale", float, "sgd: learning-rate multiplier for BatchNorm biases (1 = off)"),
+    ("ema", float, "weight EMA momentum (0 = off)"),
+    ("lookahead", float, "lookahead weight averaging, per-step decay e.g. 0.95 (0 = off)"),
+    ("label_smoothing", float, "label smoothing"),
+    ("patience", int, "early stopping patience on val accuracy (0 = off)"),
+    ("keep", str, "last | best epoch's model (best is picked on the OOF rows: flatters OOF)"),
+    ("augment", str, "augmentation presets, comma-separated: " + ", ".join(AUGMENT_PRESETS) + ", crop=N"),
+    ("mixup", float, "mixup alpha (0 = off)"),
+    ("cutmix", float, "cutmix alpha (0 = off)"),
+    ("dropout", float, "dropout"),
+    ("width", float, "channel width multiplier"),
+    ("tta", str, "none | flip | flip-shift | auto (what augmentation taught)"),
+    ("precision", str, "float32 | bfloat16 | float16"),
+    ("jit", str, "auto | on | off"),
+    ("folds", int, "number of folds K"),
+]
+
+
+def add_global_options(parser: argparse.ArgumentParser, which: tuple[str, ...] = ("workdir", "quiet"),
+                       suppress: bool = False) -> None:
+    """The global options `which` a command takes (before or after its name)."""
+    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
+    group = parser.add_argument_group("global options")
+    if "workdir" in which:
+        group.add_argument("--workdir", default=default("."), help="where folds/ and submissions/ live (default: .)")
+    if "seed" in which:
+        group.add_argument("--seed", type=int, default=default(None), help="random seed (default: the run config's, 42)")
+    if "backend" in which:
+        group.add_argument("--backend", choices=BACKENDS, default=default(None),
+                           help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    if "quiet" in which:
+        group.add_argument("--quiet", action="store_true", default=default(False),
+                           help="print only results and warnings")
+
+
+def global_parent(*which: str) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    add_global_options(parent, which, suppress=True)
+    return parent
+
+
+def add_data_options(parser: argparse.ArgumentParser, limit: bool = True) -> None:
+    group = parser.add_argument_group("data options")
+    group.add_argument("--data", help="competition folder (default: $COMP_DATA, else comp.toml, else ./data)")
+    if limit:
+        group.add_argument("--limit", type=int, default=0,
+                           help="use a deterministic stratified subsample of N train images (default: all)")
+    group.add_argument("--skip-bad", action="store_true", help="skip damaged images instead of stopping")
+
+
+def model_default_note(name: str) -> str:
+    """'default: X' for a RunConfig field, with the models that set their own."""
+    from ..models import MODELS
+
+    base = getattr(RunConfig, name, None)
+    own = {model: spec.defaults[name] for model, spec in MODELS.items()
+           if name in spec.defaults and spec.defaults[name] != base}
+    text = "the model's" if base is None else f"{base}"
+    if own:
+        text += "; " + ", ".join(f"{model} {value}" for model, value in own.items())
+    return f"(default: {text})"
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run config (flags override --config, which overrides the model's defaults)")
+    group.add_argument("--config", help="JSON config file, a run's config.json, a tune best.json, or a recipe "
+                                        "name (--list-recipes)")
+    group.add_argument("--name", help="run name under folds/ (default: <model>-<config hash>)")
+    group.add_argument("--depth", help="convs/blocks per stage, e.g. 3,3,4,4 " + model_default_note("depth"))
+    group.add_argument("--head", help="dense head units, e.g. 256,64 " + model_default_note("head"))
+    for name, kind, text in CONFIG_FLAGS:
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                           help=f"{text} {model_default_note(name)}")
+    group.add_argument("--preset", choices=("cpu", "gpu"), help="machine defaults: cpu (2 cores) or gpu (JAX, bf16)")
+
+
+def int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise CompError(f"--{option} {text}: expected comma-separated integers like 3,3,4,4") from None
+
+
+def config_overrides(args) -> dict:
+    """The RunConfig fields the command line sets (None = not given)."""
+    overrides = {name: getattr(args, name, None) for name, _, _ in CONFIG_FLAGS}
+    overrides |= {"name": args.name, "depth": int_list(args.depth, "depth"), "head": int_list(args.head, "head")}
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    if getattr(args, "limit", 0):
+        overrides["limit"] = args.limit
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def workspace_from(args) -> Workspace:
+    return Workspace(args.workdir, data=getattr(args, "data", None), skip_bad=getattr(args, "skip_bad", False))

@@ -1,0 +1,65 @@
+"""`comp data ...`: check a download, write the demo or CIFAR-10 set, preview augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..console import info
+from .common import add_data_options, global_parent, workspace_from
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="inspect and prepare competition data",
+                                 parents=[global_parent("workdir", "quiet")])
+    verbs = data.add_subparsers(dest="data_command", metavar="VERB", required=True)
+
+    check = verbs.add_parser("check", parents=[global_parent("workdir", "quiet")],
+                             help="every problem of the data at once, class counts, sizes, modes, duplicates",
+                             description="Read the whole competition folder and list every problem found; exit 2 "
+                                         "if any is an error. Also class counts, image sizes and modes, duplicates.")
+    add_data_options(check, limit=False)
+    check.add_argument("--grid", help="sample grid PNG (default: folds/data_samples.png)")
+    check.set_defaults(func=run_check, needs_keras=False)  # stays fast: no TensorFlow import
+
+    demo = verbs.add_parser("demo", parents=[global_parent("quiet")],
+                            help="write the embedded demo dataset (8x8 digits -> 32x32)")
+    demo.add_argument("out", help="folder to write (DACON layout)")
+    demo.set_defaults(func=lambda args: _write(args, "demo"), needs_keras=False)
+
+    cifar = verbs.add_parser("cifar10", parents=[global_parent("quiet")], help="download CIFAR-10 into DACON layout")
+    cifar.add_argument("out", help="folder to write (DACON layout)")
+    cifar.set_defaults(func=lambda args: _write(args, "cifar10"))
+
+    preview = verbs.add_parser("augment-preview", parents=[global_parent("workdir", "seed", "backend", "quiet")],
+                               help="PNG grid of augmented training samples")
+    add_data_options(preview)
+    preview.add_argument("--augment", default="simple", help="augmentation preset(s), comma-separated (default: simple)")
+    preview.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (default: 0 = off)")
+    preview.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (default: 0 = off)")
+    preview.add_argument("--out", help="PNG path (default: folds/augment_preview.png)")
+    preview.set_defaults(func=run_augment_preview)
+
+
+def run_check(args) -> int:
+    workspace = workspace_from(args)
+    workspace.check(args.grid)
+    return 0
+
+
+def _write(args, which: str) -> int:
+    from ..demo import write_cifar10, write_demo
+
+    out = Path(args.out).expanduser().resolve()
+    (write_demo if which == "demo" else write_cifar10)(out)
+    return 0
+
+
+def run_augment_preview(args) -> int:
+    from ..augment import preview_grid
+
+    workspace = workspace_from(args)
+    dataset = workspace.dataset(args.limit)
+    out = Path(args.out) if args.out else workspace.folds / "augment_preview.png"
+    preview_grid(dataset, args.augment, args.mixup, args.cutmix, out, seed=args.seed or 0)
+    info(f"augmentation preview: {out}")
+    return 0

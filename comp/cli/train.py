@@ -1,0 +1,46 @@
+"""`comp train`: K-fold training of one run config (Workspace.train)."""
+
+from __future__ import annotations
+
+import time
+
+from ..console import console, info
+from .common import add_config_options, add_data_options, config_overrides, global_parent, workspace_from
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", parents=[global_parent("workdir", "seed", "backend", "quiet")],
+        help="K-fold training: OOF and test predictions",
+        description="Train one run config on K stratified folds: every fold's model predicts its validation rows "
+                    "(out-of-fold) and the test set. Resumable: rerun the same command after an interruption. "
+                    "Without --config, --model or --preset, trains the newest tune result on this data.")
+    add_data_options(parser)
+    add_config_options(parser)
+    parser.add_argument("--fold", default="all", help="all | 0 | 0,2 (default: all)")
+    parser.add_argument("--force", action="store_true", help="retrain the chosen folds even if finished")
+    parser.add_argument("--resplit", action="store_true", help="write a new folds/folds.csv for this data")
+    parser.add_argument("--list-models", action="store_true", help="list the model zoo and exit")
+    parser.add_argument("--list-recipes", action="store_true", help="list the bundled recipes and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.list_models:
+        from ..models import MODELS
+
+        for name, spec in MODELS.items():
+            console.print(f"[bold]{name:<11}[/bold] {spec.summary}")
+        return 0
+    if args.list_recipes:
+        from ..config import recipe_names
+
+        for name in recipe_names():
+            console.print(name)
+        return 0
+    started = time.time()
+    overrides = config_overrides(args)
+    workspace_from(args).train(args.config, folds=args.fold, k=overrides.pop("folds", None), force=args.force,
+                               resplit=args.resplit, preset=args.preset, **overrides)
+    info(f"done in {time.time() - started:.0f}s")
+    return 0
