@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .console import info
-from .context import add_data_options, dataset_from, workspace_from
+from .context import add_data_options, data_dir_from, dataset_from, workspace_from
 
 
 def register(subparsers, parents) -> None:
     data = subparsers.add_parser("data", help="inspect and prepare competition data", parents=parents)
     verbs = data.add_subparsers(dest="data_command", metavar="VERB", required=True)
 
-    check = verbs.add_parser("check", parents=parents, help="class counts, sizes, modes, duplicates, damaged files")
+    check = verbs.add_parser("check", parents=parents, help="every problem, then class counts, sizes, modes, duplicates")
     add_data_options(check)
     check.add_argument("--grid", help="sample grid PNG (default: folds/data_samples.png)")
     check.set_defaults(func=run_check, needs_keras=False)  # stays fast: no TensorFlow import
@@ -35,11 +35,11 @@ def register(subparsers, parents) -> None:
 
 
 def run_check(args) -> int:
-    from .check import report
+    from .check import check_folder
 
-    dataset = dataset_from(args)
     workspace = workspace_from(args)
-    report(dataset, Path(args.grid) if args.grid else workspace.folds / "data_samples.png")
+    grid = Path(args.grid) if args.grid else workspace.folds / "data_samples.png"
+    check_folder(data_dir_from(args), workspace.cache, grid, limit=args.limit, skip_bad=args.skip_bad)
     return 0
 
 
