@@ -260,3 +260,20 @@ def test_size_summary_is_one_short_line():
     assert line.startswith(f"image sizes (h x w): {len(sizes)} distinct; height 30-198")
     assert "width 32-60" in line and "most common: 32x32 x900" in line and len(line) < 200
     assert size_summary({"32x32": 60000}) == "image size (h x w): 32x32 (all 60,000)"
+
+
+def test_problem_table_shows_a_few_per_kind_and_counts_the_rest(tmp_path):
+    from rich.console import Console
+
+    from comp.check import ROWS_PER_KIND, problems_table
+
+    root = make_competition(tmp_path / "d", per_class=3)
+    for i in range(ROWS_PER_KIND + 3):
+        (root / "train" / "class0" / f"note{i}.txt").write_text("x")
+    (root / "train" / "empty").mkdir()
+    console = Console(record=True, width=200)
+    console.print(problems_table(find_problems(root), root))
+    text = console.export_text()
+    assert text.index("train/empty") < text.index("note0.txt")  # errors first
+    shown = [f"note{i}.txt" for i in range(ROWS_PER_KIND + 3) if f"note{i}.txt" in text]
+    assert len(shown) == ROWS_PER_KIND and "... and 3 more" in text and f"1 error(s), {ROWS_PER_KIND + 3} warning(s)" in text
