@@ -623,7 +623,6 @@ def decode_layout(layout: Layout) -> dict:
             "resized": resized,
             "bad_files": [name for name, _ in bad],
             "bad_reasons": [reason for _, reason in bad],
-            "skipped_files": [str(p.relative_to(layout.data_dir)) for p in layout.skipped],
         },
     }
 
@@ -675,7 +674,9 @@ def _load_layout(layout: Layout, cache_dir: Path | None, skip_bad: bool) -> tupl
         submission=layout.submission,
         fingerprint=fingerprint,
         rows=np.arange(len(arrays["train_y"])),
-        stats=stats | {"train_files": arrays["train_files"]},
+        # Skipped files are not in the fingerprint, so they are taken from this scan, not the cache.
+        stats=stats | {"train_files": arrays["train_files"],
+                       "skipped_files": [relative_name(p, layout.data_dir) for p in layout.skipped]},
     )
     return dataset, problems
 

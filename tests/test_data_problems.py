@@ -277,3 +277,12 @@ def test_problem_table_shows_a_few_per_kind_and_counts_the_rest(tmp_path):
     assert text.index("train/empty") < text.index("note0.txt")  # errors first
     shown = [f"note{i}.txt" for i in range(ROWS_PER_KIND + 3) if f"note{i}.txt" in text]
     assert len(shown) == ROWS_PER_KIND and "... and 3 more" in text and f"1 error(s), {ROWS_PER_KIND + 3} warning(s)" in text
+
+
+def test_skipped_files_come_from_this_scan_not_the_cache(tmp_path):
+    root = make_competition(tmp_path / "d", per_class=3)
+    stray = root / "train" / "class0" / "notes.txt"
+    stray.write_text("x")
+    assert load_dataset(root, tmp_path / "cache").stats["skipped_files"] == ["train/class0/notes.txt"]
+    stray.unlink()  # not an image: the fingerprint and the decoded cache stay as they were
+    assert load_dataset(root, tmp_path / "cache").stats["skipped_files"] == []
