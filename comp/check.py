@@ -1,4 +1,8 @@
-"""`comp data check`: the look at the data that competitors always take first."""
+"""`comp data check`: the look at the data that competitors always take first.
+
+Every problem of the folder first, as one table; then, when none is an error, the class counts,
+sizes, modes, duplicates and a sample grid.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,12 @@ import numpy as np
 from rich.table import Table
 
 from .console import console
-from .data import Dataset
+from .data import ERROR, Dataset, Problem, apply_limit, errors_in, inspect_data, relative_name
+from .errors import CompError
 from .fileio import save_figure
+
+ROWS_PER_KIND = 5  # problems of one kind shown in the table before "... and N more"
+COMMON_SIZES = 5  # most common image sizes named in the size summary
 
 
 def _pixel_hashes(images: np.ndarray) -> list[str]:
@@ -70,22 +78,69 @@ def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
     return path
 
 
+def problems_table(problems: list[Problem], data_dir: Path) -> Table:
+    """Errors first, then warnings; the first few of each kind, then how many more."""
+    table = Table(title=f"{len(errors_in(problems))} error(s), {len(problems) - len(errors_in(problems))} "
+                        f"warning(s) in {data_dir}")
+    table.add_column("severity", no_wrap=True)
+    table.add_column("file", no_wrap=True, overflow="fold")  # whole names first: problem and fix wrap instead
+    table.add_column("problem", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    by_kind: dict[tuple[str, str], list[Problem]] = defaultdict(list)
+    for problem in sorted(problems, key=lambda p: p.severity != ERROR):  # stable: order found within a kind
+        by_kind[problem.severity, problem.kind].append(problem)
+    for (severity, kind), group in by_kind.items():
+        style = "red" if severity == ERROR else "yellow"
+        for problem in group[:ROWS_PER_KIND]:
+            table.add_row(f"[{style}]{severity}[/{style}]", relative_name(problem.path, data_dir), problem.detail,
+                          problem.fix)
+        if len(group) > ROWS_PER_KIND:
+            table.add_row(f"[{style}]{severity}[/{style}]", f"... and {len(group) - ROWS_PER_KIND} more", kind, "")
+    return table
+
+
+def size_summary(sizes: dict[str, int]) -> str:
+    """Image sizes in a line: the range and median of heights and widths, the commonest few, how many distinct."""
+    parsed = [(*map(int, size.split("x")), count) for size, count in sizes.items()]
+    if len(parsed) == 1:
+        return f"image size (h x w): {next(iter(sizes))} (all {parsed[0][2]:,})"
+    counts = [count for _, _, count in parsed]
+    heights = np.repeat([h for h, _, _ in parsed], counts)
+    widths = np.repeat([w for _, w, _ in parsed], counts)
+    common = sorted(sizes.items(), key=lambda item: -item[1])[:COMMON_SIZES]
+    return (f"image sizes (h x w): {len(parsed)} distinct; height {heights.min()}-{heights.max()} "
+            f"(median {np.median(heights):g}), width {widths.min()}-{widths.max()} (median {np.median(widths):g}); "
+            f"most common: " + ", ".join(f"{s} x{n:,}" for s, n in common))
+
+
+def check_folder(data_dir: Path, cache_dir: Path | None, grid_path: Path, limit: int = 0,
+                 skip_bad: bool = False) -> dict:
+    """List every problem of `data_dir`; raise CompError when any is an error, else report the data."""
+    checked = inspect_data(data_dir, cache_dir, skip_bad)
+    if checked.problems:
+        console.print(problems_table(checked.problems, Path(data_dir)))
+    else:
+        console.print(f"no problems found in {data_dir}")
+    errors = errors_in(checked.problems)
+    if errors:
+        raise CompError(f"{len(errors)} error(s) in {data_dir}, listed above; the first: {errors[0].line()}")
+    return report(apply_limit(checked.dataset, limit), grid_path)
+
+
 def report(dataset: Dataset, grid_path: Path) -> dict:
     console.print(class_counts_table(dataset))
     stats = dataset.stats
     duplicates = find_duplicates(dataset)
     console.print(f"test: {len(dataset.test_ids):,} images; submission target: "
                   f"{dataset.submission.target_kind} ({dataset.submission.path.name})")
-    console.print("image sizes (h x w): " + ", ".join(f"{s} x{n:,}" for s, n in stats["sizes"].items()))
-    console.print("image modes: " + ", ".join(f"{m} x{n:,}" for m, n in stats["modes"].items()))
+    console.print(size_summary(stats["sizes"]))
+    rotated = f"; {stats['rotated']:,} turned upright by EXIF orientation" if stats.get("rotated") else ""
+    console.print("image modes: " + ", ".join(f"{m} x{n:,}" for m, n in stats["modes"].items()) + rotated)
     console.print(
         f"exact duplicates: {duplicates['train_duplicate_rows']} within train "
         f"({duplicates['train_conflicting_label_groups']} groups with conflicting labels), "
         f"{duplicates['test_images_also_in_train']} test images also in train"
     )
-    bad, skipped = stats.get("bad_files", []), stats.get("skipped_files", [])
-    console.print(f"unreadable files: {len(bad)}" + (f" ({', '.join(bad[:5])})" if bad else ""))
-    console.print(f"non-image files skipped: {len(skipped)}" + (f" ({', '.join(skipped[:5])})" if skipped else ""))
     console.print(f"fingerprint: {dataset.fingerprint}")
     sample_grid(dataset, grid_path)
     console.print(f"sample grid: {grid_path}")
@@ -98,6 +153,6 @@ def report(dataset: Dataset, grid_path: Path) -> dict:
     } | {k: stats[k] for k in ("sizes", "modes", "resized", "bad_files", "skipped_files")}
 
 
-def check_data(workspace, grid_path: Path) -> dict:
+def check_data(workspace, grid_path: Path, limit: int = 0) -> dict:
     """`comp data check` on the workspace's data folder."""
-    return report(workspace.dataset(), grid_path)
+    return check_folder(workspace.data_dir, workspace.cache, grid_path, limit=limit, skip_bad=workspace.skip_bad)

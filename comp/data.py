@@ -6,31 +6,136 @@ Two layouts are understood:
 
 Every stage calls `load_dataset`, which returns uint8 arrays (N,H,W,3) plus the facts the
 later stages need to refuse mixing runs made on other data: the class list and a fingerprint.
+
+Whatever is wrong with a folder is collected as a list of `Problem`s in one pass (`find_problems`,
+shown as a table by `comp data check`); a load stops on the first error with one line that
+counts the others, and prints one line per kind of warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from .console import console, is_quiet, warn
+from .console import console, info, is_quiet, warn
 from .errors import CompError
-from .fileio import atomic_path, read_json, write_json
+from .fileio import atomic_path, read_json, write_json, write_text
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LABEL_CSV_NAMES = ("train.csv", "trainLabels.csv", "train_labels.csv", "labels.csv")
 SAMPLE_CSV_NAMES = ("sample_submission.csv", "sampleSubmission.csv", "sample_submission.CSV")
-CACHE_VERSION = 1  # bump when the cached arrays' meaning changes
+CACHE_VERSION = 2  # bump when the cached arrays' meaning changes (2: 16-bit scaling, EXIF rotation)
 LIMIT_SEED = 0  # --limit subsamples with a fixed seed so every stage sees the same rows
 # Files that are not images but that a competition folder often holds; skipped silently.
 QUIET_SKIPS = {".DS_Store", "Thumbs.db", "desktop.ini"}
+HASH_WORKERS = 8  # reading files and blake2b release the GIL; a few threads per core keep the disk busy
+DIGEST_BYTES = 16  # blake2b-128 per file: accidental collisions are out of reach at any dataset size
+DIGEST_CACHE_VERSION = 1  # bump when the per-file digest changes
+# A file changed this recently may change again within one tick of its file system's clock (1-2 s
+# on some) and keep its size and times: its digest is not remembered, so the next load reads it again.
+RACY_NS = 2_000_000_000
+SHOWN_EXAMPLES = 5  # file names quoted in a one-line warning
+
+# 16-bit grayscale as PIL names it; scaled to 8 bits instead of clipped (PIL's convert saturates them).
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+SIXTEEN_TO_EIGHT = 257  # 65535 / 255: maps 0..65535 exactly onto 0..255
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 2..8 mean the stored pixels must be flipped or turned
+# What reaching 8-bit RGB does to an image of each mode, for the line that says what was converted.
+MODE_NOTES = {
+    "1": "black and white, expanded to RGB",
+    "L": "grayscale, expanded to RGB",
+    "LA": "grayscale, expanded to RGB, alpha dropped",
+    "P": "palette, expanded to RGB",
+    "PA": "palette, expanded to RGB, alpha dropped",
+    "RGBA": "alpha dropped",
+    "CMYK": "CMYK, converted to RGB",
+    "YCbCr": "converted to RGB",
+    "I": "integer grayscale, scaled to 8 bits when above 255, expanded to RGB",
+    "F": "float grayscale, clipped to 0..255, expanded to RGB",
+    **{mode: "16-bit grayscale, scaled to 8 bits, expanded to RGB" for mode in SIXTEEN_BIT_MODES},
+}
+
+# -- problems ------------------------------------------------------------------------------
+
+ERROR, WARNING = "error", "warning"  # an error stops every command that loads the data
+# Kinds of problem: `comp data check` groups its table by kind; a load warns once per kind.
+MISSING = "missing"
+UNREADABLE = "unreadable folder"
+EMPTY_CLASS = "empty class folder"
+ONE_CLASS = "one class only"
+BAD_CSV = "malformed CSV"
+LABEL_WITHOUT_IMAGE = "labels CSV id without image"
+EMPTY_LABEL = "empty label"
+ID_WITHOUT_IMAGE = "test id without image"
+IMAGE_WITHOUT_ID = "test image without id"
+DAMAGED = "damaged image"
+NO_TRAIN_IMAGES = "no readable train images"
+NON_IMAGE = "non-image files skipped"
+BAD_LINK = "unreadable links skipped"
+UNLABELED = "train images not in the labels CSV, not used"
+OUTSIDE_CLASSES = "images outside the class folders, not used"
+DAMAGED_SKIPPED = "damaged images skipped (--skip-bad)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a competition folder: what, where, and how to fix it."""
+
+    severity: str  # ERROR or WARNING
+    kind: str  # one of the kinds above
+    path: Path  # the file or folder at fault
+    detail: str  # what is wrong with this one
+    fix: str
+
+    def line(self) -> str:
+        return f"{self.path}: {self.detail}; {self.fix}"
+
+
+def errors_in(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == ERROR]
+
+
+def stop_on_errors(problems: list[Problem], data_dir: Path, found: str = "") -> None:
+    """Raise one CompError naming the first error and counting the others (`found`: when they were found)."""
+    errors = errors_in(problems)
+    if not errors:
+        return
+    others = f" ({len(errors) - 1} more error(s){found};" if len(errors) > 1 else " ("
+    raise CompError(f"{errors[0].line()}{others} `comp data check --data {data_dir}` lists every problem)")
+
+
+def warn_about(problems: list[Problem], data_dir: Path) -> None:
+    """One warning line per kind: how many files, the first few, and the fix."""
+    by_kind: dict[str, list[Problem]] = {}
+    for problem in problems:
+        if problem.severity == WARNING:
+            by_kind.setdefault(problem.kind, []).append(problem)
+    for kind, group in by_kind.items():
+        shown = ", ".join(relative_name(p.path, data_dir) for p in group[:SHOWN_EXAMPLES])
+        more = f" and {len(group) - SHOWN_EXAMPLES} more" if len(group) > SHOWN_EXAMPLES else ""
+        warn(f"{kind}: {len(group)} ({shown}{more}); {group[0].fix}")
+
+
+def relative_name(path: Path, data_dir: Path) -> str:
+    """A path as shown to the user: relative to the data folder when inside it."""
+    try:
+        return str(path.relative_to(data_dir)) or "."
+    except ValueError:
+        return str(path)
+
+
+# -- what a folder holds -------------------------------------------------------------------
 
 
 @dataclass
@@ -69,15 +174,36 @@ class Dataset:
 
 @dataclass
 class Layout:
-    """The files a data folder holds, before any image is decoded."""
+    """The files a data folder holds, before any image is decoded, and what is wrong with it."""
 
     data_dir: Path
     classes: list[str]
     train_files: list[Path]
     train_labels: np.ndarray
     test_files: list[Path]
-    submission: SubmissionFormat
+    submission: SubmissionFormat | None
     skipped: list[Path]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return [*self.train_files, *self.test_files]
+
+    @cached_property
+    def names(self) -> list[str]:
+        """`files` relative to the data folder, as text. Sliced, not `Path.relative_to`: that costs
+        a second per 100,000 files."""
+        prefix = os.path.join(str(self.data_dir), "")
+        return [str(p)[len(prefix):] if str(p).startswith(prefix) else str(p.relative_to(self.data_dir))
+                for p in self.files]
+
+
+@dataclass
+class DataCheck:
+    """What `inspect_data` found: every problem, and the dataset when no error keeps it from loading."""
+
+    problems: list[Problem]
+    dataset: Dataset | None
 
 
 # -- finding the files ---------------------------------------------------------------------
@@ -87,46 +213,87 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _list_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(images, other files) directly in `folder`, sorted by name."""
-    images, others = [], []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if not entry.is_file():
-                continue
-            path = Path(entry.path)
-            if _is_image(path):
-                images.append(path)
-            elif entry.name not in QUIET_SKIPS:
-                others.append(path)
-    return sorted(images), sorted(others)
+def _entries(folder: Path, problems: list[Problem]) -> list[os.DirEntry]:
+    """The entries of `folder` by name; an unlistable folder is an error."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except OSError as err:
+        problems.append(Problem(ERROR, UNREADABLE, folder, f"cannot be listed ({err.strerror})",
+                                "fix its permissions or remove it"))
+        return []
+
+
+def _link_problem(path: Path, reason: str) -> Problem:
+    return Problem(WARNING, BAD_LINK, path, f"a link that leads to no file ({reason})",
+                   "remove the link or point it at an image")
+
+
+def _list_files(folder: Path, problems: list[Problem]) -> list[Path]:
+    """Image files directly in `folder`, sorted; stray files and dead or looping links become warnings."""
+    images = []
+    for entry in _entries(folder, problems):
+        path = Path(entry.path)
+        try:
+            is_file, is_dir = entry.is_file(), entry.is_dir()
+        except OSError as err:  # a symlink loop raises ELOOP here
+            problems.append(_link_problem(path, err.strerror))
+            continue
+        if is_dir:
+            continue
+        if not is_file:
+            if entry.is_symlink():
+                problems.append(_link_problem(path, "its target does not exist"))
+            continue
+        if _is_image(path):
+            images.append(path)
+        elif entry.name not in QUIET_SKIPS:
+            problems.append(Problem(WARNING, NON_IMAGE, path, "not an image file", "remove it, or ignore this"))
+    return images
+
+
+def _read_id_frame(path: Path, columns: str) -> tuple[pd.DataFrame | None, str | None]:
+    """(the first two columns as stripped text, None), or (None, what is wrong with the file).
+
+    Read as text with no NaN guessing, so ids like 0001 keep their zeros and a class named "NA"
+    stays one.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        return None, f"not a readable CSV ({err})"
+    if frame.shape[1] < 2 or len(frame) == 0:
+        return None, f"needs {columns}, one row per image"
+    frame = frame.iloc[:, :2].apply(lambda column: column.str.strip())
+    ids = frame.iloc[:, 0]
+    repeated = ids[ids.duplicated()].unique()
+    if len(repeated):
+        return None, f"repeated ids (e.g. {', '.join(repeated[:3])}); each id must appear once"
+    return frame, None
 
 
 def read_id_csv(path: Path, columns: str, fix: str) -> pd.DataFrame:
     """The first two columns (an id, then a target or label) of a CSV, as stripped text, one row per id.
 
-    Used for sample_submission.csv, a labels CSV, a submission and an answers file. Read as text
-    with no NaN guessing, so ids like 0001 keep their zeros and a class named "NA" stays one.
+    Used for a submission and an answers file; raises CompError when the file is malformed.
     """
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CompError(f"{path}: not a readable CSV ({err}); {fix}") from None
-    if frame.shape[1] < 2 or len(frame) == 0:
-        raise CompError(f"{path}: needs {columns}, one row per image; {fix}")
-    frame = frame.iloc[:, :2].apply(lambda column: column.str.strip())
-    ids = frame.iloc[:, 0]
-    repeated = ids[ids.duplicated()].unique()
-    if len(repeated):
-        raise CompError(f"{path}: repeated ids (e.g. {', '.join(repeated[:3])}); each id must appear once. {fix}")
+    frame, wrong = _read_id_frame(path, columns)
+    if wrong:
+        raise CompError(f"{path}: {wrong}; {fix}")
     return frame
 
 
-def read_submission_format(data_dir: Path) -> SubmissionFormat:
+def read_submission_format(data_dir: Path, problems: list[Problem]) -> SubmissionFormat | None:
+    """The sample submission's format, or None (with the problem recorded) when it cannot be read."""
     path = next((data_dir / n for n in SAMPLE_CSV_NAMES if (data_dir / n).is_file()), None)
     if path is None:
-        raise CompError(f"{data_dir}/sample_submission.csv: missing; copy it from the competition download")
-    frame = read_id_csv(path, "an id column and a target column", "re-download it")
+        problems.append(Problem(ERROR, MISSING, data_dir / "sample_submission.csv", "missing",
+                                "copy it from the competition download"))
+        return None
+    frame, wrong = _read_id_frame(path, "an id column and a target column")
+    if wrong:
+        problems.append(Problem(ERROR, BAD_CSV, path, wrong, "re-download it"))
+        return None
     id_column, target_column = frame.columns[0], frame.columns[1]
     target_kind = "int" if frame[target_column].str.fullmatch(r"-?\d+").all() else "name"
     return SubmissionFormat(path, id_column, target_column, target_kind, frame[id_column].tolist())
@@ -138,135 +305,253 @@ def _id_key(text: str) -> str:
     return str(int(stem)) if stem.isdigit() else stem
 
 
-def match_test_files(test_dir: Path, submission: SubmissionFormat) -> tuple[list[Path], list[Path]]:
-    """Test files in the order of sample_submission.csv; (files, skipped non-images)."""
-    images, others = _list_files(test_dir)
+def match_test_files(test_dir: Path, submission: SubmissionFormat, problems: list[Problem]) -> list[Path]:
+    """Test files in the order of sample_submission.csv (those found); ids and files without a partner are errors."""
+    images = _list_files(test_dir, problems)
     by_key: dict[str, Path] = {}
     for path in images:
         by_key.setdefault(_id_key(path.name), path)
     keys = [_id_key(i) for i in submission.ids]
-    missing = [i for i, k in zip(submission.ids, keys) if k not in by_key]
-    if missing:
-        raise CompError(
-            f"{submission.path}: {len(missing)} id(s) have no image in {test_dir} "
-            f"(e.g. {', '.join(missing[:3])}); the ids must match test file names"
-        )
+    for id_, key in zip(submission.ids, keys):
+        if key not in by_key:
+            problems.append(Problem(ERROR, ID_WITHOUT_IMAGE, submission.path, f"id {id_} has no image in {test_dir}",
+                                    "the ids must match test file names"))
     used = set(keys)
-    orphans = [p for p in images if _id_key(p.name) not in used]
-    if orphans:
-        raise CompError(
-            f"{test_dir}: {len(orphans)} image(s) have no id in {submission.path.name} "
-            f"(e.g. {', '.join(p.name for p in orphans[:3])}); remove them or add their ids"
-        )
-    return [by_key[k] for k in keys], others
+    for path in images:
+        if _id_key(path.name) not in used:
+            problems.append(Problem(ERROR, IMAGE_WITHOUT_ID, path, f"no id in {submission.path.name}",
+                                    "remove the image or add its id"))
+    return [by_key[k] for k in keys if k in by_key]
 
 
-def _scan_class_folders(train_dir: Path, class_dirs: list[Path]):
-    classes = sorted(d.name for d in class_dirs)
-    files, labels, skipped = [], [], []
-    for index, name in enumerate(classes):
-        images, others = _list_files(train_dir / name)
-        skipped += others
+def _class_folders(train_dir: Path, problems: list[Problem]) -> tuple[list[Path], list[Path]]:
+    """(class folders, images lying beside them) in train/; a folder link back into train/ is skipped."""
+    folders, loose = [], []
+    inside = train_dir.resolve()
+    for entry in _entries(train_dir, problems):
+        path = Path(entry.path)
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()
+        except OSError as err:  # a symlink loop raises ELOOP here
+            problems.append(_link_problem(path, err.strerror))
+            continue
+        if is_dir and inside.is_relative_to(path.resolve()):
+            problems.append(_link_problem(path, "it loops back to a folder that holds it"))
+        elif is_dir:
+            folders.append(path)
+        elif is_file and _is_image(path):
+            loose.append(path)
+    return folders, loose
+
+
+def _scan_class_folders(train_dir: Path, class_dirs: list[Path], loose: list[Path], problems: list[Problem]):
+    classes, files, labels = [], [], []
+    for folder in class_dirs:
+        images = _list_files(folder, problems)
         if not images:
-            raise CompError(f"{train_dir / name}: class folder has no images; remove the folder or add its images")
+            problems.append(Problem(ERROR, EMPTY_CLASS, folder, "class folder has no images",
+                                    "remove the folder or add its images"))
+            continue
         files += images
-        labels += [index] * len(images)
-    return classes, files, labels, skipped
+        labels += [len(classes)] * len(images)
+        classes.append(folder.name)
+    for path in loose:
+        problems.append(Problem(WARNING, OUTSIDE_CLASSES, path, "an image in train/ beside the class folders",
+                                "move it into its class folder to train on it"))
+    return classes, files, labels
 
 
-def _scan_labels_csv(data_dir: Path, train_dir: Path):
+def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem]):
+    """Classes, files and labels from a labels CSV; train images it does not list are warned about."""
     csv_path = next((data_dir / n for n in LABEL_CSV_NAMES if (data_dir / n).is_file()), None)
+    images = _list_files(train_dir, problems)
     if csv_path is None:
-        raise CompError(
-            f"{train_dir}: holds no class folders and {data_dir} has no labels CSV "
-            f"({', '.join(LABEL_CSV_NAMES)}); use train/<class>/*.jpg or add a labels CSV with columns id,label"
-        )
-    frame = read_id_csv(csv_path, "two columns, id and label", "fix the CSV")
-    images, skipped = _list_files(train_dir)
+        problems.append(Problem(ERROR, MISSING, train_dir,
+                                f"holds no class folders and {data_dir} has no labels CSV ({', '.join(LABEL_CSV_NAMES)})",
+                                "use train/<class>/*.jpg or add a labels CSV with columns id,label"))
+        return [], [], []
+    frame, wrong = _read_id_frame(csv_path, "two columns, id and label")
+    if wrong:
+        problems.append(Problem(ERROR, BAD_CSV, csv_path, wrong, "fix the CSV"))
+        return [], [], []
     by_key = {_id_key(p.name): p for p in images}
-    ids, names = frame.iloc[:, 0], frame.iloc[:, 1]
-    missing = [i for i in ids if _id_key(i) not in by_key]
-    if missing:
-        raise CompError(
-            f"{csv_path}: {len(missing)} id(s) have no image in {train_dir} (e.g. {', '.join(missing[:3])}); fix the CSV"
-        )
-    classes = sorted(set(names))
+    rows = []
+    for id_, name in zip(frame.iloc[:, 0], frame.iloc[:, 1]):
+        if _id_key(id_) not in by_key:
+            problems.append(Problem(ERROR, LABEL_WITHOUT_IMAGE, csv_path, f"id {id_} has no image in {train_dir}",
+                                    "fix the CSV or add the image"))
+        elif not name:
+            problems.append(Problem(ERROR, EMPTY_LABEL, csv_path, f"id {id_} has an empty label",
+                                    "give every row a class name"))
+        else:
+            rows.append((by_key[_id_key(id_)], name))
+    listed = {_id_key(i) for i in frame.iloc[:, 0]}
+    for path in images:
+        if _id_key(path.name) not in listed:
+            problems.append(Problem(WARNING, UNLABELED, path, f"not in {csv_path.name}",
+                                    f"add the images to {csv_path.name} to train on them"))
+    classes = sorted({name for _, name in rows})
     index = {name: i for i, name in enumerate(classes)}
-    files = [by_key[_id_key(i)] for i in ids]
-    return classes, files, [index[n] for n in names], skipped
+    return classes, [path for path, _ in rows], [index[name] for _, name in rows]
 
 
 def scan(data_dir: Path) -> Layout:
-    """Find train, test and the submission format; raise CompError on a malformed folder."""
+    """Find train, test and the submission format, recording every problem met on the way."""
     data_dir = Path(data_dir)
     train_dir, test_dir = data_dir / "train", data_dir / "test"
-    for folder, what in ((train_dir, "train/<class>/*.jpg"), (test_dir, "test/*.jpg")):
-        if not folder.is_dir():
-            raise CompError(f"{folder}: missing; the competition folder needs {what} (is --data the unpacked download?)")
-    class_dirs = [Path(e.path) for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith(".")]
-    if class_dirs:
-        classes, files, labels, skipped = _scan_class_folders(train_dir, class_dirs)
+    problems: list[Problem] = []
+    classes, files, labels = [], [], []
+    if train_dir.is_dir():
+        class_dirs, loose = _class_folders(train_dir, problems)
+        if class_dirs:
+            classes, files, labels = _scan_class_folders(train_dir, class_dirs, loose, problems)
+        else:
+            classes, files, labels = _scan_labels_csv(data_dir, train_dir, problems)
+        if len(classes) == 1:
+            problems.append(Problem(ERROR, ONE_CLASS, train_dir, f"only one class ({classes[0]})",
+                                    "a classifier needs at least two"))
     else:
-        classes, files, labels, skipped = _scan_labels_csv(data_dir, train_dir)
-    if len(classes) < 2:
-        raise CompError(f"{train_dir}: only one class ({classes[0]}); a classifier needs at least two")
-    submission = read_submission_format(data_dir)
-    test_files, test_skipped = match_test_files(test_dir, submission)
-    skipped += test_skipped
-    if skipped:
-        shown = ", ".join(str(p.relative_to(data_dir)) for p in skipped[:5])
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        warn(f"skipped {len(skipped)} non-image file(s): {shown}{more}")
-    return Layout(data_dir, classes, files, np.asarray(labels, dtype=np.int64), test_files, submission, skipped)
+        problems.append(Problem(ERROR, MISSING, train_dir, "missing",
+                                "the competition folder needs train/<class>/*.jpg (is --data the unpacked download?)"))
+    submission = read_submission_format(data_dir, problems)
+    test_files = []
+    if not test_dir.is_dir():
+        problems.append(Problem(ERROR, MISSING, test_dir, "missing",
+                                "the competition folder needs test/*.jpg (is --data the unpacked download?)"))
+    elif submission is not None:
+        test_files = match_test_files(test_dir, submission, problems)
+    skipped = [p.path for p in problems if p.kind == NON_IMAGE]
+    return Layout(data_dir, classes, files, np.asarray(labels, dtype=np.int64), test_files, submission, skipped,
+                  problems)
 
 
-# -- fingerprint and cache -----------------------------------------------------------------
+# -- fingerprint: the content of every file ------------------------------------------------
 
 
-def _stat_rows(layout: Layout):
-    for path in [*layout.train_files, *layout.test_files]:
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.blake2b(path.read_bytes(), digest_size=DIGEST_BYTES).hexdigest()
+    except OSError:
+        return None  # unreadable: the decode pass reports the file as damaged
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    """What must stay equal for a remembered digest to be trusted: size, mtime and ctime in ns."""
+    try:
         st = path.stat()
-        yield str(path.relative_to(layout.data_dir)), st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def fingerprints(layout: Layout, skip_bad: bool) -> tuple[str, str]:
-    """(data fingerprint, cache key).
+def _digest_cache_path(cache_dir: Path, data_dir: Path) -> Path:
+    folder_id = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return cache_dir / f"digests-{folder_id}.json"
 
-    The fingerprint hashes names, sizes, labels and the sample submission: it survives a
-    copy or re-extraction of the same data and changes when files are added, removed,
-    relabelled or rewritten to another size. The cache key adds modification times, so a
-    touched file is decoded again.
+
+def _read_digest_cache(path: Path | None) -> dict:
+    try:
+        saved = read_json(path) if path and path.exists() else {}
+    except (OSError, ValueError):
+        return {}  # a damaged cache only costs re-reading the files
+    return saved.get("files", {}) if saved.get("version") == DIGEST_CACHE_VERSION else {}
+
+
+def _hash_files(paths: list[Path]) -> list[str | None]:
+    if not paths:
+        return []
+    with ThreadPoolExecutor(HASH_WORKERS) as pool:
+        if is_quiet() or len(paths) < 1000:
+            return list(pool.map(_file_digest, paths, chunksize=64))
+        with console.status(f"hashing {len(paths):,} new or changed files"):
+            return list(pool.map(_file_digest, paths, chunksize=64))
+
+
+def content_digests(layout: Layout, cache_dir: Path | None) -> list[str]:
+    """A digest of each file's bytes, in `layout.files` order ("unreadable" for a file that cannot be read).
+
+    Remembered in `cache_dir` per file, keyed by its path in the data folder, size, mtime and
+    ctime, so a second load reads no file again; a copy or re-extraction is read once and keeps
+    the same digests.
     """
-    data_hash, cache_hash = hashlib.sha1(), hashlib.sha1()
+    cache_path = _digest_cache_path(cache_dir, layout.data_dir) if cache_dir else None
+    known = _read_digest_cache(cache_path)
+    paths, names = layout.files, layout.names
+    keys = [_stat_key(p) for p in paths]
+    current = {n: known[n] for n, k in zip(names, keys) if k is not None and known.get(n, [])[:3] == k}
+    stale = [i for i, n in enumerate(names) if n not in current]
+    settled_before = time.time_ns() - RACY_NS
+    digests = {n: entry[3] for n, entry in current.items()}
+    for i, digest in zip(stale, _hash_files([paths[i] for i in stale])):
+        digests[names[i]] = digest or "unreadable"
+        if digest is not None and keys[i] is not None and max(keys[i][1:]) < settled_before:
+            current[names[i]] = [*keys[i], digest]
+    if cache_path and current != known:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        write_text(cache_path, json.dumps({"version": DIGEST_CACHE_VERSION, "files": current}, separators=(",", ":")))
+    return [digests[n] for n in names]
+
+
+def data_fingerprint(layout: Layout, digests: list[str]) -> str:
+    """A hash of the classes, the labels, the sample submission and every file's name and content.
+
+    It survives a copy or re-extraction of the same data and changes when a file is added,
+    removed, renamed, relabelled or rewritten (even to the same size).
+    """
+    data_hash = hashlib.sha1()
     data_hash.update("\n".join(layout.classes).encode())
     data_hash.update(layout.train_labels.tobytes())
     data_hash.update(layout.submission.path.read_bytes())
-    for name, size, mtime in _stat_rows(layout):
-        data_hash.update(f"{name}\0{size}\n".encode())
-        cache_hash.update(f"{name}\0{mtime}\n".encode())
-    fingerprint = data_hash.hexdigest()[:16]
-    cache_hash.update(f"{fingerprint} v{CACHE_VERSION} skip_bad={skip_bad}".encode())
-    return fingerprint, cache_hash.hexdigest()[:16]
+    for name, digest in zip(layout.names, digests):
+        data_hash.update(f"{name}\0{digest}\n".encode())
+    return data_hash.hexdigest()[:16]
+
+
+def _cache_key(fingerprint: str) -> str:
+    """The decoded arrays depend only on the files' content and order (the fingerprint) and the decoder."""
+    return hashlib.sha1(f"{fingerprint} v{CACHE_VERSION}".encode()).hexdigest()[:16]
 
 
 # -- decoding ------------------------------------------------------------------------------
 
 
-def _decode(path: Path):
-    """(RGB uint8 array or None, original mode, original (w,h), error text or None)."""
-    from PIL import Image
+class Decoded(NamedTuple):
+    array: np.ndarray | None  # (H,W,3) uint8 RGB, upright; None when the file cannot be decoded
+    mode: str | None  # the file's own PIL mode ("L", "RGBA", "I;16", "CMYK", ...)
+    size: tuple[int, int] | None  # (width, height) after EXIF rotation
+    error: str | None
+    rotated: bool = False  # turned or flipped by its EXIF orientation
+
+
+def _to_rgb(image) -> np.ndarray:
+    """8-bit RGB. PIL's own convert clips 16-bit values at 255, so those are scaled here instead."""
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image).astype(np.float64)
+        # Mode I holds 16-bit PNG/TIFF data too; values above 255 say the range is 16-bit.
+        if image.mode in SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
+            values = values / SIXTEEN_TO_EIGHT
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _decode(path: Path) -> Decoded:
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as image:
-            mode, size = image.mode, image.size
+            mode = image.mode
             image.load()
-            rgb = image.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8), mode, size, None
+            rotated = image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9)
+            array = _to_rgb(ImageOps.exif_transpose(image) if rotated else image)
+            return Decoded(array, mode, (array.shape[1], array.shape[0]), None, rotated)
     except Exception as err:  # PIL raises many types for a damaged file; all mean the same here
-        return None, None, None, f"{type(err).__name__}: {err}"
+        return Decoded(None, None, None, f"{type(err).__name__}: {err}")
 
 
-def decode_all(paths: list[Path], what: str) -> list:
+def decode_all(paths: list[Path], what: str) -> list[Decoded]:
     workers = min(8, (os.cpu_count() or 2) * 2)  # decoding releases the GIL; a few threads per core
     results = []
     with ThreadPoolExecutor(workers) as pool:
@@ -293,52 +578,92 @@ def stack_images(decoded: list, target_hw: tuple[int, int]) -> tuple[np.ndarray,
     return out, resized
 
 
-def decode_layout(layout: Layout, skip_bad: bool) -> dict:
+def conversion_summary(modes: dict[str, int], rotated: int) -> str | None:
+    """One line saying which images were converted to 8-bit RGB (and how), and how many were turned upright."""
+    parts = [f"{count:,} {mode} ({MODE_NOTES.get(mode, 'converted to RGB')})"
+             for mode, count in modes.items() if mode != "RGB"]
+    if rotated:
+        parts.append(f"{rotated:,} turned upright by their EXIF orientation")
+    return "converted once, then cached: " + ", ".join(parts) if parts else None
+
+
+def _damaged(layout: Layout, decoded: list[Decoded]) -> list[tuple[str, str]]:
+    """(name in the data folder, reason) of each of `layout.files` that did not decode."""
+    return [(name, r.error) for name, r in zip(layout.names, decoded) if r.array is None]
+
+
+def decode_layout(layout: Layout) -> dict:
+    """Decode every file once; damaged train images are left out, damaged test images stay blank."""
     train = decode_all(layout.train_files, "train")
     test = decode_all(layout.test_files, "test")
-    bad = [(p, r[3]) for p, r in zip([*layout.train_files, *layout.test_files], [*train, *test]) if r[0] is None]
-    if bad and not skip_bad:
-        path, reason = bad[0]
-        others = f" ({len(bad) - 1} more damaged)" if len(bad) > 1 else ""
-        raise CompError(
-            f"{path}: truncated or corrupt image ({reason}){others}; replace or delete it, or pass --skip-bad"
-        )
-    if bad:
-        names = ", ".join(str(p.relative_to(layout.data_dir)) for p, _ in bad[:5])
-        warn(f"--skip-bad: skipped {len(bad)} damaged image(s): {names} (damaged test images are predicted as blank)")
-    sizes = Counter((r[2][1], r[2][0]) for r in [*train, *test] if r[0] is not None)
-    modes = Counter(r[1] for r in [*train, *test] if r[0] is not None)
-    target_hw = sizes.most_common(1)[0][0]
-    keep = np.array([r[0] is not None for r in train])
-    train_x, resized_train = stack_images([r[0] for r, k in zip(train, keep) if k], target_hw)
-    test_x, resized_test = stack_images([r[0] for r in test], target_hw)
+    decoded = [*train, *test]
+    bad = _damaged(layout, decoded)
+    sizes = Counter((r.size[1], r.size[0]) for r in decoded if r.array is not None)
+    modes = Counter(r.mode for r in decoded if r.array is not None)
+    rotated = sum(r.rotated for r in decoded)
+    target_hw = sizes.most_common(1)[0][0] if sizes else (1, 1)  # (1, 1): nothing decoded, all reported
+    keep = np.array([r.array is not None for r in train], dtype=bool)
+    train_x, resized_train = stack_images([r.array for r in train if r.array is not None], target_hw)
+    test_x, resized_test = stack_images([r.array for r in test], target_hw)
     resized = resized_train + resized_test
+    summary = conversion_summary(dict(modes.most_common()), rotated)
+    if summary:
+        info(summary)
     if resized:
         warn(f"resized {resized} image(s) of other sizes to the most common size {target_hw[0]}x{target_hw[1]}")
     return {
         "train_x": train_x,
         "train_y": layout.train_labels[keep],
         "test_x": test_x,
-        "train_files": [str(p.relative_to(layout.data_dir)) for p, k in zip(layout.train_files, keep) if k],
+        "train_files": [name for name, k in zip(layout.names, keep) if k],  # train names come first
         "stats": {
             "sizes": {f"{h}x{w}": n for (h, w), n in sizes.most_common()},
             "modes": dict(modes.most_common()),
+            "rotated": rotated,
             "resized": resized,
-            "bad_files": [str(p.relative_to(layout.data_dir)) for p, _ in bad],
-            "skipped_files": [str(p.relative_to(layout.data_dir)) for p in layout.skipped],
+            "bad_files": [name for name, _ in bad],
+            "bad_reasons": [reason for _, reason in bad],
         },
     }
 
 
-def load_dataset(data_dir: Path, cache_dir: Path | None, limit: int = 0, skip_bad: bool = False) -> Dataset:
-    """Scan, decode (or read the cache), and subsample with --limit. The entry point of every stage."""
-    layout = scan(Path(data_dir))
-    fingerprint, cache_key = fingerprints(layout, skip_bad)
-    arrays = _read_cache(cache_dir, cache_key) if cache_dir else None
+def damage_problems(data_dir: Path, bad: list[tuple[str, str]], skip_bad: bool) -> list[Problem]:
+    """Damaged images (relative name, reason): errors, or warnings when --skip-bad leaves them out."""
+    problems = []
+    for name, reason in bad:
+        path = data_dir / name
+        if not skip_bad:
+            problems.append(Problem(ERROR, DAMAGED, path, f"truncated or corrupt image ({reason})",
+                                    "replace or delete it, or pass --skip-bad"))
+            continue
+        what = "predicted from a blank image" if Path(name).parts[0] == "test" else "left out of training"
+        problems.append(Problem(WARNING, DAMAGED_SKIPPED, path, f"damaged ({reason}); {what}",
+                                "replace it to use it (damaged test images are predicted from a blank image)"))
+    return problems
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def _decoded_arrays(layout: Layout, fingerprint: str, cache_dir: Path | None) -> dict:
+    key = _cache_key(fingerprint)
+    arrays = _read_cache(cache_dir, key) if cache_dir else None
     if arrays is None:
-        arrays = decode_layout(layout, skip_bad)
+        arrays = decode_layout(layout)
         if cache_dir:
-            _write_cache(cache_dir, cache_key, arrays)
+            _write_cache(cache_dir, key, arrays)
+    return arrays
+
+
+def _load_layout(layout: Layout, cache_dir: Path | None, skip_bad: bool) -> tuple[Dataset, list[Problem]]:
+    """The dataset of a layout without errors, and the problems only decoding finds."""
+    fingerprint = data_fingerprint(layout, content_digests(layout, cache_dir))
+    arrays = _decoded_arrays(layout, fingerprint, cache_dir)
+    stats = arrays["stats"]
+    problems = damage_problems(layout.data_dir, list(zip(stats["bad_files"], stats["bad_reasons"])), skip_bad)
+    if skip_bad and len(arrays["train_y"]) == 0:
+        problems.append(Problem(ERROR, NO_TRAIN_IMAGES, layout.data_dir / "train", "no train image could be decoded",
+                                "replace the damaged images"))
     dataset = Dataset(
         data_dir=layout.data_dir,
         classes=layout.classes,
@@ -349,8 +674,45 @@ def load_dataset(data_dir: Path, cache_dir: Path | None, limit: int = 0, skip_ba
         submission=layout.submission,
         fingerprint=fingerprint,
         rows=np.arange(len(arrays["train_y"])),
-        stats=arrays["stats"] | {"train_files": arrays["train_files"]},
+        # Skipped files are not in the fingerprint, so they are taken from this scan, not the cache.
+        stats=stats | {"train_files": arrays["train_files"],
+                       "skipped_files": [relative_name(p, layout.data_dir) for p in layout.skipped]},
     )
+    return dataset, problems
+
+
+def inspect_data(data_dir: Path, cache_dir: Path | None, skip_bad: bool = False) -> DataCheck:
+    """Every problem of a folder in one pass, decoding each image once (or reading the cache).
+
+    When the files cannot be put in order (an error in the layout), the images found are still
+    decoded so that damaged ones are listed too; no dataset is returned then.
+    """
+    layout = scan(Path(data_dir))
+    if errors_in(layout.problems):
+        found = decode_all(layout.files, "found")
+        damage = damage_problems(layout.data_dir, _damaged(layout, found), skip_bad)
+        return DataCheck(layout.problems + damage, None)
+    dataset, damage = _load_layout(layout, cache_dir, skip_bad)
+    problems = layout.problems + damage
+    return DataCheck(problems, None if errors_in(problems) else dataset)
+
+
+def find_problems(data_dir: Path, cache_dir: Path | None = None, skip_bad: bool = False) -> list[Problem]:
+    return inspect_data(data_dir, cache_dir, skip_bad).problems
+
+
+def load_dataset(data_dir: Path, cache_dir: Path | None, limit: int = 0, skip_bad: bool = False) -> Dataset:
+    """Scan, decode (or read the cache), and subsample with --limit. The entry point of every stage.
+
+    Stops with one line on the first error (before reading any image when the layout is wrong);
+    warns once per kind of warning.
+    """
+    layout = scan(Path(data_dir))
+    stop_on_errors(layout.problems, layout.data_dir, found=" found before decoding")
+    dataset, damage = _load_layout(layout, cache_dir, skip_bad)
+    problems = layout.problems + damage
+    stop_on_errors(problems, layout.data_dir)
+    warn_about(problems, layout.data_dir)
     return apply_limit(dataset, limit)
 
 

@@ -102,11 +102,12 @@ class Workspace:
 
         return load_dataset(self.data_dir, self.cache, limit=limit, skip_bad=self.skip_bad)
 
-    def check(self, grid: str | os.PathLike | None = None) -> dict:
-        """`comp data check`: the data's problems, class counts, sizes, duplicates; a sample grid PNG."""
+    def check(self, grid: str | os.PathLike | None = None, limit: int = 0) -> dict:
+        """`comp data check`: every problem of the data (CompError if any is an error), then class
+        counts, sizes, modes and duplicates, and a sample grid PNG."""
         from .check import check_data
 
-        return check_data(self, Path(grid) if grid else self.folds / "data_samples.png")
+        return check_data(self, Path(grid) if grid else self.folds / "data_samples.png", limit)
 
     # -- the stages -----------------------------------------------------------------------------
 

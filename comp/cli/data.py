@@ -17,7 +17,7 @@ def register(subparsers) -> None:
                              help="every problem of the data at once, class counts, sizes, modes, duplicates",
                              description="Read the whole competition folder and list every problem found; exit 2 "
                                          "if any is an error. Also class counts, image sizes and modes, duplicates.")
-    add_data_options(check, limit=False)
+    add_data_options(check)
     check.add_argument("--grid", help="sample grid PNG (default: folds/data_samples.png)")
     check.set_defaults(func=run_check, needs_keras=False)  # stays fast: no TensorFlow import
 
@@ -41,8 +41,7 @@ def register(subparsers) -> None:
 
 
 def run_check(args) -> int:
-    workspace = workspace_from(args)
-    workspace.check(args.grid)
+    workspace_from(args).check(args.grid, args.limit)
     return 0
 
 
