@@ -17,10 +17,7 @@ from pathlib import Path
 from .errors import CompError
 from .fileio import write_text
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 
 PROJECT_FILE = "comp.toml"
 DATA_ENV = "COMP_DATA"

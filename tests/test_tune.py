@@ -274,3 +274,35 @@ def test_a_run_whose_every_trial_fails_says_so(tmp_path, data_dir, capsys):
     assert "all 2 trials of this run failed" in capsys.readouterr().err
     study = load(sqlite_url(tmp_path / "w"), "failing")
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+
+
+def sampled(url: str, name: str, trials: int, seed: int) -> list[dict]:
+    """Parameters a study of this name samples for `trials` more trials (no training: the space alone)."""
+    space = tune_space.build_space(build_config({}, {"model": "vgg", "seed": seed}), 1000)
+    study = tune_storage.create_study(tune_storage.open_storage(url, 30), name, optuna.pruners.NopPruner(), seed)
+    study.optimize(lambda trial: (tune_space.suggest(trial, space), 0.5)[1], n_trials=trials)
+    return [t.params for t in study.trials]
+
+
+def test_the_sampler_is_seeded_and_a_resumed_study_draws_new_points(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = sampled(url, "a", 3, seed=7)
+    assert sampled(url, "b", 3, seed=7) == first  # the same seed: the same start-up trials
+    assert sampled(url, "c", 3, seed=8) != first
+    resumed = sampled(url, "a", 3, seed=7)  # the same command again continues study "a"
+    assert resumed[:3] == first and all(p not in first for p in resumed[3:])
+
+
+def test_tuning_budgets_stay_with_the_study(tmp_path, data_dir, capsys):
+    work = tmp_path / "work"
+    assert run_tune(work, data_dir, "--trials", "1", "--limit", "60") == 0  # 1 epoch on 60 rows (TINY)
+    best = read_json(work / "folds" / "tune-baseline" / "best.json")
+    assert best["tuned"]["epochs"] == 1 and best["tuned"]["limit"] == 60
+    capsys.readouterr()
+    assert main(["train", "--workdir", str(work), "--data", str(data_dir), "--fold", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "using the parameters tune found in" in out and "tuned at 1 epochs on 60 rows" in out
+    manifest = read_json(next((work / "folds").glob("baseline-*/config.json")))
+    assert manifest["config"]["epochs"] == RunConfig.epochs and manifest["config"]["limit"] == 0  # not the budget
+    assert manifest["data"]["rows"] == 90
+    assert manifest["config"]["lr"] == best["lr"]  # the tuned parameters are taken

@@ -16,10 +16,7 @@ from ..console import console
 from ..errors import CompError
 from ..models import model_defaults
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 
 LR_SPAN = 10  # the learning rate is searched from a tenth to ten times the config's, on a log scale
 BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048)
