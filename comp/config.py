@@ -125,6 +125,26 @@ class RunConfig:
         return self.name or f"{self.model}-{self.identity_hash()}"
 
 
+_dataclass_init = RunConfig.__init__
+
+
+def _init_remembering_given(self, *args, **kwargs):
+    """RunConfig's __init__, remembering which fields the caller set: `RunConfig(model="resnet", epochs=3)`
+    means resnet with its own defaults and 3 epochs, not resnet with the baseline's optimizer."""
+    _dataclass_init(self, *args, **kwargs)
+    self.__dict__["_given"] = {f.name for f in fields(RunConfig)[:len(args)]} | set(kwargs)
+
+
+RunConfig.__init__ = _init_remembering_given
+
+
+def given_fields(config: RunConfig) -> dict:
+    """The fields the caller set when constructing `config` (all of them for a config read from a file)."""
+    given = getattr(config, "_given", None)
+    values = config.to_dict()
+    return values if given is None else {k: v for k, v in values.items() if k in given}
+
+
 # -- per-field rules ---------------------------------------------------------------------------
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one safe path component: a folder under folds/

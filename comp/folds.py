@@ -76,6 +76,16 @@ def read_split(meta_path: Path, rows: int) -> Split:
     return Split(folds, meta["k"], meta["seed"], meta["fingerprint"], meta["hash"])
 
 
+def existing_k(workspace: Workspace, fingerprint: str) -> int | None:
+    """How many folds this data's split has, if one was written (current or parked), else None."""
+    for meta_path in (workspace.folds / "folds.json", workspace.folds / "splits" / fingerprint / "folds.json"):
+        if meta_path.exists():
+            meta = read_json(meta_path)
+            if meta.get("fingerprint") == fingerprint:
+                return int(meta["k"])
+    return None
+
+
 def ensure_split(workspace: Workspace, labels: np.ndarray, fingerprint: str, k: int, seed: int,
                  train_files: list[str] | None = None, resplit: bool = False) -> Split:
     """Read folds/folds.csv, or write it for this dataset on first use."""

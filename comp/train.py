@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .config import RunConfig, build_config, load_config_file
+from .config import RunConfig, build_config, given_fields, load_config_file
 from .console import console, info, warn
 from .errors import CompError
 from .fileio import load_npy, read_json, remove_tree, save_npy, write_json
@@ -68,7 +68,7 @@ def config_values(config) -> tuple[dict | None, str]:
     if config is None:
         return None, "options"
     if isinstance(config, RunConfig):
-        return config.to_dict(), "config"
+        return given_fields(config), "config"
     if isinstance(config, dict):
         return dict(config), "config"
     return load_config_file(str(config)), str(config)
@@ -95,6 +95,13 @@ def resolve_config(workspace, fingerprint: str, config=None, overrides: dict | N
         if preset not in MACHINE_PRESETS:
             raise CompError(f"preset {preset!r}: choose one of {', '.join(MACHINE_PRESETS)}")
         file_values = {**MACHINE_PRESETS[preset], **(file_values or {})}
+    if "folds" not in overrides and "folds" not in (file_values or {}):
+        # Unsaid, the fold count is the one this data's split already has: every run shares one split.
+        from .folds import existing_k
+
+        k = existing_k(workspace, fingerprint)
+        if k is not None:
+            overrides["folds"] = k
     return build_config(file_values, overrides, source)
 
 

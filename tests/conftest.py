@@ -57,7 +57,7 @@ def tiny_data(tmp_path) -> Path:
     return make_competition(tmp_path / "data")
 
 
-def run_comp(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+def run_comp(*args, cwd=None, env=None, timeout=1800) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (exit codes, stderr, no traceback)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "comp", *map(str, args)], cwd=cwd or REPO, env=full_env,

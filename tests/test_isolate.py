@@ -67,6 +67,7 @@ def comp_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "comp"]
 
 
+@pytest.mark.slow
 def test_children_ignore_a_comp_folder_or_module_where_they_start(tmp_path):
     data = make_competition(tmp_path / "d", per_class=6)
     cwd = tmp_path / "cwd"
@@ -108,6 +109,7 @@ def kill_child_when(proc: subprocess.Popen, ready, what: str) -> None:
         os.kill(child, signal.SIGKILL)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_fold_is_named_and_the_other_folds_go_on(tmp_path):
     data = make_competition(tmp_path / "d", per_class=30)
@@ -116,7 +118,7 @@ def test_a_killed_fold_is_named_and_the_other_folds_go_on(tmp_path):
                              "--model", "baseline", "--width", "0.25", "--epochs", "30", "--folds", "2",
                              "--name", "r"], env=ISOLATED, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     kill_child_when(proc, lambda: (work / "folds" / "r" / "fold0" / "history.csv").exists(), "fold 0")
-    out, _ = proc.communicate(timeout=600)
+    out, _ = proc.communicate(timeout=1800)
     assert proc.returncode == 2, out[-2000:]
     assert "fold 0: killed by SIGKILL" in out and "the other folds go on" in out
     assert (work / "folds" / "r" / "fold1" / "metrics.json").exists()  # fold 1 still trained
@@ -124,6 +126,7 @@ def test_a_killed_fold_is_named_and_the_other_folds_go_on(tmp_path):
     assert "fold(s) 0 of run r died" in out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_trial_is_marked_failed_and_the_study_goes_on(tmp_path):
     data = make_competition(tmp_path / "d", per_class=30)
@@ -144,7 +147,7 @@ def test_a_killed_trial_is_marked_failed_and_the_study_goes_on(tmp_path):
         return any(t.state == TrialState.RUNNING and "config" in t.user_attrs for t in trials)
 
     kill_child_when(proc, training, "trial 0")
-    out, _ = proc.communicate(timeout=900)
+    out, _ = proc.communicate(timeout=1800)
     assert proc.returncode == 0, out[-2000:]
     assert "trial 0: killed by SIGKILL" in out and "marked failed" in out
     trials = optuna.load_study(study_name="tune-baseline", storage=f"sqlite:///{db}").trials

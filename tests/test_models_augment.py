@@ -52,20 +52,20 @@ def _batch():
     return rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
 
 
-def test_flip_is_exact():
-    layer = make_augment_layer("flip", seed=3)
-    images = _batch()
-    out = keras.ops.convert_to_numpy(layer(images, training=True))
-    for original, augmented in zip(images, out):
-        assert np.allclose(augmented, original, atol=1e-3) or np.allclose(augmented, original[:, ::-1], atol=1e-3)
-
-
 def _mirrored(original, augmented) -> bool:
     """True if augmented is the mirror image, False if it is the original; fails otherwise."""
     if np.allclose(augmented, original, atol=1e-3):
         return False
     assert np.allclose(augmented, original[:, ::-1], atol=1e-3)
     return True
+
+
+def test_flip_is_exact():
+    layer = make_augment_layer("flip", seed=3)
+    images = np.concatenate([_batch()] * 4)  # 32 images: a fair coin leaves both outcomes
+    out = keras.ops.convert_to_numpy(layer(images, training=True))
+    mirrored = [_mirrored(original, augmented) for original, augmented in zip(images, out)]
+    assert 0 < sum(mirrored) < len(mirrored)  # some flipped, some not, each exactly
 
 
 def test_alternating_flip_shows_each_image_both_ways_in_consecutive_epochs():
@@ -127,10 +127,20 @@ def test_mixing_keeps_targets_on_the_simplex(mixup, cutmix):
     mixed, soft = mix(images, targets, training=True)
     mixed, soft = keras.ops.convert_to_numpy(mixed), keras.ops.convert_to_numpy(soft)
     assert np.allclose(soft.sum(1), 1.0, atol=1e-5) and (soft >= 0).all()
-    partner = targets[::-1]
-    # The weight of the partner's label equals its share of the pixels (mixup: lambda; cutmix: box area).
-    share = (soft * partner).sum(1) - (soft * targets * partner).sum(1)
-    assert ((share >= 0) & (share <= 1)).all()
+    partner_images, partner_labels = images[::-1], (np.arange(8) % 4)[::-1]
+    for i in range(8):
+        # How much of image i is its partner's, read off the pixels: mixup blends every pixel with one
+        # lambda; cutmix pastes the partner's pixels inside a box.
+        differs = np.abs(images[i] - partner_images[i]) > 1.0
+        own = (mixed[i] - partner_images[i])[differs] / (images[i] - partner_images[i])[differs]
+        pasted = np.isclose(mixed[i], partner_images[i], atol=1e-3).all(axis=-1)
+        if np.allclose(own, own.mean(), atol=1e-3) and not np.isclose(own.mean(), 1.0):
+            share = 1.0 - own.mean()  # mixup
+        else:
+            share = pasted.mean()  # cutmix (or untouched: 0)
+        # The partner's label weighs exactly its share of the pixels; the image's own label the rest.
+        assert soft[i, partner_labels[i]] == pytest.approx(share, abs=1e-3)
+        assert soft[i, i % 4] == pytest.approx(1.0 - share, abs=1e-3)
     same, unmixed = mix(images, targets, training=False)
     assert np.array_equal(keras.ops.convert_to_numpy(same), images)
 

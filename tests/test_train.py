@@ -83,6 +83,7 @@ def test_finished_folds_are_skipped_and_changed_data_refused(tmp_path, capsys):
     assert "this run was made on another dataset" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9(tmp_path):
     """Kill the process during fold 1; the rerun keeps fold 0 and continues fold 1 from its checkpoint."""
     data = make_competition(tmp_path / "d", per_class=40)

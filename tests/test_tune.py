@@ -221,6 +221,7 @@ def _training(db: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_is_retried(tmp_path, data_dir):
     work, long = tmp_path / "work", ["--epochs", "40", "--pruner", "none", "--heartbeat", "1"]
     proc = worker(work, data_dir, "--trials", "1", *long)
@@ -243,6 +244,7 @@ def test_killed_worker_trial_is_retried(tmp_path, data_dir):
     assert (work / "folds" / "tune-baseline" / "best.json").exists()
 
 
+@pytest.mark.slow
 def test_workers_share_a_postgresql_study(tmp_path, data_dir):
     server, why = pg.start()
     if server is None:
@@ -252,7 +254,7 @@ def test_workers_share_a_postgresql_study(tmp_path, data_dir):
         common = ["--storage", server.url, "--study", "shared", "--trials", "2", "--heartbeat", "5"]
         procs = [worker(tmp_path / f"machine{i}", data_dir, *common) for i in range(2)]
         for proc in procs:
-            _, err = proc.communicate(timeout=300)
+            _, err = proc.communicate(timeout=1800)
             assert proc.returncode == 0, err[-2000:]
         trials = load(server.url, "shared").trials
         assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # every trial once, none lost

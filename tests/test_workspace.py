@@ -48,6 +48,7 @@ def test_a_fold_another_process_trains_is_skipped(tmp_path, capsys):
     assert (work / "folds" / "r" / "oof_probs.npy").exists()
 
 
+@pytest.mark.slow
 def test_two_trainers_on_one_run_share_its_folds(tmp_path):
     data = make_competition(tmp_path / "d", per_class=20)
     work = tmp_path / "w"
@@ -56,7 +57,7 @@ def test_two_trainers_on_one_run_share_its_folds(tmp_path):
     assert main(["data", "check", "--data", str(data), "--workdir", str(work), "--quiet"]) == 0  # cache first
     procs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    outputs = [p.communicate(timeout=1800)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "Traceback" not in "".join(outputs)
     for fold in range(3):
@@ -90,6 +91,7 @@ def test_a_backend_that_is_not_installed_is_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_python_older_than_the_declared_floor_is_refused_by_pip(tmp_path):
     """pyproject declares Python >= 3.11 (tomllib, and 3.10 reached its end of life in October 2026)."""
     import tomllib
