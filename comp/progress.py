@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .console import console, is_quiet
 
 
 class TrainingProgress:
-    """Used by train_fold through four hooks; prints nothing under --quiet except fold results."""
+    """Used by train_fold through four hooks; prints nothing under --quiet except fold results.
 
-    def __init__(self, folds: int, epochs: int, epoch_lines: bool = True):
+    Each epoch prints a line with the ETA of the whole job (folds x epochs), so logs and notebooks,
+    where the live bars do not show, still tell how far training is. `label` prefixes the lines
+    (tune: "trial 3").
+    """
+
+    def __init__(self, folds: int, epochs: int, label: str = ""):
         self.total_epochs = max(1, folds * epochs)
-        self.epoch_lines = epoch_lines  # a line per epoch (comp train); tune prints one per trial instead
+        self.label = f"{label} " if label else ""
+        self.epochs_done = 0
+        self.started = time.time()
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -37,6 +46,7 @@ class TrainingProgress:
         self.fold, self.epochs, self.steps = fold, epochs, steps
         if start_epoch:
             self.progress.advance(self.job, start_epoch)
+            self.total_epochs = max(1, self.total_epochs - start_epoch)  # resumed epochs cost nothing now
 
     def epoch_begin(self, epoch: int) -> None:
         self.progress.reset(self.epoch, total=self.steps, description=f"fold {self.fold} epoch {epoch + 1}/{self.epochs}")
@@ -44,10 +54,14 @@ class TrainingProgress:
     def batch_end(self, batch: int) -> None:
         self.progress.update(self.epoch, completed=batch + 1)
 
+    def eta(self) -> str:
+        """Time left for the whole job at the mean pace of the epochs done so far."""
+        left = (time.time() - self.started) / max(1, self.epochs_done) * max(0, self.total_epochs - self.epochs_done)
+        return f"{left:.0f}s" if left < 120 else f"{left / 60:.0f}m"
+
     def epoch_end(self, epoch: int, row: dict) -> None:
         self.progress.advance(self.job)
-        if not self.epoch_lines:
-            return
+        self.epochs_done += 1
         parts = [f"{k.replace('_', ' ')} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in row]
-        self.progress.console.print(f"fold {self.fold} epoch {epoch + 1:>3}/{self.epochs}  " + "  ".join(parts)
-                                    + f"  {row['seconds']:.1f}s")
+        self.progress.console.print(f"{self.label}fold {self.fold} epoch {epoch + 1:>3}/{self.epochs}  " + "  ".join(parts)
+                                    + f"  {row['seconds']:.1f}s, ETA {self.eta()}")

@@ -57,19 +57,25 @@ def leaderboard(runs: list[Run]) -> pd.DataFrame:
 
 
 def leaderboard_table(frame: pd.DataFrame, fingerprint: str | None):
+    """The leaderboard for a terminal: 80 columns, rounded; every setting is in the CSV beside it."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"leaderboard: {len(frame)} finished run(s), CV accuracy on out-of-fold rows")
-    for column in ("#", "run", "model", "settings", "rows", "CV acc", "folds mean ± std", "TTA", "CV acc TTA",
-                   "TTA gain", "time"):
-        table.add_column(column, justify="left" if column in ("run", "model", "settings", "TTA") else "right")
+    table = Table(title=f"leaderboard: {len(frame)} finished run(s), accuracy on out-of-fold rows",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    for column in ("#", "run", "model", "epochs", "OOF", "+TTA", "folds ±", "time"):
+        table.add_column(column, justify="left" if column in ("run", "model") else "right",
+                         overflow="fold", max_width=24 if column == "run" else None)
     for i, r in frame.iterrows():
-        settings = f"{r['epochs']}ep w{r['width']} {r['augment']} lr {r['lr']} {r['schedule']}"
-        other = "" if r["fingerprint"] == fingerprint else " [dim](other data)[/dim]"
-        table.add_row(str(i + 1), f"{r['run']}{other}", str(r["model"]), settings, f"{r['rows']:,}",
-                      f"{r['cv_accuracy']:.4f}", f"{r['fold_mean']:.4f} ± {r['fold_std']:.4f}", str(r["tta"]),
-                      f"{r['cv_accuracy_tta']:.4f}", f"{r['tta_gain']:+.4f}", f"{r['seconds']:.0f}s")
+        other = " [dim](other data)[/dim]" if r["fingerprint"] != fingerprint else ""
+        table.add_row(str(i + 1), f"{r['run']}{other}", str(r["model"]), str(r["epochs"]),
+                      f"{r['cv_accuracy']:.3f}", f"{r['cv_accuracy_tta']:.3f}", f"{r['fold_std']:.3f}",
+                      _duration(r["seconds"]))
     return table
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 600 else f"{seconds / 60:.0f}m"
 
 
 # -- the plots ---------------------------------------------------------------------------------
@@ -89,6 +95,16 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np
 
 
 def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(counts, classes, title)
+    save_figure(path, fig)
+    plt.close(fig)
+    return path
+
+
+def confusion_figure(counts: np.ndarray, classes: list[str], title: str):
+    """Confusion matrix beside per-class accuracy; laid out by matplotlib so titles never overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,8 +113,9 @@ def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Pat
     n = len(classes)
     per_class = np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)  # rows sum to 1: recall view
-    size = max(4.0, 0.45 * n + 2)
-    fig, (ax_matrix, ax_bars) = plt.subplots(1, 2, figsize=(size * 2, size), gridspec_kw={"width_ratios": [1.2, 1]})
+    size = max(4.5, 0.45 * n + 2)
+    fig, (ax_matrix, ax_bars) = plt.subplots(1, 2, figsize=(size * 2, size), gridspec_kw={"width_ratios": [1.2, 1]},
+                                             layout="constrained")
     ax_matrix.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if n <= 30:  # beyond that the numbers overlap; the colours still tell
         for t in range(n):
@@ -110,18 +127,16 @@ def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Pat
     ax_matrix.set_yticks(list(ticks), [classes[i] for i in ticks], fontsize=7)
     ax_matrix.set_xlabel("predicted")
     ax_matrix.set_ylabel("true")
-    ax_matrix.set_title("confusion (counts; colour = share of the true class)")
+    ax_matrix.set_title("confusion\n(counts; colour = share of the true class)", fontsize=9)
     order = np.argsort(per_class)
     ax_bars.barh(range(n), per_class[order], color="tab:blue")
     ax_bars.set_yticks(range(n), [classes[i] for i in order], fontsize=7)
     ax_bars.axvline(np.trace(counts) / max(counts.sum(), 1), color="tab:red", ls="--", label="overall")
     ax_bars.set_xlim(0, 1)
-    ax_bars.set_title("accuracy per class (worst at the bottom)")
+    ax_bars.set_title("accuracy per class\n(worst at the bottom)", fontsize=9)
     ax_bars.legend(loc="lower right")
     fig.suptitle(title)
-    save_figure(path, fig)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def confident_mistakes(probs: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from comp.cli import main
 
@@ -45,3 +46,38 @@ def test_confusion_counts_and_confident_mistakes():
     assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
     probs = np.array([[0.9, 0.1, 0], [0.3, 0.7, 0], [0, 1, 0], [0, 0, 1], [0.95, 0, 0.05]])
     assert confident_mistakes(probs, labels, 10).tolist() == [4, 1]  # wrong rows, most confident first
+
+
+def test_the_leaderboard_table_fits_80_columns():
+    import io
+
+    import pandas as pd
+    from rich.console import Console
+
+    from comp.report import leaderboard_table
+
+    rows = [{"run": name, "model": model, "epochs": 64, "cv_accuracy": 0.91234567, "cv_accuracy_tta": 0.92,
+             "fold_std": 0.00234, "seconds": 1234.5, "fingerprint": "f"}
+            for name, model in (("fast-large-1a2b3c4d", "fast-large"), ("a-very-long-run-name-chosen-by-a-user", "vgg"))]
+    out = io.StringIO()
+    Console(file=out, width=80).print(leaderboard_table(pd.DataFrame(rows), "f"))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "0.912" in text and "0.91234567" not in text  # rounded
+
+
+@pytest.mark.parametrize("classes", [["cat", "dog"], [f"class{i}" for i in range(10)]])
+def test_confusion_plot_titles_do_not_overlap(classes):
+    import matplotlib.pyplot as plt
+
+    from comp.report import confusion_figure
+
+    counts = np.arange(len(classes) ** 2).reshape(len(classes), -1) + 1
+    fig = confusion_figure(counts, classes, "a-long-run-name-1a2b3c4d (TTA flip-shift, OOF accuracy 0.9123, 50,000 rows)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes[:2]] + [fig._suptitle.get_window_extent(renderer)]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (i, j)
+    plt.close(fig)

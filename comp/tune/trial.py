@@ -83,8 +83,7 @@ def objective(trial, search: Search) -> float:
         trial.set_user_attr(key, [])
     info(f"trial {trial.number}: {format_params(trial.params)}")
     try:
-        # The bar without a line per epoch: a study prints one line per trial.
-        with TrainingProgress(len(search.folds), config.epochs, epoch_lines=False) as progress:
+        with TrainingProgress(len(search.folds), config.epochs, label=f"trial {trial.number}") as progress:
             for index, fold in enumerate(search.folds):
                 train_pos, val_pos = search.split.rows(fold, dataset.rows)
                 result = train_fold(
