@@ -233,3 +233,103 @@ def test_split_identity_is_the_folds_hash_or_a_digest_of_each_folds_rows(tmp_pat
     assert study("c", [[0, 1], [2, 3]]).split_identity() != same  # another assignment of rows to folds
     trained = Run("t", tmp_path / "t", {"provenance": {"folds_hash": "c70a982d38d5", "folds": 2}})
     assert trained.split_identity() == "c70a982d38d5"
+
+
+# -- runs whose numbers mislead ------------------------------------------------------------------
+
+
+def ensemble_out(work: Path, capsys, *extra: str) -> tuple[int, str]:
+    """Run comp ensemble without --quiet: (exit code, everything it printed)."""
+    code = main(["ensemble", "--workdir", str(work), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("file", ["oof_probs.npy", "fold1/test_probs.npy"])
+def test_refuses_non_finite_probabilities(work, capsys, file):
+    clone = clone_run(work, "a", "diverged")
+    probs = np.load(clone / file)
+    probs[3] = np.nan
+    np.save(clone / file, probs)
+    assert ensemble(work, "--runs", "a,diverged", "--out", "n.csv") == 2
+    err = capsys.readouterr().err
+    assert f"diverged: {clone / file} holds non-finite probabilities" in err and "retrain it" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (work / "submissions" / "n.csv").exists()
+
+
+def test_keep_best_runs_are_named_and_get_no_fitted_weights(work, capsys):
+    edit_json(work / "folds" / "a" / "config.json", keep="best")
+    edit_json(work / "folds" / "b" / "config.json", keep="last")
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--out", "k.csv")
+    assert code == 0
+    assert "a: trained with keep=best" in " ".join(out.split())
+    assert "b: trained with keep=best" not in out and "a, b: trained" not in out
+    assert "no weights fitted on the keep=best OOF of a" in " ".join(out.split())
+    index = pd.read_csv(work / "submissions" / "index.csv", dtype=str)
+    assert index.loc[0, "method"] == "mean" and index.loc[0, "weights"] == "0.500;0.500"
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--method", "weights", "--out", "w.csv")
+    assert code == 0 and "--method weights: fitted on the keep=best OOF of a" in " ".join(out.split())
+    edit_json(work / "folds" / "a" / "config.json", keep="last")
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--out", "l.csv")
+    assert code == 0 and "keep=best" not in out
+
+
+def test_auto_never_fits_weights_on_keep_best_runs():
+    from comp.ensemble import choose_method
+
+    assert choose_method(0.80, 0.85, []) == "weights"
+    assert choose_method(0.80, 0.85, ["a"]) == "mean"
+    assert choose_method(0.85, 0.85, []) == "mean"
+
+
+def test_warns_on_a_run_at_chance_and_a_constant_submission(work, capsys):
+    dull = clone_run(work, "a", "dull")
+    classes = np.load(dull / "oof_probs.npy").shape[1]
+    np.save(dull / "oof_probs.npy", np.full(np.load(dull / "oof_probs.npy").shape, 1 / classes, np.float32))
+    for test in dull.glob("fold*/test_probs.npy"):
+        constant = np.full(np.load(test).shape, 0.099, np.float32)
+        constant[:, 4] = 0.109  # always class 4, but barely: blended with a, a decides
+        np.save(test, constant)
+    code, out = ensemble_out(work, capsys, "--runs", "a,dull", "--method", "mean", "--out", "c.csv")
+    text = " ".join(out.split())
+    assert code == 0
+    assert "dull (0.1" in text and "within noise of chance" in text and "a (" not in text
+    assert "constant" not in text  # a still varies the blend's answers
+    code, out = ensemble_out(work, capsys, "--runs", "dull", "--out", "d.csv")
+    text = " ".join(out.split())
+    assert code == 0 and "within noise of chance" in text
+    assert "every one of the 360 test rows is predicted '4' (runs dull)" in text
+    assert (pd.read_csv(work / "submissions" / "d.csv")["target"] == 4).all()
+
+
+def test_chance_line_is_the_largest_class_plus_two_standard_errors():
+    from comp.ensemble import chance_line
+
+    labels = np.array([0] * 75 + [1] * 25)  # 75% is what always answering 0 scores
+    chance, line = chance_line(labels)
+    assert chance == 0.75 and line == pytest.approx(0.75 + 2 * np.sqrt(0.75 * 0.25 / 100))
+
+
+# -- TTA chosen per run on OOF -------------------------------------------------------------------
+
+
+def spoil(path: Path) -> None:
+    """Shuffle a prediction file's rows: the same probabilities, given to the wrong images."""
+    probs = np.load(path)
+    np.save(path, probs[np.random.default_rng(0).permutation(len(probs))])
+
+
+@pytest.mark.parametrize("spoiled, chosen", [("oof_probs.flip.npy", "none"), ("oof_probs.npy", "flip")])
+def test_tta_is_chosen_per_run_by_oof(work, capsys, spoiled, chosen):
+    spoil(work / "folds" / "b" / spoiled)
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--method", "mean", "--out", "t.csv")
+    assert code == 0
+    text = " ".join(out.split())
+    assert f"b: TTA flip {'kept' if chosen == 'flip' else 'dropped'} (OOF accuracy" in text
+    assert "a: TTA" not in text  # a trained without flips: nothing to choose
+    index = pd.read_csv(work / "submissions" / "index.csv", dtype=str)
+    assert index.loc[0, "tta"] == f"none;{chosen}"
+    # --tta fixes the policy for every run: no choice, even a spoiled one is used
+    assert ensemble(work, "--runs", "b", "--tta", "flip", "--out", "f.csv") == 0
+    assert pd.read_csv(work / "submissions" / "index.csv", dtype=str).loc[1, "tta"] == "flip"
