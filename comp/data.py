@@ -144,9 +144,12 @@ class SubmissionFormat:
 
     path: Path
     id_column: str
-    target_column: str
-    target_kind: str  # "name" (class names) or "int" (integers)
-    ids: list[str]
+    target_column: str  # the one target column; for "probs", the first class column
+    target_kind: str  # "name" (class names), "int" (integers), "probs" (a probability column per class),
+    #                   "fraction" (one probability column, e.g. P(dog): not written, see comp.submission)
+    ids: list[str]  # stripped, to match test file names
+    raw_ids: list[str]  # exactly as the sample writes them: what the submission must carry
+    columns: list[str]  # every column of the sample, in its order
 
 
 @dataclass
@@ -284,7 +287,8 @@ def read_id_csv(path: Path, columns: str, fix: str) -> pd.DataFrame:
 
 
 def read_submission_format(data_dir: Path, problems: list[Problem]) -> SubmissionFormat | None:
-    """The sample submission's format, or None (with the problem recorded) when it cannot be read."""
+    """id,target (class names or integers) or id,<class>,<class>,... (Kaggle's probability format);
+    None (with the problem recorded) when it cannot be read."""
     path = next((data_dir / n for n in SAMPLE_CSV_NAMES if (data_dir / n).is_file()), None)
     if path is None:
         problems.append(Problem(ERROR, MISSING, data_dir / "sample_submission.csv", "missing",
@@ -294,9 +298,17 @@ def read_submission_format(data_dir: Path, problems: list[Problem]) -> Submissio
     if wrong:
         problems.append(Problem(ERROR, BAD_CSV, path, wrong, "re-download it"))
         return None
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)  # unstripped ids and every column
     id_column, target_column = frame.columns[0], frame.columns[1]
-    target_kind = "int" if frame[target_column].str.fullmatch(r"-?\d+").all() else "name"
-    return SubmissionFormat(path, id_column, target_column, target_kind, frame[id_column].tolist())
+    targets = frame[target_column]
+    if raw.shape[1] > 2:
+        target_kind = "probs"
+    elif targets.str.fullmatch(r"-?\d+").all():
+        target_kind = "int"
+    else:  # "fraction": one probability column (e.g. P(dog) as 0.5), which comp.submission refuses
+        target_kind = "fraction" if targets.str.fullmatch(r"\d*\.\d+").all() else "name"
+    return SubmissionFormat(path, id_column, target_column, target_kind, frame[id_column].tolist(),
+                            raw[id_column].tolist(), list(raw.columns))
 
 
 def _id_key(text: str) -> str:

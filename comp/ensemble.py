@@ -14,7 +14,12 @@ Within a run, the test probabilities are the mean of its K fold models. Across r
 
 Runs are only combined when their OOF predictions are comparable row for row: same data
 (fingerprint), class list, fold split and train rows. Runs from pretrained weights (the
-transfer track) are refused: these competitions forbid pretrained weights.
+transfer track) are refused: these competitions forbid pretrained weights, and so are runs
+whose probabilities are not finite (a diverged training).
+
+Each run brings its plain predictions or its TTA ones, whichever scores better on its OOF
+rows (or the ones --tta names). Runs trained with keep=best are named: their OOF accuracy is
+flattered (each fold's epoch was picked on those very rows), so auto does not fit weights on it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ GREEDY_ROUNDS = 25
 CHECK_PARTS = 5
 CHECK_SEED = 0
 PROB_FLOOR = 1e-7  # log of a zero probability would be -inf in geomean and log-loss
+# An OOF accuracy is "within noise of chance" below chance + CHANCE_MARGIN_SE binomial standard
+# errors, where chance is the largest class's share (what always answering it scores) and the
+# standard error is sqrt(chance * (1 - chance) / rows): a run that learned nothing stays below
+# that line about 98% of the time (one-sided, normal approximation).
+CHANCE_MARGIN_SE = 2
 
 
 # -- which runs ------------------------------------------------------------------------------
@@ -57,6 +67,15 @@ class Member:
     @property
     def name(self) -> str:
         return self.run.name
+
+    @property
+    def tta(self) -> str:
+        return self.tag.lstrip(".") or "none"
+
+
+def keeps_best(run: Run) -> bool:
+    """A comp train run that kept each fold's best epoch, chosen on its OOF rows (flattered OOF)."""
+    return run.kind == "kfold" and run.config.get("keep") == "best"
 
 
 def refuse_pretrained(runs: list[Run], allow: bool) -> None:
@@ -168,20 +187,53 @@ def select_runs(workspace, dataset, candidates: list[Run], named: bool, limit: i
     return runs
 
 
-def member_tag(run: Run, tta: str | None, average: str) -> str:
-    """--tta for every run, else each run's own policy (the one its augmentation taught)."""
+def member_tags(run: Run, tta: str | None, average: str) -> list[str]:
+    """The prediction tags to choose from: --tta's for every run; else plain and the run's own policy."""
     if run.kind != "kfold":
-        return ""  # study runs write plain predictions only
-    return prediction_tag(parse_policy(tta or run.tta), average)
+        return [""]  # study runs write plain predictions only
+    if tta:
+        return [prediction_tag(parse_policy(tta), average)]
+    own = prediction_tag(parse_policy(run.tta), average)
+    return [""] if own == "" else ["", own]
 
 
-def load_members(runs: list[Run], tta: str | None, average: str) -> list[Member]:
-    members = []
-    for run in runs:
-        tag = member_tag(run, tta, average)
-        oof, test = run.read_oof(tag).astype(np.float64), run.read_test(tag).astype(np.float64)
-        members.append(Member(run, tag, oof, test))
-    return members
+def require_finite(run: Run, tag: str, oof: np.ndarray, test: np.ndarray) -> None:
+    """A diverged training leaves NaN or inf: refuse it, naming the first file that holds them."""
+    if np.isfinite(oof).all() and np.isfinite(test).all():
+        return
+    files = [run.path / f"oof_probs{tag}.npy"] if not np.isfinite(oof).all() else [
+        run.fold_dir(k) / f"test_probs{tag}.npy" for k in range(run.k)]
+    bad = next((f for f in files if not np.isfinite(np.load(f)).all()), files[0])
+    raise CompError(f"{run.name}: {bad} holds non-finite probabilities (NaN or inf: its training diverged); "
+                    f"retrain it ({run.retrain_hint()}, with a lower --lr if the loss blew up), or leave it out of --runs")
+
+
+def load_member(run: Run, tag: str) -> Member:
+    oof, test = run.read_oof(tag).astype(np.float64), run.read_test(tag).astype(np.float64)
+    require_finite(run, tag, oof, test)
+    return Member(run, tag, oof, test)
+
+
+def choose_member(run: Run, tags: list[str], labels: np.ndarray) -> Member:
+    """The run's plain or TTA predictions, whichever scores better on its OOF rows (ties: plain).
+
+    This is a choice made on the rows that then report the score, so it flatters the OOF a
+    little; it is one binary choice per run, so the flattery is tiny next to a fitted weight.
+    A keep=best run's plain OOF already holds the epoch picked on those rows, which tilts this
+    comparison towards plain; such runs are named by warn_keep_best.
+    """
+    candidates = [load_member(run, tag) for tag in tags]
+    chosen = max(candidates, key=lambda m: _score(m.oof, labels))  # max keeps the first of equals: plain
+    if len(candidates) > 1:
+        plain, tta = (accuracy(m.oof, labels) for m in candidates)
+        verdict = "kept" if chosen.tag else "dropped"
+        info(f"{run.name}: TTA {candidates[1].tta} {verdict} (OOF accuracy {tta:.4f} with it, {plain:.4f} "
+             "without; --tta sets one policy for every run)")
+    return chosen
+
+
+def load_members(runs: list[Run], labels: np.ndarray, tta: str | None, average: str) -> list[Member]:
+    return [choose_member(run, member_tags(run, tta, average), labels) for run in runs]
 
 
 # -- combining -------------------------------------------------------------------------------
@@ -261,11 +313,16 @@ def checked_weights_accuracy(oofs: list[np.ndarray], labels: np.ndarray) -> floa
     return accuracy(blended, labels)
 
 
-def choose_method(mean_accuracy: float, checked_accuracy: float) -> str:
+def choose_method(mean_accuracy: float, checked_accuracy: float, flattered: list[str]) -> str:
     """auto: fitted weights only when they beat the mean on rows they were not fitted on.
 
-    Ties go to the mean: it fits nothing, so its OOF score is already honest.
+    Ties go to the mean: it fits nothing, so its OOF score is already honest. With keep=best
+    runs (`flattered`) it is always the mean: their OOF rows picked their epochs, so weights
+    fitted there favour whichever run was flattered most, and held-out parts of the same rows
+    cannot tell.
     """
+    if flattered:
+        return "mean"
     return "weights" if checked_accuracy > mean_accuracy else "mean"
 
 
@@ -279,9 +336,8 @@ def members_table(members: list[Member], labels: np.ndarray, weights: np.ndarray
     for column in ("run", "model", "TTA", "OOF accuracy", "OOF log-loss", "weight"):
         table.add_column(column, justify="left" if column in ("run", "model", "TTA") else "right")
     for i, m in enumerate(members):
-        tta = (m.tag.lstrip(".") or "none")
         weight = f"{weights[i]:.3f}" if weights is not None else "-"
-        table.add_row(m.name, m.run.model, tta,
+        table.add_row(m.name, m.run.model, m.tta,
                       f"{accuracy(m.oof, labels):.4f}", f"{log_loss(m.oof, labels):.4f}", weight)
     return table
 
@@ -299,6 +355,7 @@ class Blend:
     fitted: np.ndarray  # the fitted weights (used when method is "weights")
     scores: dict  # OOF accuracy of every method on all rows (weights: on the rows they were fitted on)
     checked: float  # OOF accuracy of the weights on rows they were not fitted on
+    flattered: list[str]  # keep=best runs: their OOF picked their epochs
 
     @property
     def accuracy(self) -> float:
@@ -311,20 +368,65 @@ def decide_blend(members: list[Member], labels: np.ndarray, requested: str) -> B
     fitted = fit_weights(oofs, labels) if len(members) > 1 else np.ones(1)
     scores = {name: accuracy(blend(name, oofs, fitted), labels) for name in ("mean", "geomean", "vote", "weights")}
     checked = checked_weights_accuracy(oofs, labels) if len(members) > 1 else scores["weights"]
-    method = requested if requested != "auto" else choose_method(scores["mean"], checked)
+    flattered = [m.name for m in members if keeps_best(m.run)] if len(members) > 1 else []
+    method = requested if requested != "auto" else choose_method(scores["mean"], checked, flattered)
     weights = {"weights": fitted, "mean": np.full(len(members), 1 / len(members))}.get(method)
-    return Blend(method, weights, fitted, scores, checked)
+    return Blend(method, weights, fitted, scores, checked, flattered)
 
 
 def explain_blend(choice: Blend, requested: str, rows: int) -> None:
     info("ensemble OOF accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in choice.scores.items())
          + f"; weights on rows they were not fitted on: {choice.checked:.4f}")
-    if requested == "auto":
+    flattered = ", ".join(choice.flattered)
+    if requested == "auto" and choice.flattered:
+        info(f"method: [bold]mean[/bold] (auto: no weights fitted on the keep=best OOF of {flattered}; "
+             "their epochs were picked on those rows)")
+    elif requested == "auto":
         info(f"method: [bold]{choice.method}[/bold] (auto: weights only if they beat the mean on rows they were "
              f"not fitted on: {choice.checked:.4f} vs {choice.scores['mean']:.4f})")
+    elif choice.method == "weights" and choice.flattered:
+        warn(f"--method weights: fitted on the keep=best OOF of {flattered}, whose epochs were picked on those "
+             "rows; the weights favour the most flattered run. --method mean fits nothing")
     elif choice.method == "weights" and choice.checked < choice.scores["mean"]:
         warn(f"the fitted weights scored {choice.checked:.4f} on rows they were not fitted on, below the plain "
              f"mean ({choice.scores['mean']:.4f}): with {rows:,} rows they likely fit noise; --method mean is safer")
+
+
+def review_members(members: list[Member], labels: np.ndarray) -> None:
+    """Warn about members whose OOF numbers mislead: flattered by keep=best, or near chance."""
+    warn_keep_best(members)
+    warn_near_chance(members, labels)
+
+
+def warn_keep_best(members: list[Member]) -> None:
+    names = [m.name for m in members if keeps_best(m.run)]
+    if names:
+        warn(f"{', '.join(names)}: trained with keep=best, so each fold kept the epoch that scored best on the "
+             "very rows its OOF accuracy is measured on: that OOF accuracy is optimistic (by 0.006 on the demo "
+             "set, 0.02 with 100 validation rows a fold: bench/RESULTS.md); retrain with --keep last for "
+             "honest numbers")
+
+
+def chance_line(labels: np.ndarray) -> tuple[float, float]:
+    """(chance, the accuracy below which a score is within noise of it); see CHANCE_MARGIN_SE."""
+    chance = float(np.bincount(labels).max() / len(labels))
+    return chance, chance + CHANCE_MARGIN_SE * float(np.sqrt(chance * (1 - chance) / len(labels)))
+
+
+def warn_near_chance(members: list[Member], labels: np.ndarray) -> None:
+    chance, line = chance_line(labels)
+    dull = [f"{m.name} ({accuracy(m.oof, labels):.4f})" for m in members if accuracy(m.oof, labels) < line]
+    if dull:
+        warn(f"{', '.join(dull)}: OOF accuracy within noise of chance ({chance:.4f}, the largest class's share; "
+             f"below {line:.4f} = chance + {CHANCE_MARGIN_SE} standard errors on {len(labels):,} rows): "
+             "the run learned next to nothing; check its curves (comp report) or leave it out of --runs")
+
+
+def warn_constant(predicted: np.ndarray, classes: list[str], members: list[Member]) -> None:
+    """Every test row given the same class: almost always a broken run, never a good submission."""
+    if len(predicted) > 1 and (predicted == predicted[0]).all():
+        warn(f"every one of the {len(predicted):,} test rows is predicted {classes[predicted[0]]!r} (runs "
+             f"{', '.join(m.name for m in members)}): a constant submission scores that class's share at best")
 
 
 def index_entry(workspace, out: Path, members: list[Member], choice: Blend, rows: int, fingerprint: str) -> dict:
@@ -334,7 +436,7 @@ def index_entry(workspace, out: Path, members: list[Member], choice: Blend, rows
         "runs": ";".join(m.name for m in members),
         "weights": ";".join(f"{w:.3f}" for w in choice.weights) if choice.weights is not None else "",
         "method": choice.method,
-        "tta": ";".join((m.tag.lstrip(".") or "none") for m in members),
+        "tta": ";".join(m.tta for m in members),
         "oof_accuracy": f"{choice.accuracy:.4f}",
         "oof_rows": rows,
         "fingerprint": fingerprint,
@@ -358,7 +460,7 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
              limit: int = 0) -> Submission:
     """Blend finished runs (named, or every one that fits the data) into a leaderboard CSV. -> Submission."""
     from .predict import dataset_for_runs
-    from .submission import append_index, submission_frame, write_submission
+    from .submission import append_index, check_format, submission_frame, write_submission
 
     if method not in METHODS:
         raise CompError(f"--method {method}: choose one of {', '.join(METHODS)}")
@@ -372,16 +474,19 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
     candidates = candidate_runs(workspace, runs)
     dataset = dataset_for_runs(workspace, candidates)
     chosen = select_runs(workspace, dataset, candidates, runs is not None, limit, allow_pretrained)
-    # 2. Their predictions: OOF rows (to score and fit) and test images (to submit).
-    members = load_members(chosen, tta, average)
+    check_format(dataset.submission, dataset.classes)
+    # 2. Their predictions: OOF rows (to score and fit) and test images (to submit), plain or TTA.
     labels = dataset.train_y[chosen[0].oof_rows()]
+    members = load_members(chosen, labels, tta, average)
+    review_members(members, labels)
     # 3. How to combine them, decided on the OOF rows.
     choice = decide_blend(members, labels, method)
     console.print(members_table(members, labels, choice.weights))
     explain_blend(choice, method, len(labels))
     # 4. The CSV, checked, and its line in the history.
-    predicted = blend(choice.method, [m.test for m in members], choice.fitted).argmax(1)
-    frame = submission_frame(dataset.submission, dataset.classes, predicted)
+    probs = blend(choice.method, [m.test for m in members], choice.fitted)
+    warn_constant(probs.argmax(1), dataset.classes, members)
+    frame = submission_frame(dataset.submission, dataset.classes, probs)
     write_submission(out, frame, dataset.submission, dataset.classes, force=force)
     index = append_index(workspace, index_entry(workspace, out, members, choice, len(labels), dataset.fingerprint))
     best_single = max(accuracy(m.oof, labels) for m in members)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -19,16 +21,64 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Temp files are named `.<name>.tmp-<host>-<pid>-<random>[suffix]`: hidden, never ending in the
+# target's extension unless a writer needs one (so `*.csv` never finds a half-written submission),
+# and carrying their writer, so a later write in the same folder can remove the temps of writers
+# that died (SIGKILL skips every `finally`) without touching a live process's.
+TEMP_MARK = ".tmp-"
+_TEMP_NAME = re.compile(r"^\..+" + re.escape(TEMP_MARK) + r"(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[a-z0-9_]+")
+
+
+def _host() -> str:
+    """This machine's name in temp names: only letters and digits, so the name parses back."""
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def sweep_dead_temps(folder: Path) -> list[Path]:
+    """Remove the temp files in `folder` whose writer (on this host) is no longer running.
+
+    A reused pid keeps a dead writer's temp until the next sweep after that process ends:
+    the safe side. Temps from other hosts (a shared disk) are left alone: their pids mean
+    nothing here.
+    """
+    removed = []
+    host = _host()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if not match or match["host"] != host or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):  # a folder, or another process swept it first
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds.
 
-    `suffix` keeps the extension some writers insist on (Keras wants `.keras`,
-    `.weights.h5`, numpy appends `.npy` when it is missing).
+    `suffix` is for writers that insist on an extension (Keras wants `.keras`, `.weights.h5`,
+    numpy appends `.npy` when it is missing); without it the temp name has none.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or "".join(path.suffixes))
+    sweep_dead_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}{_host()}-{os.getpid()}-",
+                               suffix=suffix)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; the artifact gets normal permissions
@@ -60,7 +110,7 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 def save_csv(path: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame without its index, atomically."""
-    with atomic_path(path, suffix=".csv") as tmp:
+    with atomic_path(path) as tmp:  # no .csv on the temp: a half-written file never looks like a CSV
         frame.to_csv(tmp, index=False)
 
 

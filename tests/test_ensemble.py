@@ -161,20 +161,23 @@ def test_unknown_run_and_missing_tta_say_what_to_do(work, capsys):
 # -- weights ---------------------------------------------------------------------------------
 
 
-def test_fitted_weights_are_a_simplex_and_beat_the_best_single_run():
+def test_fitted_weights_favour_better_runs_and_help_on_rows_they_were_not_fitted_on():
     from comp.ensemble import blend_mean, fit_weights
     from comp.scoring import accuracy
 
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 5, 400)
+    labels = rng.integers(0, 5, 4000)
     runs = []
-    for noise in (1.0, 1.5, 3.0):  # three runs of different quality
-        logits = np.eye(5)[labels] * 2 + rng.normal(0, noise, (400, 5))
+    for noise in (1.0, 1.5, 4.0):  # three runs of different quality, their errors independent
+        logits = np.eye(5)[labels] * 2 + rng.normal(0, noise, (4000, 5))
         runs.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
-    weights = fit_weights(runs, labels)
+    fit, check = slice(0, 2000), slice(2000, 4000)
+    weights = fit_weights([p[fit] for p in runs], labels[fit])
     assert (weights >= 0).all() and weights.sum() == pytest.approx(1)
-    best_single = max(accuracy(p, labels) for p in runs)
-    assert accuracy(blend_mean(runs, weights), labels) >= best_single
+    assert weights[0] > weights[1] > weights[2]  # the better a run, the more it weighs
+    # On rows the weights never saw, blending two runs with independent errors beats the best one.
+    blended = accuracy(blend_mean([p[check] for p in runs], weights), labels[check])
+    assert blended > accuracy(runs[0][check], labels[check])
 
 
 def test_weights_on_real_runs_beat_the_best_single(shared):
@@ -222,3 +225,100 @@ def test_score_against_answers(shared, work, tmp_path, capsys):
     assert main(["score", str(tmp_path / "short.csv"), "--answers", str(answers)]) == 2
     err = capsys.readouterr().err
     assert "4 answer id(s) missing" in err and "1 submission id(s) not in the answers" in err
+
+
+def ensemble_out(work: Path, capsys, *extra: str) -> tuple[int, str]:
+    """Run comp ensemble without --quiet: (exit code, everything it printed)."""
+    code = main(["ensemble", "--workdir", str(work), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("file", ["oof_probs.npy", "fold1/test_probs.npy"])
+def test_refuses_non_finite_probabilities(work, capsys, file):
+    clone = clone_run(work, "a", "diverged")
+    probs = np.load(clone / file)
+    probs[3] = np.nan
+    np.save(clone / file, probs)
+    assert ensemble(work, "--runs", "a,diverged", "--out", "n.csv") == 2
+    err = capsys.readouterr().err
+    assert f"diverged: {clone / file} holds non-finite probabilities" in err and "retrain it" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (work / "submissions" / "n.csv").exists()
+
+
+def test_keep_best_runs_are_named_and_get_no_fitted_weights(work, capsys):
+    edit_json(work / "folds" / "a" / "config.json", keep="best")
+    edit_json(work / "folds" / "b" / "config.json", keep="last")
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--out", "k.csv")
+    assert code == 0
+    assert "a: trained with keep=best" in " ".join(out.split())
+    assert "b: trained with keep=best" not in out and "a, b: trained" not in out
+    assert "no weights fitted on the keep=best OOF of a" in " ".join(out.split())
+    index = pd.read_csv(work / "submissions" / "index.csv", dtype=str)
+    assert index.loc[0, "method"] == "mean" and index.loc[0, "weights"] == "0.500;0.500"
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--method", "weights", "--out", "w.csv")
+    assert code == 0 and "--method weights: fitted on the keep=best OOF of a" in " ".join(out.split())
+    edit_json(work / "folds" / "a" / "config.json", keep="last")
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--out", "l.csv")
+    assert code == 0 and "keep=best" not in out
+
+
+def test_auto_never_fits_weights_on_keep_best_runs():
+    from comp.ensemble import choose_method
+
+    assert choose_method(0.80, 0.85, []) == "weights"
+    assert choose_method(0.80, 0.85, ["a"]) == "mean"
+    assert choose_method(0.85, 0.85, []) == "mean"
+
+
+def test_warns_on_a_run_at_chance_and_a_constant_submission(work, capsys):
+    dull = clone_run(work, "a", "dull")
+    classes = np.load(dull / "oof_probs.npy").shape[1]
+    np.save(dull / "oof_probs.npy", np.full(np.load(dull / "oof_probs.npy").shape, 1 / classes, np.float32))
+    for test in dull.glob("fold*/test_probs.npy"):
+        constant = np.full(np.load(test).shape, 0.099, np.float32)
+        constant[:, 4] = 0.109  # always class 4, but barely: blended with a, a decides
+        np.save(test, constant)
+    code, out = ensemble_out(work, capsys, "--runs", "a,dull", "--method", "mean", "--out", "c.csv")
+    text = " ".join(out.split())
+    assert code == 0
+    assert "dull (0.1" in text and "within noise of chance" in text and "a (" not in text
+    assert "constant" not in text  # a still varies the blend's answers
+    code, out = ensemble_out(work, capsys, "--runs", "dull", "--out", "d.csv")
+    text = " ".join(out.split())
+    assert code == 0 and "within noise of chance" in text
+    assert "every one of the 360 test rows is predicted '4' (runs dull)" in text
+    assert (pd.read_csv(work / "submissions" / "d.csv")["target"] == 4).all()
+
+
+def test_chance_line_is_the_largest_class_plus_two_standard_errors():
+    from comp.ensemble import chance_line
+
+    labels = np.array([0] * 75 + [1] * 25)  # 75% is what always answering 0 scores
+    chance, line = chance_line(labels)
+    assert chance == 0.75 and line == pytest.approx(0.75 + 2 * np.sqrt(0.75 * 0.25 / 100))
+
+
+# -- TTA chosen per run on OOF -------------------------------------------------------------------
+
+
+def spoil(path: Path) -> None:
+    """Shuffle a prediction file's rows: the same probabilities, given to the wrong images."""
+    probs = np.load(path)
+    np.save(path, probs[np.random.default_rng(0).permutation(len(probs))])
+
+
+@pytest.mark.parametrize("spoiled, chosen", [("oof_probs.flip.npy", "none"), ("oof_probs.npy", "flip")])
+def test_tta_is_chosen_per_run_by_oof(work, capsys, spoiled, chosen):
+    spoil(work / "folds" / "b" / spoiled)
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--method", "mean", "--out", "t.csv")
+    assert code == 0
+    text = " ".join(out.split())
+    assert f"b: TTA flip {'kept' if chosen == 'flip' else 'dropped'} (OOF accuracy" in text
+    assert "a: TTA" not in text  # a trained without flips: nothing to choose
+    index = pd.read_csv(work / "submissions" / "index.csv", dtype=str)
+    assert index.loc[0, "tta"] == f"none;{chosen}"
+    # --tta fixes the policy for every run: no choice, even a spoiled one is used
+    assert ensemble(work, "--runs", "b", "--tta", "flip", "--out", "f.csv") == 0
+    assert pd.read_csv(work / "submissions" / "index.csv", dtype=str).loc[1, "tta"] == "flip"

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--method", choices=METHODS, default="auto",
                         help="how runs are combined (default: auto = mean or fitted weights, "
                              "whichever scores better on held-out OOF rows)")
-    parser.add_argument("--tta", help="use every run's predictions with this TTA policy (default: each run's own)")
+    parser.add_argument("--tta", help="use every run's predictions with this TTA policy (default: per run, its own "
+                                      "policy or none, whichever scores better on its OOF rows)")
     parser.add_argument("--tta-average", choices=AVERAGES, default=DEFAULT_AVERAGE,
                         help=f"which averaged TTA predictions to use (default: {DEFAULT_AVERAGE})")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
