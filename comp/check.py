@@ -7,12 +7,14 @@ sizes, modes, duplicates and a sample grid.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from rich.table import Table
 
+from .cache import gigabytes, iter_chunks
 from .console import console
 from .data import ERROR, Dataset, Problem, apply_limit, errors_in, inspect_data, relative_name
 from .errors import CompError
@@ -23,7 +25,9 @@ COMMON_SIZES = 5  # most common image sizes named in the size summary
 
 
 def _pixel_hashes(images: np.ndarray) -> list[str]:
-    return [hashlib.blake2b(image.tobytes(), digest_size=12).hexdigest() for image in images]
+    """A digest per image, read a few MB at a time (the pages read are given back: a set larger than memory)."""
+    return [hashlib.blake2b(image.tobytes(), digest_size=12).hexdigest()
+            for chunk in iter_chunks(images) for image in chunk]
 
 
 def find_duplicates(dataset: Dataset) -> dict:
@@ -113,10 +117,29 @@ def size_summary(sizes: dict[str, int]) -> str:
             f"most common: " + ", ".join(f"{s} x{n:,}" for s, n in common))
 
 
+def footprint(dataset: Dataset, cache_dir: Path | None) -> dict:
+    """Bytes the chosen image size needs: the cache on disk (every file, --limit or not) and what
+    training holds in memory (a fold's train and validation rows, and the test set for its TTA views)."""
+    per_image = int(np.prod(dataset.image_shape))
+    all_files = len(dataset.stats["train_files"]) + len(dataset.test_ids)
+    free = shutil.disk_usage(cache_dir).free if cache_dir and Path(cache_dir).exists() else None
+    return {"bytes_per_image": per_image, "cache_bytes": per_image * all_files,
+            "training_bytes": per_image * (len(dataset.train_y) + len(dataset.test_ids)), "disk_free_bytes": free}
+
+
+def footprint_line(dataset: Dataset, needs: dict) -> str:
+    height, width, _ = dataset.image_shape
+    free = f", {gigabytes(needs['disk_free_bytes'])} free" if needs["disk_free_bytes"] is not None else ""
+    return (f"image size {height}x{width} ({dataset.resize}): the decoded cache takes {gigabytes(needs['cache_bytes'])} "
+            f"on disk{free} ({needs['bytes_per_image']:,} bytes an image), read through a memory mapping; training "
+            f"holds a fold's rows and the test set in memory: about {gigabytes(needs['training_bytes'])}")
+
+
 def check_folder(data_dir: Path, cache_dir: Path | None, grid_path: Path, limit: int = 0,
-                 skip_bad: bool = False) -> dict:
-    """List every problem of `data_dir`; raise CompError when any is an error, else report the data."""
-    checked = inspect_data(data_dir, cache_dir, skip_bad)
+                 skip_bad: bool = False, image_size="auto", resize: str = "squash") -> dict:
+    """List every problem of `data_dir`; raise CompError when any is an error, else report the data
+    (at `image_size`, fitted by `resize`: the size decides the disk and memory it needs)."""
+    checked = inspect_data(data_dir, cache_dir, skip_bad, image_size, resize)
     if checked.problems:
         console.print(problems_table(checked.problems, Path(data_dir)))
     else:
@@ -124,10 +147,10 @@ def check_folder(data_dir: Path, cache_dir: Path | None, grid_path: Path, limit:
     errors = errors_in(checked.problems)
     if errors:
         raise CompError(f"{len(errors)} error(s) in {data_dir}, listed above; the first: {errors[0].line()}")
-    return report(apply_limit(checked.dataset, limit), grid_path)
+    return report(apply_limit(checked.dataset, limit), grid_path, cache_dir)
 
 
-def report(dataset: Dataset, grid_path: Path) -> dict:
+def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None) -> dict:
     console.print(class_counts_table(dataset))
     stats = dataset.stats
     duplicates = find_duplicates(dataset)
@@ -142,6 +165,8 @@ def report(dataset: Dataset, grid_path: Path) -> dict:
         f"{duplicates['test_images_also_in_train']} test images also in train"
     )
     console.print(f"fingerprint: {dataset.fingerprint}")
+    needs = footprint(dataset, cache_dir)
+    console.print(footprint_line(dataset, needs))
     sample_grid(dataset, grid_path)
     console.print(f"sample grid: {grid_path}")
     counts = np.bincount(dataset.train_y, minlength=dataset.num_classes)
@@ -150,9 +175,13 @@ def report(dataset: Dataset, grid_path: Path) -> dict:
         "test_images": len(dataset.test_ids),
         "duplicates": duplicates,
         "fingerprint": dataset.fingerprint,
+        "image_shape": list(dataset.image_shape),
+        "resize": dataset.resize,
+        "footprint": needs,
     } | {k: stats[k] for k in ("sizes", "modes", "resized", "bad_files", "skipped_files")}
 
 
-def check_data(workspace, grid_path: Path, limit: int = 0) -> dict:
+def check_data(workspace, grid_path: Path, limit: int = 0, image_size="auto", resize: str = "squash") -> dict:
     """`comp data check` on the workspace's data folder."""
-    return check_folder(workspace.data_dir, workspace.cache, grid_path, limit=limit, skip_bad=workspace.skip_bad)
+    return check_folder(workspace.data_dir, workspace.cache, grid_path, limit=limit, skip_bad=workspace.skip_bad,
+                        image_size=image_size, resize=resize)

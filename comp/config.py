@@ -48,6 +48,9 @@ class RunConfig:
     # last: the final epoch's weights. best: the epoch with the best validation accuracy, chosen on
     # the very rows whose out-of-fold predictions the run reports, so its OOF score flatters it.
     keep: str = "last"
+    # The input images, decoded once per size and resize mode (folds/cache/).
+    image_size: int | str = "auto"  # N or "HxW" pixels; auto: the images' own size if all share one <= 64, else 128
+    resize: str = "squash"  # squash | crop | pad: how an image of another aspect ratio is fitted (comp.decode)
     # Augmentation, on the device inside the train step.
     augment: str = "none"  # comma-separated presets (comp.augment.PRESETS), e.g. flip-crop,cutout
     mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
@@ -188,6 +191,14 @@ class Name:
     pass
 
 
+@dataclass(frozen=True)
+class ImageSize:
+    """"auto", a side N (square) or "HxW", every side in low..high pixels."""
+
+    low: int = 4
+    high: int = 4096
+
+
 FIELD_RULES = {
     "name": Name(),
     "model": Text(),  # checked against the registry in validate (it imports the models)
@@ -209,6 +220,8 @@ FIELD_RULES = {
     "label_smoothing": Number(float, 0, 1, high_open=True),
     "patience": Number(int, 0),
     "keep": Choice(("best", "last")),
+    "image_size": ImageSize(),
+    "resize": Choice(("squash", "crop", "pad")),
     "augment": Text(),  # parsed by comp.augment in validate
     "mixup": Number(float, 0, 100),
     "cutmix": Number(float, 0, 100),
@@ -246,11 +259,44 @@ def _number(key: str, value, rule: Number, source: str):
     return value
 
 
+AUTO_SIZE = "auto"
+SIZE_TEXT = re.compile(r"(\d+)(?:\s*x\s*(\d+))?")  # "128" or "96x128" (height x width)
+
+
+def _image_size(key: str, value, rule: ImageSize, source: str):
+    """The canonical image size: "auto", N for a square, "HxW" otherwise (so 64, "64" and "64x64" are one config)."""
+    if value == AUTO_SIZE:
+        return value
+    expected = f'"{AUTO_SIZE}", a side N or "HxW" in pixels, each side {rule.low}-{rule.high}'
+    match = SIZE_TEXT.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if match:
+        height, width = int(match[1]), int(match[2] or match[1])
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        height = width = int(value)
+    else:
+        raise _bad(source, key, value, expected)
+    if not (rule.low <= height <= rule.high and rule.low <= width <= rule.high):
+        raise _bad(source, key, value, expected)
+    return height if height == width else f"{height}x{width}"
+
+
+def image_hw(image_size) -> tuple[int, int] | None:
+    """(height, width) of a checked image_size; None for "auto" (the data decides)."""
+    if image_size == AUTO_SIZE:
+        return None
+    if isinstance(image_size, int):
+        return image_size, image_size
+    height, width = image_size.split("x")
+    return int(height), int(width)
+
+
 def check_field(key: str, value, source: str):
     """The field's value in its canonical type, or a CompError naming the key, the value and what fits."""
     rule = FIELD_RULES[key]
     if isinstance(rule, Number):
         return _number(key, value, rule, source)
+    if isinstance(rule, ImageSize):
+        return _image_size(key, value, rule, source)
     if isinstance(rule, Choice):
         if value not in rule.options:
             raise _bad(source, key, value, f"one of {', '.join(rule.options)}")

@@ -4,8 +4,11 @@ Two layouts are understood:
     DACON   train/<class>/*.jpg, test/*.jpg, sample_submission.csv
     Kaggle  train/*.jpg + a labels CSV (id,label), test/*.jpg, sample_submission.csv
 
-Every stage calls `load_dataset`, which returns uint8 arrays (N,H,W,3) plus the facts the
-later stages need to refuse mixing runs made on other data: the class list and a fingerprint.
+Every stage calls `load_dataset` (or `open_source(...).load(...)` when it must know the
+fingerprint before it knows the image size), which returns uint8 arrays (N,H,W,3) at the chosen
+image size plus the facts the later stages need to refuse mixing runs made on other data: the
+class list and a fingerprint. The images are decoded once per size and resize mode by worker
+processes into a memory-mapped cache (comp.cache, comp.decode) and read from it as needed.
 
 Whatever is wrong with a folder is collected as a list of `Problem`s in one pass (`find_problems`,
 shown as a table by `comp data check`); a load stops on the first error with one line that
@@ -23,19 +26,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from .cache import (IMAGES, JOURNAL, Rows, append_journal, cache_folder, compact_rows, create_mapped, decode_lock,
+                    forget_chunks, open_mapped, read_cache, read_journal, write_meta)
+from .config import check_field, image_hw
 from .console import console, info, is_quiet, warn
+from .decode import SIXTEEN_BIT_MODES, chunked, decode_chunks, probe_sizes
 from .errors import CompError
-from .fileio import atomic_path, read_json, write_json, write_text
+from .fileio import read_json, write_json, write_text
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LABEL_CSV_NAMES = ("train.csv", "trainLabels.csv", "train_labels.csv", "labels.csv")
 SAMPLE_CSV_NAMES = ("sample_submission.csv", "sampleSubmission.csv", "sample_submission.CSV")
-CACHE_VERSION = 2  # bump when the cached arrays' meaning changes (2: 16-bit scaling, EXIF rotation)
 LIMIT_SEED = 0  # --limit subsamples with a fixed seed so every stage sees the same rows
 # Files that are not images but that a competition folder often holds; skipped silently.
 QUIET_SKIPS = {".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -47,10 +52,13 @@ DIGEST_CACHE_VERSION = 1  # bump when the per-file digest changes
 RACY_NS = 2_000_000_000
 SHOWN_EXAMPLES = 5  # file names quoted in a one-line warning
 
-# 16-bit grayscale as PIL names it; scaled to 8 bits instead of clipped (PIL's convert saturates them).
-SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
-SIXTEEN_TO_EIGHT = 257  # 65535 / 255: maps 0..65535 exactly onto 0..255
-EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 2..8 mean the stored pixels must be flipped or turned
+# The default image size ("auto"): a set whose images share one size up to NATIVE_MAX px trains at
+# that size (CIFAR's 32 px); any other set at DEFAULT_SIDE (photos of many sizes: enough detail for
+# the nets, and 4.9 GB of cache for 100,000 images).
+NATIVE_MAX = 64
+DEFAULT_SIDE = 128
+NATIVE_SHARE = 0.99  # "share one size": this share of the images or more (a few strays are resized to it)
+SIZES_VERSION = 1  # bump when the remembered native sizes change meaning
 # What reaching 8-bit RGB does to an image of each mode, for the line that says what was converted.
 MODE_NOTES = {
     "1": "black and white, expanded to RGB",
@@ -154,9 +162,15 @@ class SubmissionFormat:
 
 @dataclass
 class Dataset:
+    """The decoded competition data at one image size.
+
+    The images are read-only views of the memory-mapped cache (or, under --limit, `Rows` of
+    it): indexing them reads those rows into an ndarray; nothing reads the whole set at once.
+    """
+
     data_dir: Path
     classes: list[str]
-    train_x: np.ndarray  # (N,H,W,3) uint8
+    train_x: np.ndarray | Rows  # (N,H,W,3) uint8
     train_y: np.ndarray  # (N,) int64 class index
     test_x: np.ndarray  # (M,H,W,3) uint8, in sample_submission order
     test_ids: list[str]
@@ -164,6 +178,8 @@ class Dataset:
     fingerprint: str
     rows: np.ndarray  # indices of these train rows in the full train set (differs under --limit)
     limit: int = 0
+    resize: str = "squash"  # how images of another aspect were fitted (comp.decode.RESIZE_MODES)
+    size_note: str | None = None  # why "auto" chose this size
     stats: dict = field(default_factory=dict)
 
     @property
@@ -519,75 +535,50 @@ def data_fingerprint(layout: Layout, digests: list[str]) -> str:
     for name, digest in zip(layout.names, digests):
         data_hash.update(f"{name}\0{digest}\n".encode())
     return data_hash.hexdigest()[:16]
+# -- the image size ------------------------------------------------------------------------------
 
 
-def _cache_key(fingerprint: str) -> str:
-    """The decoded arrays depend only on the files' content and order (the fingerprint) and the decoder."""
-    return hashlib.sha1(f"{fingerprint} v{CACHE_VERSION}".encode()).hexdigest()[:16]
-
-
-# -- decoding ------------------------------------------------------------------------------
-
-
-class Decoded(NamedTuple):
-    array: np.ndarray | None  # (H,W,3) uint8 RGB, upright; None when the file cannot be decoded
-    mode: str | None  # the file's own PIL mode ("L", "RGBA", "I;16", "CMYK", ...)
-    size: tuple[int, int] | None  # (width, height) after EXIF rotation
-    error: str | None
-    rotated: bool = False  # turned or flipped by its EXIF orientation
-
-
-def _to_rgb(image) -> np.ndarray:
-    """8-bit RGB. PIL's own convert clips 16-bit values at 255, so those are scaled here instead."""
-    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
-        values = np.asarray(image).astype(np.float64)
-        # Mode I holds 16-bit PNG/TIFF data too; values above 255 say the range is 16-bit.
-        if image.mode in SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
-            values = values / SIXTEEN_TO_EIGHT
-        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def _decode(path: Path) -> Decoded:
-    from PIL import Image, ImageOps
-
+def native_sizes(source: "Source") -> Counter:
+    """How many files have each (height, width), read from their headers (remembered per fingerprint)."""
+    path = source.cache_dir / f"sizes-{source.fingerprint}.json" if source.cache_dir else None
     try:
-        with Image.open(path) as image:
-            mode = image.mode
-            image.load()
-            rotated = image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9)
-            array = _to_rgb(ImageOps.exif_transpose(image) if rotated else image)
-            return Decoded(array, mode, (array.shape[1], array.shape[0]), None, rotated)
-    except Exception as err:  # PIL raises many types for a damaged file; all mean the same here
-        return Decoded(None, None, None, f"{type(err).__name__}: {err}")
+        saved = read_json(path) if path and path.exists() else {}
+    except (OSError, ValueError):
+        saved = {}  # a damaged record only costs reading the headers again
+    if saved.get("version") == SIZES_VERSION:
+        return Counter({tuple(map(int, size.split("x"))): count for size, count in saved["sizes"].items()})
+    sizes = Counter(size for size in probe_sizes(source.layout.files) if size is not None)
+    if path:
+        write_json(path, {"version": SIZES_VERSION, "sizes": {f"{h}x{w}": n for (h, w), n in sizes.most_common()}})
+    return sizes
 
 
-def decode_all(paths: list[Path], what: str) -> list[Decoded]:
-    workers = min(8, (os.cpu_count() or 2) * 2)  # decoding releases the GIL; a few threads per core
-    results = []
-    with ThreadPoolExecutor(workers) as pool:
-        if is_quiet():
-            return list(pool.map(_decode, paths, chunksize=256))
-        with console.status(f"decoding {len(paths):,} {what} images"):
-            results = list(pool.map(_decode, paths, chunksize=256))
-    return results
+def auto_size(sizes: dict[tuple[int, int], int]) -> tuple[tuple[int, int], str]:
+    """The default image size for files of these native sizes (counts), and the line that says why."""
+    sizes = Counter(sizes)
+    total = sum(sizes.values())
+    choose = "--image-size N or HxW to choose, --resize squash|crop|pad for the aspect"
+    if sizes:
+        (height, width), count = sizes.most_common(1)[0]
+        if count >= NATIVE_SHARE * total and max(height, width) <= NATIVE_MAX:
+            others = f"; the {total - count:,} of other sizes are resized to it" if count < total else ""
+            return (height, width), (f"image size {height}x{width}: the images' own (the default up to "
+                                     f"{NATIVE_MAX} px{others}; {choose})")
+    heights = [h for h, _ in sizes]
+    widths = [w for _, w in sizes]
+    seen = (f"{len(sizes)} sizes, heights {min(heights)}-{max(heights)}, widths {min(widths)}-{max(widths)}"
+            if len(sizes) > 1 else f"{next(iter(sizes))[0]}x{next(iter(sizes))[1]}" if sizes else "no readable size")
+    return (DEFAULT_SIDE, DEFAULT_SIDE), (f"image size {DEFAULT_SIDE}x{DEFAULT_SIDE}: the default for images of "
+                                          f"{seen} (own size only when all share one up to {NATIVE_MAX} px); {choose}")
 
 
-def stack_images(decoded: list, target_hw: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """Stack arrays, resizing those of another size; returns (array, how many were resized)."""
-    from PIL import Image
+def target_size(source: "Source", image_size) -> tuple[tuple[int, int], str | None]:
+    """(height, width) to decode at, and for "auto" the line that says what was chosen and why."""
+    chosen = image_hw(image_size)
+    return (chosen, None) if chosen else auto_size(native_sizes(source))
 
-    out = np.zeros((len(decoded), *target_hw, 3), dtype=np.uint8)
-    resized = 0
-    for i, array in enumerate(decoded):
-        if array is None:
-            continue
-        if array.shape[:2] != target_hw:
-            array = np.asarray(Image.fromarray(array).resize(target_hw[::-1], Image.BILINEAR))
-            resized += 1
-        out[i] = array
-    return out, resized
+
+# -- decoding into the cache ---------------------------------------------------------------------
 
 
 def conversion_summary(modes: dict[str, int], rotated: int) -> str | None:
@@ -599,44 +590,107 @@ def conversion_summary(modes: dict[str, int], rotated: int) -> str | None:
     return "converted once, then cached: " + ", ".join(parts) if parts else None
 
 
-def _damaged(layout: Layout, decoded: list[Decoded]) -> list[tuple[str, str]]:
+def _damaged(layout: Layout, records: list[list]) -> list[tuple[str, str]]:
     """(name in the data folder, reason) of each of `layout.files` that did not decode."""
-    return [(name, r.error) for name, r in zip(layout.names, decoded) if r.array is None]
+    return [(name, record[4]) for name, record in zip(layout.names, records) if record[4] is not None]
 
 
-def decode_layout(layout: Layout) -> dict:
-    """Decode every file once; damaged train images are left out, damaged test images stay blank."""
-    train = decode_all(layout.train_files, "train")
-    test = decode_all(layout.test_files, "test")
-    decoded = [*train, *test]
-    bad = _damaged(layout, decoded)
-    sizes = Counter((r.size[1], r.size[0]) for r in decoded if r.array is not None)
-    modes = Counter(r.mode for r in decoded if r.array is not None)
-    rotated = sum(r.rotated for r in decoded)
-    target_hw = sizes.most_common(1)[0][0] if sizes else (1, 1)  # (1, 1): nothing decoded, all reported
-    keep = np.array([r.array is not None for r in train], dtype=bool)
-    train_x, resized_train = stack_images([r.array for r in train if r.array is not None], target_hw)
-    test_x, resized_test = stack_images([r.array for r in test], target_hw)
-    resized = resized_train + resized_test
+def decode_stats(layout: Layout, records: list[list], target_hw: tuple[int, int], resize: str) -> dict:
+    """What decoding found (native sizes, modes, EXIF turns, resizes, damaged files); says it once."""
+    decoded = [record for record in records if record[4] is None]
+    sizes = Counter((height, width) for _, height, width, _, _ in decoded)
+    modes = Counter(record[0] for record in decoded)
+    rotated = sum(bool(record[3]) for record in decoded)
+    resized = sum(count for size, count in sizes.items() if size != tuple(target_hw))
+    bad = _damaged(layout, records)
     summary = conversion_summary(dict(modes.most_common()), rotated)
     if summary:
         info(summary)
     if resized:
-        warn(f"resized {resized} image(s) of other sizes to the most common size {target_hw[0]}x{target_hw[1]}")
+        info(f"resized {resized:,} image(s) of other sizes to {target_hw[0]}x{target_hw[1]} ({resize})")
     return {
-        "train_x": train_x,
-        "train_y": layout.train_labels[keep],
-        "test_x": test_x,
-        "train_files": [name for name, k in zip(layout.names, keep) if k],  # train names come first
-        "stats": {
-            "sizes": {f"{h}x{w}": n for (h, w), n in sizes.most_common()},
-            "modes": dict(modes.most_common()),
-            "rotated": rotated,
-            "resized": resized,
-            "bad_files": [name for name, _ in bad],
-            "bad_reasons": [reason for _, reason in bad],
-        },
+        "sizes": {f"{h}x{w}": n for (h, w), n in sizes.most_common()},
+        "modes": dict(modes.most_common()),
+        "rotated": rotated,
+        "resized": resized,
+        "bad_files": [name for name, _ in bad],
+        "bad_reasons": [reason for _, reason in bad],
     }
+
+
+def _cache_facts(layout: Layout, records: list[list], target_hw, resize: str) -> tuple[dict, np.ndarray]:
+    """(the cache's meta, which train rows decoded): labels and names of the kept train rows, stats."""
+    train_count = len(layout.train_files)
+    keep = np.array([record[4] is None for record in records[:train_count]], dtype=bool)
+    meta = {
+        "shape": [len(records), *target_hw, 3],
+        "train_count": train_count,
+        "kept_count": int(keep.sum()),
+        "test_count": len(layout.test_files),
+        "train_y": layout.train_labels[keep].tolist(),
+        "train_files": [name for name, k in zip(layout.names, keep) if k],  # train names come first
+        "resize": resize,
+        "stats": decode_stats(layout, records, target_hw, resize),
+    }
+    return meta, keep
+
+
+def _decode_to_cache(layout: Layout, folder: Path, target_hw: tuple[int, int], resize: str) -> dict:
+    """Decode every file into `folder` (resuming the chunks a former decode finished); its arrays."""
+    images_path = folder / IMAGES
+    shape = (len(layout.files), *target_hw, 3)
+    chunks = chunked(layout.files)
+    if not _has_shape(images_path, shape):
+        (folder / JOURNAL).unlink(missing_ok=True)
+        create_mapped(images_path, shape, f"the decoded images at {target_hw[0]}x{target_hw[1]}")
+    done = read_journal(folder, chunks)
+    todo = [chunk for chunk in chunks if chunk[0] not in done]
+    done_files = sum(len(done[start]) for start in done)
+    resumed = f", resuming after {done_files:,}" if done_files else ""
+    what = f"{len(layout.files):,} images at {target_hw[0]}x{target_hw[1]}{resumed}"
+    started = time.time()
+    done |= decode_chunks(todo, images_path, target_hw, resize, what, done_files,
+                          on_chunk=lambda start, records: append_journal(folder, start, records))
+    info(f"decoded {len(layout.files) - done_files:,} images at {target_hw[0]}x{target_hw[1]} ({resize}) in "
+         f"{time.time() - started:.1f}s into {folder}")
+    records = [record for start, _ in chunks for record in done[start]]
+    meta, keep = _cache_facts(layout, records, target_hw, resize)
+    if not keep.all():  # damaged train images: the rows after them move down over them
+        first_moved, train_count = int(np.argmin(keep)), len(keep)
+        untouched = {start for start, paths in chunks if start + len(paths) <= first_moved or start >= train_count}
+        # Forgotten first: if the move is interrupted, the chunks whose rows it touches are decoded again.
+        forget_chunks(folder, done, keep=untouched.__contains__)
+        compact_rows(images_path, keep)
+    write_meta(folder, meta)
+    return read_cache(folder)
+
+
+def _has_shape(path: Path, shape: tuple[int, ...]) -> bool:
+    try:
+        return path.exists() and open_mapped(path).shape == shape
+    except (OSError, ValueError):
+        return False
+
+
+def _decode_in_memory(layout: Layout, target_hw: tuple[int, int], resize: str) -> dict:
+    """Without a cache folder: decode into memory (tests, one-off API calls)."""
+    images = np.zeros((len(layout.files), *target_hw, 3), np.uint8)
+    done = decode_chunks(chunked(layout.files), images, target_hw, resize, f"{len(layout.files):,} images")
+    meta, keep = _cache_facts(layout, [record for start in sorted(done) for record in done[start]], target_hw, resize)
+    return meta | {"train_x": images[:len(keep)][keep], "test_x": images[len(keep):],
+                   "train_y": np.asarray(meta["train_y"], dtype=np.int64)}
+
+
+def decoded_arrays(source: "Source", target_hw: tuple[int, int], resize: str) -> dict:
+    """train_x, train_y, test_x and the cache's facts at this size: from the cache, else decoded into it."""
+    if source.cache_dir is None:
+        return _decode_in_memory(source.layout, target_hw, resize)
+    folder = cache_folder(source.cache_dir, source.fingerprint, target_hw, resize)
+    cached = read_cache(folder)
+    if cached is not None:
+        return cached
+    with decode_lock(folder):  # another process may have finished it while this one waited
+        return read_cache(folder) or _decode_to_cache(source.layout, folder, target_hw, resize)
 
 
 def damage_problems(data_dir: Path, bad: list[tuple[str, str]], skip_bad: bool) -> list[Problem]:
@@ -657,43 +711,76 @@ def damage_problems(data_dir: Path, bad: list[tuple[str, str]], skip_bad: bool) 
 # -- loading -------------------------------------------------------------------------------
 
 
-def _decoded_arrays(layout: Layout, fingerprint: str, cache_dir: Path | None) -> dict:
-    key = _cache_key(fingerprint)
-    arrays = _read_cache(cache_dir, key) if cache_dir else None
-    if arrays is None:
-        arrays = decode_layout(layout)
-        if cache_dir:
-            _write_cache(cache_dir, key, arrays)
-    return arrays
+@dataclass
+class Source:
+    """A scanned data folder without layout errors, and its content fingerprint: what a stage
+    knows before any image is decoded (enough to choose a config), and how to load it at a size."""
+
+    layout: Layout
+    fingerprint: str
+    cache_dir: Path | None
+    skip_bad: bool = False
+
+    def load(self, image_size="auto", resize: str = "squash", limit: int = 0, say_size: bool = True) -> Dataset:
+        """The dataset at `image_size` (N, "HxW" or "auto") fitted by `resize`, subsampled by `limit`.
+
+        Stops with one line on the first error; warns once per kind of warning. `say_size`:
+        print the line that says which size "auto" chose.
+        """
+        dataset, damage = self.decode(image_size, resize, say_size)
+        problems = self.layout.problems + damage
+        stop_on_errors(problems, self.layout.data_dir)
+        warn_about(problems, self.layout.data_dir)
+        return apply_limit(dataset, limit)
+
+    def decode(self, image_size="auto", resize: str = "squash", say_size: bool = True) -> tuple[Dataset, list[Problem]]:
+        """The dataset (from the cache, else decoded into it) and the problems only decoding finds."""
+        image_size = check_field("image_size", image_size, "options")
+        resize = check_field("resize", resize, "options")
+        target_hw, note = target_size(self, image_size)
+        if note and say_size:
+            info(note)
+        arrays = decoded_arrays(self, target_hw, resize)
+        stats = arrays["stats"]
+        problems = damage_problems(self.layout.data_dir, list(zip(stats["bad_files"], stats["bad_reasons"])),
+                                   self.skip_bad)
+        if self.skip_bad and len(arrays["train_y"]) == 0:
+            problems.append(Problem(ERROR, NO_TRAIN_IMAGES, self.layout.data_dir / "train",
+                                    "no train image could be decoded", "replace the damaged images"))
+        dataset = Dataset(
+            data_dir=self.layout.data_dir,
+            classes=self.layout.classes,
+            train_x=arrays["train_x"],
+            train_y=arrays["train_y"],
+            test_x=arrays["test_x"],
+            test_ids=self.layout.submission.ids,
+            submission=self.layout.submission,
+            fingerprint=self.fingerprint,
+            rows=np.arange(len(arrays["train_y"])),
+            resize=resize,
+            size_note=note,
+            # Skipped files are not in the fingerprint, so they are taken from this scan, not the cache.
+            stats=stats | {"train_files": arrays["train_files"],
+                           "skipped_files": [relative_name(p, self.layout.data_dir) for p in self.layout.skipped]},
+        )
+        return dataset, problems
 
 
-def _load_layout(layout: Layout, cache_dir: Path | None, skip_bad: bool) -> tuple[Dataset, list[Problem]]:
-    """The dataset of a layout without errors, and the problems only decoding finds."""
-    fingerprint = data_fingerprint(layout, content_digests(layout, cache_dir))
-    arrays = _decoded_arrays(layout, fingerprint, cache_dir)
-    stats = arrays["stats"]
-    problems = damage_problems(layout.data_dir, list(zip(stats["bad_files"], stats["bad_reasons"])), skip_bad)
-    if skip_bad and len(arrays["train_y"]) == 0:
-        problems.append(Problem(ERROR, NO_TRAIN_IMAGES, layout.data_dir / "train", "no train image could be decoded",
-                                "replace the damaged images"))
-    dataset = Dataset(
-        data_dir=layout.data_dir,
-        classes=layout.classes,
-        train_x=arrays["train_x"],
-        train_y=arrays["train_y"].astype(np.int64),
-        test_x=arrays["test_x"],
-        test_ids=layout.submission.ids,
-        submission=layout.submission,
-        fingerprint=fingerprint,
-        rows=np.arange(len(arrays["train_y"])),
-        # Skipped files are not in the fingerprint, so they are taken from this scan, not the cache.
-        stats=stats | {"train_files": arrays["train_files"],
-                       "skipped_files": [relative_name(p, layout.data_dir) for p in layout.skipped]},
-    )
-    return dataset, problems
+def source_of(layout: Layout, cache_dir: Path | None, skip_bad: bool = False) -> Source:
+    cache_dir = Path(cache_dir) if cache_dir else None
+    return Source(layout, data_fingerprint(layout, content_digests(layout, cache_dir)), cache_dir, skip_bad)
 
 
-def inspect_data(data_dir: Path, cache_dir: Path | None, skip_bad: bool = False) -> DataCheck:
+def open_source(data_dir: Path, cache_dir: Path | None, skip_bad: bool = False) -> Source:
+    """Scan a data folder and fingerprint its content; stops with one line on a layout error
+    (before reading any image)."""
+    layout = scan(Path(data_dir))
+    stop_on_errors(layout.problems, layout.data_dir, found=" found before decoding")
+    return source_of(layout, cache_dir, skip_bad)
+
+
+def inspect_data(data_dir: Path, cache_dir: Path | None, skip_bad: bool = False, image_size="auto",
+                 resize: str = "squash") -> DataCheck:
     """Every problem of a folder in one pass, decoding each image once (or reading the cache).
 
     When the files cannot be put in order (an error in the layout), the images found are still
@@ -701,10 +788,11 @@ def inspect_data(data_dir: Path, cache_dir: Path | None, skip_bad: bool = False)
     """
     layout = scan(Path(data_dir))
     if errors_in(layout.problems):
-        found = decode_all(layout.files, "found")
-        damage = damage_problems(layout.data_dir, _damaged(layout, found), skip_bad)
+        found = decode_chunks(chunked(layout.files), None, None, "squash", f"{len(layout.files):,} images found")
+        records = [record for start in sorted(found) for record in found[start]]
+        damage = damage_problems(layout.data_dir, _damaged(layout, records), skip_bad)
         return DataCheck(layout.problems + damage, None)
-    dataset, damage = _load_layout(layout, cache_dir, skip_bad)
+    dataset, damage = source_of(layout, cache_dir, skip_bad).decode(image_size, resize)
     problems = layout.problems + damage
     return DataCheck(problems, None if errors_in(problems) else dataset)
 
@@ -713,41 +801,11 @@ def find_problems(data_dir: Path, cache_dir: Path | None = None, skip_bad: bool 
     return inspect_data(data_dir, cache_dir, skip_bad).problems
 
 
-def load_dataset(data_dir: Path, cache_dir: Path | None, limit: int = 0, skip_bad: bool = False) -> Dataset:
-    """Scan, decode (or read the cache), and subsample with --limit. The entry point of every stage.
-
-    Stops with one line on the first error (before reading any image when the layout is wrong);
-    warns once per kind of warning.
-    """
-    layout = scan(Path(data_dir))
-    stop_on_errors(layout.problems, layout.data_dir, found=" found before decoding")
-    dataset, damage = _load_layout(layout, cache_dir, skip_bad)
-    problems = layout.problems + damage
-    stop_on_errors(problems, layout.data_dir)
-    warn_about(problems, layout.data_dir)
-    return apply_limit(dataset, limit)
-
-
-def _read_cache(cache_dir: Path, key: str) -> dict | None:
-    arrays_path, meta_path = cache_dir / f"{key}.npz", cache_dir / f"{key}.json"
-    if not (arrays_path.exists() and meta_path.exists()):
-        return None
-    try:
-        with np.load(arrays_path) as npz:
-            arrays = {name: npz[name] for name in ("train_x", "train_y", "test_x")}
-        meta = read_json(meta_path)
-    except (OSError, ValueError, KeyError):
-        warn(f"{arrays_path}: unreadable cache, decoding again")
-        return None
-    return arrays | meta
-
-
-def _write_cache(cache_dir: Path, key: str, arrays: dict) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache_dir / f"{key}.npz", suffix=".npz") as tmp:
-        # Uncompressed: the second load must take well under 2 s for 60,000 images.
-        np.savez(tmp, train_x=arrays["train_x"], train_y=arrays["train_y"], test_x=arrays["test_x"])
-    write_json(cache_dir / f"{key}.json", {"stats": arrays["stats"], "train_files": arrays["train_files"]})
+def load_dataset(data_dir: Path, cache_dir: Path | None, limit: int = 0, skip_bad: bool = False,
+                 image_size="auto", resize: str = "squash", say_size: bool = True) -> Dataset:
+    """Scan, decode (or read the cache) at `image_size`, and subsample with --limit. The entry
+    point of every stage that has no Source yet."""
+    return open_source(data_dir, cache_dir, skip_bad).load(image_size, resize, limit, say_size)
 
 
 # -- subsampling ---------------------------------------------------------------------------
@@ -767,9 +825,12 @@ def limit_rows(labels: np.ndarray, limit: int) -> np.ndarray:
 
 
 def apply_limit(dataset: Dataset, limit: int) -> Dataset:
+    """The stratified subsample of --limit; its images are a view of the rows (read when indexed), not a copy."""
     rows = limit_rows(dataset.train_y, limit)
     if len(rows) == len(dataset.train_y):
         return dataset
-    dataset.train_x, dataset.train_y, dataset.rows = dataset.train_x[rows], dataset.train_y[rows], rows
+    images = dataset.train_x
+    dataset.train_x = Rows(images.base, images.index[rows]) if isinstance(images, Rows) else Rows(images, rows)
+    dataset.train_y, dataset.rows = dataset.train_y[rows], rows
     dataset.limit = limit
     return dataset

@@ -33,13 +33,15 @@ PREDICT_BATCH = 256  # images per predict() call; memory-light on a CPU, still f
 
 
 def dataset_for_runs(workspace, runs: list[Run], prefer_recorded: bool = False):
-    """The whole train set (no --limit; runs' oof_rows index into it) for these runs.
+    """The whole train set (no --limit; runs' oof_rows index into it) for these runs, at the image
+    size of the first run made on this data (its nets take that size, and its cache exists; every
+    size has the same labels, ids and fingerprint).
 
     The workspace's explicit data folder; else the folder the runs recorded (prefer_recorded:
     re-predicting a run wants the data it was trained on) or the workspace's usual one, falling
     back to the recorded folder when there is none.
     """
-    from .data import load_dataset
+    from .data import open_source
 
     recorded = recorded_data_dir(runs)
     if workspace.data is None and prefer_recorded and recorded:
@@ -51,7 +53,10 @@ def dataset_for_runs(workspace, runs: list[Run], prefer_recorded: bool = False):
             if workspace.data is not None or recorded is None:
                 raise
             data_dir = recorded
-    return load_dataset(data_dir, workspace.cache, limit=0, skip_bad=workspace.skip_bad)
+    source = open_source(data_dir, workspace.cache, skip_bad=workspace.skip_bad)
+    same_data = [run for run in runs if run.fingerprint == source.fingerprint]
+    size, resize = (same_data[0].image_size, same_data[0].resize) if same_data else ("auto", "squash")
+    return source.load(size, resize, say_size=False)
 
 
 def best_run(workspace) -> Run:
@@ -187,21 +192,24 @@ def list_images(folder: Path) -> list[Path]:
     return images
 
 
-def decode_images(paths: list[Path], image_shape: list[int], skip_bad: bool) -> tuple[np.ndarray, list[Path]]:
-    """Decode as comp.data does (RGB, bilinear resize to the run's size); (array, paths kept)."""
-    from .data import decode_all, stack_images
+def decode_images(paths: list[Path], image_shape: list[int], resize: str,
+                  skip_bad: bool) -> tuple[np.ndarray, list[Path]]:
+    """Decode as comp.data does (RGB, fitted to the run's size by its resize mode); (array, paths kept)."""
+    from .decode import chunked, decode_chunks
 
-    decoded = decode_all(paths, "new")
-    bad = [(p, r[3]) for p, r in zip(paths, decoded) if r[0] is None]
+    target_hw = tuple(image_shape[:2])
+    images = np.zeros((len(paths), *target_hw, 3), np.uint8)
+    done = decode_chunks(chunked(paths), images, target_hw, resize, f"{len(paths):,} new images")
+    errors = [record[4] for start in sorted(done) for record in done[start]]
+    bad = [(p, error) for p, error in zip(paths, errors) if error is not None]
     if bad and not skip_bad:
         raise CompError(f"{bad[0][0]}: unreadable image ({bad[0][1]}); remove it or pass --skip-bad")
     if bad:
         warn(f"--skip-bad: skipped {len(bad)} unreadable image(s): {', '.join(p.name for p, _ in bad[:5])}")
-    kept = [(p, r[0]) for p, r in zip(paths, decoded) if r[0] is not None]
-    if not kept:
+    keep = np.array([error is None for error in errors])
+    if not keep.any():
         raise CompError(f"{paths[0].parent}: none of its {len(paths)} image file(s) could be read")
-    images, _ = stack_images([array for _, array in kept], tuple(image_shape[:2]))
-    return images, [p for p, _ in kept]
+    return images[keep], [p for p, k in zip(paths, keep) if k]
 
 
 def predict_images(run: Run, images: np.ndarray, policy: str, average: str) -> np.ndarray:
@@ -227,7 +235,7 @@ def label_images(workspace, run: Run, folder: Path, out=None, tta: str | None = 
     require_finished(run)
     policy = parse_policy(tta or run.tta)
     folder = Path(folder).expanduser().resolve()
-    images, paths = decode_images(list_images(folder), run.data["image_shape"], workspace.skip_bad)
+    images, paths = decode_images(list_images(folder), run.data["image_shape"], run.resize, workspace.skip_bad)
     probs = predict_images(run, images, policy, average)
     frame = pd.DataFrame({
         "file": [p.name for p in paths],

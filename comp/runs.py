@@ -7,7 +7,7 @@ A run is a folder with a `config.json` manifest, written by the stage that made 
      "kind": "kfold",                 kfold (comp train) | transfer (comp transfer finetune --folds K)
      "pretrained": false,             true for the transfer track: never in a submission by default
      "config": {...},                 RunConfig fields (kfold), the study's settings (transfer)
-     "data": {"fingerprint", "classes", "rows", "limit", "image_shape", "data_dir"},
+     "data": {"fingerprint", "classes", "rows", "limit", "image_shape", "resize", "data_dir"},
      "split": {"hash", "k"},          the fold split of folds/folds.json the run was trained on
      "backend": "tensorflow", "comp_version": "0.1.0"}
 
@@ -45,6 +45,7 @@ def data_record(dataset) -> dict:
         "rows": int(len(dataset.rows)),
         "limit": int(dataset.limit),
         "image_shape": list(dataset.image_shape),
+        "resize": dataset.resize,
         "data_dir": str(dataset.data_dir),
     }
 
@@ -117,6 +118,17 @@ class Run:
     @property
     def classes(self) -> list[str]:
         return self.data["classes"]
+
+    @property
+    def image_size(self) -> str:
+        """The size its images were decoded at, "HxW": what its nets take."""
+        height, width = self.data["image_shape"][:2]
+        return f"{height}x{width}"
+
+    @property
+    def resize(self) -> str:
+        """How its images of another aspect were fitted (runs made before the choice existed: squash)."""
+        return self.data.get("resize", "squash")
 
     @property
     def k(self) -> int:

@@ -202,7 +202,8 @@ def train_fold_task(config: RunConfig, workspace_root: Path, data_dir: Path, ski
     from .workspace import Workspace
 
     workspace = Workspace(workspace_root)
-    dataset = load_dataset(data_dir, workspace.cache, limit=0, skip_bad=skip_bad)
+    dataset = load_dataset(data_dir, workspace.cache, limit=0, skip_bad=skip_bad, image_size=config.image_size,
+                           resize=config.resize, say_size=False)
     split = split_for(workspace, dataset, config)
     dataset = apply_limit(dataset, config.limit)
     with TrainingProgress(1, config.epochs) as progress:

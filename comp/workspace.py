@@ -93,18 +93,27 @@ class Workspace:
         """The data folder: `data`, else $COMP_DATA, else comp.toml, else <root>/data."""
         return resolve_data_dir(self, None if self.data is None else str(self.data), self.remember)
 
-    def dataset(self, limit: int = 0):
-        """The decoded competition data (cached under folds/cache/), optionally a stratified subsample."""
-        from .data import load_dataset
+    def source(self):
+        """The data folder scanned and fingerprinted, nothing decoded yet (comp.data.Source):
+        `.fingerprint`, and `.load(image_size, resize, limit)` for the images."""
+        from .data import open_source
 
-        return load_dataset(self.data_dir, self.cache, limit=limit, skip_bad=self.skip_bad)
+        return open_source(self.data_dir, self.cache, skip_bad=self.skip_bad)
 
-    def check(self, grid: str | os.PathLike | None = None, limit: int = 0) -> dict:
+    def dataset(self, limit: int = 0, image_size="auto", resize: str = "squash"):
+        """The decoded competition data at `image_size` (N, "HxW" or "auto"), images of another
+        aspect fitted by `resize` (squash, crop, pad); cached per size under folds/cache/, read
+        through a memory mapping; optionally a stratified subsample."""
+        return self.source().load(image_size, resize, limit)
+
+    def check(self, grid: str | os.PathLike | None = None, limit: int = 0, image_size="auto",
+              resize: str = "squash") -> dict:
         """`comp data check`: every problem of the data (CompError if any is an error), then class
-        counts, sizes, modes and duplicates, and a sample grid PNG."""
+        counts, sizes, modes and duplicates, the disk and memory the chosen image size needs, and a
+        sample grid PNG."""
         from .check import check_data
 
-        return check_data(self, Path(grid) if grid else self.folds / "data_samples.png", limit)
+        return check_data(self, Path(grid) if grid else self.folds / "data_samples.png", limit, image_size, resize)
 
     # -- the stages -----------------------------------------------------------------------------
 
@@ -112,8 +121,7 @@ class Workspace:
         """The RunConfig `train` would use for these arguments (nothing is trained or written)."""
         from .train import resolve_config
 
-        dataset = self.dataset()
-        return resolve_config(self, dataset.fingerprint, config, overrides, preset)
+        return resolve_config(self, self.source().fingerprint, config, overrides, preset)
 
     def train(self, config=None, *, folds="all", k: int | None = None, force: bool = False, resplit: bool = False,
               preset: str | None = None, isolate: bool | None = None, **overrides):
@@ -129,9 +137,10 @@ class Workspace:
         config = getattr(config, "best_config", config)  # a Study trains its best trial
         if k is not None:
             overrides["folds"] = k
-        dataset = self.dataset()
-        run_config = resolve_config(self, dataset.fingerprint, config, overrides, preset)
+        source = self.source()
+        run_config = resolve_config(self, source.fingerprint, config, overrides, preset)
         warn_gpu_settings_on_cpu(run_config)
+        dataset = source.load(run_config.image_size, run_config.resize)
         split = split_for(self, dataset, run_config, resplit)
         chosen = parse_fold_selection(folds if isinstance(folds, str) else ",".join(map(str, _as_list(folds))),
                                       split.k)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from comp import data as data_module
+from comp import decode as decode_module
 from comp.data import limit_rows, load_dataset, scan
 from comp.errors import CompError
 
@@ -57,7 +57,7 @@ def test_modes_converted_and_sizes_unified(tmp_path, capsys):
     Image.new("RGBA", (16, 16), (10, 20, 30, 40)).save(folder / "rgba.png")
     Image.new("P", (16, 16), 3).save(folder / "palette.png")
     Image.new("RGB", (24, 20), (200, 0, 0)).save(folder / "big.png")
-    ds = load_dataset(root, None)
+    ds = load_dataset(root, None, image_size=16)  # "auto" would choose 128: the sizes differ
     assert ds.train_x.shape[1:] == (16, 16, 3)
     assert np.bincount(ds.train_y)[0] == 8
     assert ds.stats["resized"] == 1
@@ -68,7 +68,8 @@ def test_modes_converted_and_sizes_unified(tmp_path, capsys):
 def test_cache_is_used_on_second_load(tmp_path, monkeypatch):
     root = make_competition(tmp_path / "d", per_class=4)
     first = load_dataset(root, tmp_path / "cache")
-    monkeypatch.setattr(data_module, "_decode", lambda path: (_ for _ in ()).throw(AssertionError("decoded again")))
+    monkeypatch.setattr(decode_module, "decode_file",
+                        lambda path, *args: (_ for _ in ()).throw(AssertionError("decoded again")))
     second = load_dataset(root, tmp_path / "cache")
     assert np.array_equal(first.train_x, second.train_x) and first.fingerprint == second.fingerprint
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from comp import data as data_module
+from comp import decode as decode_module
 from comp.check import check_folder, size_summary
 from comp.data import (BAD_CSV, BAD_LINK, DAMAGED, EMPTY_CLASS, ERROR, ID_WITHOUT_IMAGE, IMAGE_WITHOUT_ID,
                        LABEL_WITHOUT_IMAGE, NON_IMAGE, ONE_CLASS, UNLABELED, WARNING, find_problems, load_dataset)
@@ -20,7 +21,8 @@ from .conftest import make_competition, run_comp
 
 
 def _no_decoding(monkeypatch):
-    monkeypatch.setattr(data_module, "_decode", lambda path: (_ for _ in ()).throw(AssertionError("decoded again")))
+    monkeypatch.setattr(decode_module, "decode_file",
+                        lambda path, *args: (_ for _ in ()).throw(AssertionError("decoded again")))
 
 
 # -- 1. the fingerprint covers content -------------------------------------------------------
@@ -213,8 +215,8 @@ def test_data_check_decodes_each_image_once_and_reuses_the_cache(tmp_path, monke
     victim = sorted((root / "train" / "class1").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:60])
     decoded = []
-    real_decode = data_module._decode
-    monkeypatch.setattr(data_module, "_decode", lambda path: decoded.append(path) or real_decode(path))
+    real_decode = decode_module.decode_file
+    monkeypatch.setattr(decode_module, "decode_file", lambda path, *args: decoded.append(path) or real_decode(path, *args))
     cache = tmp_path / "cache"
     for _ in range(2):
         with pytest.raises(CompError, match=victim.name):

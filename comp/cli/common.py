@@ -38,6 +38,12 @@ CONFIG_FLAGS = [
     ("jit", str, "auto | on | off"),
     ("folds", int, "number of folds K"),
 ]
+# Flags of the image size, for train and tune (config fields) and the data commands.
+SIZE_FLAGS = [
+    ("image_size", str, "N or HxW pixels the images are decoded at (one cache per size); auto: their own size "
+                        "when all share one up to 64 px, else 128"),
+    ("resize", str, "squash | crop | pad: how an image of another aspect ratio is fitted"),
+]
 
 
 def add_global_options(parser: argparse.ArgumentParser, which: tuple[str, ...] = ("workdir", "quiet"),
@@ -72,6 +78,14 @@ def add_data_options(parser: argparse.ArgumentParser, limit: bool = True) -> Non
     group.add_argument("--skip-bad", action="store_true", help="skip damaged images instead of stopping")
 
 
+def add_size_options(parser: argparse.ArgumentParser) -> None:
+    """--image-size and --resize for the commands that decode the data without a run config."""
+    group = parser.add_argument_group("image size")
+    for name, kind, text in SIZE_FLAGS:
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=getattr(RunConfig, name),
+                           help=f"{text} (default: {getattr(RunConfig, name)})")
+
+
 def model_default_note(name: str) -> str:
     """'default: X' for a RunConfig field, with the models that set their own."""
     from ..models import MODELS
@@ -92,7 +106,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--name", help="run name under folds/ (default: <model>-<config hash>)")
     group.add_argument("--depth", help="convs/blocks per stage, e.g. 3,3,4,4 " + model_default_note("depth"))
     group.add_argument("--head", help="dense head units, e.g. 256,64 " + model_default_note("head"))
-    for name, kind, text in CONFIG_FLAGS:
+    for name, kind, text in CONFIG_FLAGS + SIZE_FLAGS:
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                            help=f"{text} {model_default_note(name)}")
     group.add_argument("--preset", choices=("cpu", "gpu"), help="machine defaults: cpu (2 cores) or gpu (JAX, bf16)")
@@ -109,7 +123,7 @@ def int_list(text: str | None, option: str) -> list[int] | None:
 
 def config_overrides(args) -> dict:
     """The RunConfig fields the command line sets (None = not given)."""
-    overrides = {name: getattr(args, name, None) for name, _, _ in CONFIG_FLAGS}
+    overrides = {name: getattr(args, name, None) for name, _, _ in CONFIG_FLAGS + SIZE_FLAGS}
     overrides |= {"name": args.name, "depth": int_list(args.depth, "depth"), "head": int_list(args.head, "head")}
     if getattr(args, "seed", None) is not None:
         overrides["seed"] = args.seed

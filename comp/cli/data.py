@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..console import info
-from .common import add_data_options, global_parent, workspace_from
+from .common import add_data_options, add_size_options, global_parent, workspace_from
 
 
 def register(subparsers) -> None:
@@ -16,8 +16,10 @@ def register(subparsers) -> None:
     check = verbs.add_parser("check", parents=[global_parent("workdir", "quiet")],
                              help="every problem of the data at once, class counts, sizes, modes, duplicates",
                              description="Read the whole competition folder and list every problem found; exit 2 "
-                                         "if any is an error. Also class counts, image sizes and modes, duplicates.")
+                                         "if any is an error. Also class counts, image sizes and modes, duplicates, "
+                                         "and the disk and memory the chosen image size needs.")
     add_data_options(check)
+    add_size_options(check)
     check.add_argument("--grid", help="sample grid PNG (default: folds/data_samples.png)")
     check.set_defaults(func=run_check, needs_keras=False)  # stays fast: no TensorFlow import
 
@@ -33,6 +35,7 @@ def register(subparsers) -> None:
     preview = verbs.add_parser("augment-preview", parents=[global_parent("workdir", "seed", "backend", "quiet")],
                                help="PNG grid of augmented training samples")
     add_data_options(preview)
+    add_size_options(preview)
     preview.add_argument("--augment", default="simple", help="augmentation preset(s), comma-separated (default: simple)")
     preview.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (default: 0 = off)")
     preview.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (default: 0 = off)")
@@ -41,7 +44,7 @@ def register(subparsers) -> None:
 
 
 def run_check(args) -> int:
-    workspace_from(args).check(args.grid, args.limit)
+    workspace_from(args).check(args.grid, args.limit, args.image_size, args.resize)
     return 0
 
 
@@ -57,7 +60,7 @@ def run_augment_preview(args) -> int:
     from ..augment import preview_grid
 
     workspace = workspace_from(args)
-    dataset = workspace.dataset(args.limit)
+    dataset = workspace.dataset(args.limit, args.image_size, args.resize)
     out = Path(args.out) if args.out else workspace.folds / "augment_preview.png"
     preview_grid(dataset, args.augment, args.mixup, args.cutmix, out, seed=args.seed or 0)
     info(f"augmentation preview: {out}")

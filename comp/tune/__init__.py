@@ -129,10 +129,11 @@ def prepare_search(workspace, config, overrides: dict, cv_folds: int, space) -> 
     from ..data import apply_limit
     from ..train import resolve_config, split_for
 
-    dataset = workspace.dataset()
+    source = workspace.source()
     # A bare tune starts from the model's defaults, not the newest best.json as a bare train does:
     # each rerun would otherwise move the search space (the learning-rate range is centred on the base).
-    base = resolve_config(workspace, dataset.fingerprint, config, overrides, use_latest_best=False)
+    base = resolve_config(workspace, source.fingerprint, config, overrides, use_latest_best=False)
+    dataset = source.load(base.image_size, base.resize)
     split = split_for(workspace, dataset, base)
     dataset = apply_limit(dataset, base.limit)
     folds = objective_folds(cv_folds, split.k)
@@ -181,7 +182,7 @@ def trial_task(workspace_root: Path, data_dir: Path, skip_bad: bool, space: Spac
 
     quiet_optuna()
     workspace = Workspace(workspace_root, data_dir, skip_bad=skip_bad, remember=False)
-    dataset = workspace.dataset()
+    dataset = workspace.source().load(space.base.image_size, space.base.resize, say_size=False)
     split = split_for(workspace, dataset, space.base)
     search = Search(space, apply_limit(dataset, space.base.limit), split, objective_folds(cv_folds, split.k), current={})
     _, study = open_study(search, url, name, pruner, heartbeat)
