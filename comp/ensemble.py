@@ -34,6 +34,8 @@ from .console import console, info, warn
 from .errors import CompError
 from .runs import Run, check_same_data, finished_runs, require_finished
 from .scoring import accuracy, log_loss
+from .stats import (DIFFERENCE_LEGEND, UNKNOWN, ErrorBars, Interval, correct_rows, format_difference,
+                    format_interval)
 from .tta import AVERAGES, DEFAULT_AVERAGE, parse_policy, prediction_tag
 
 METHODS = ("auto", "mean", "geomean", "vote", "weights")
@@ -50,6 +52,7 @@ PROB_FLOOR = 1e-7  # log of a zero probability would be -inf in geomean and log-
 # standard error is sqrt(chance * (1 - chance) / rows): a run that learned nothing stays below
 # that line about 98% of the time (one-sided, normal approximation).
 CHANCE_MARGIN_SE = 2
+MEMBER_NAME_WIDTH = 20  # the runs table: longer names fold, so it fits 80 columns with TTA flip-shift
 
 
 # -- which runs ------------------------------------------------------------------------------
@@ -294,23 +297,25 @@ def fit_weights(oofs: list[np.ndarray], labels: np.ndarray, rounds: int = GREEDY
     return best_counts / best_counts.sum()
 
 
-def checked_weights_accuracy(oofs: list[np.ndarray], labels: np.ndarray) -> float:
-    """OOF accuracy of fitted weights on rows they were not fitted on (CHECK_PARTS-fold).
+def checked_weights_blend(oofs: list[np.ndarray], labels: np.ndarray) -> np.ndarray | None:
+    """The weighted blend of every OOF row with weights fitted on the other rows (CHECK_PARTS-fold);
+    None when a class has fewer than two rows to split.
 
     Fitting weights on the same rows that score them flatters them, most with few rows; this
-    is the number to compare with the plain mean, which fits nothing.
+    blend's accuracy is the number to compare with the plain mean, which fits nothing, and the
+    one whose error bars mean something.
     """
     from sklearn.model_selection import StratifiedKFold
 
     parts = min(CHECK_PARTS, int(np.bincount(labels).min()))
     if parts < 2:
-        return float("nan")
+        return None
     blended = np.zeros_like(oofs[0])
     splitter = StratifiedKFold(parts, shuffle=True, random_state=CHECK_SEED)
     for fit_rows, check_rows in splitter.split(labels, labels):
         weights = fit_weights([p[fit_rows] for p in oofs], labels[fit_rows])
         blended[check_rows] = blend_mean([p[check_rows] for p in oofs], weights)
-    return accuracy(blended, labels)
+    return blended
 
 
 def choose_method(mean_accuracy: float, checked_accuracy: float, flattered: list[str]) -> str:
@@ -329,16 +334,26 @@ def choose_method(mean_accuracy: float, checked_accuracy: float, flattered: list
 # -- output ----------------------------------------------------------------------------------
 
 
-def members_table(members: list[Member], labels: np.ndarray, weights: np.ndarray | None):
+def members_table(members: list[Member], labels: np.ndarray, choice: Blend, error_bars: BlendErrorBars):
+    """Every member and the ensemble: OOF accuracy, its 95% CI, the paired difference from the best
+    member, log-loss and weight; within 80 columns (the model is in the leaderboard)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"runs: out-of-fold score on {len(labels):,} rows")
-    for column in ("run", "model", "TTA", "OOF accuracy", "OOF log-loss", "weight"):
-        table.add_column(column, justify="left" if column in ("run", "model", "TTA") else "right")
+    table = Table(title=f"runs: out-of-fold score on {len(labels):,} rows", box=box.SIMPLE_HEAD, padding=0,
+                  show_edge=False, caption=f"vs best: {DIFFERENCE_LEGEND}")
+    for column in ("run", "TTA", "OOF", "95% CI", "vs best", "loss", "weight"):
+        table.add_column(column, justify="left" if column in ("run", "TTA", "vs best") else "right",
+                         overflow="fold", max_width=MEMBER_NAME_WIDTH if column == "run" else None)
     for i, m in enumerate(members):
-        weight = f"{weights[i]:.3f}" if weights is not None else "-"
-        table.add_row(m.name, m.run.model, m.tta,
-                      f"{accuracy(m.oof, labels):.4f}", f"{log_loss(m.oof, labels):.4f}", weight)
+        weight = f"{choice.weights[i]:.3f}" if choice.weights is not None else "-"
+        gain = "best" if i == error_bars.best else format_difference(error_bars.member_gains[i], compact=True)
+        table.add_row(m.name, m.tta, f"{accuracy(m.oof, labels):.4f}", format_interval(error_bars.members[i]),
+                      gain, f"{log_loss(m.oof, labels):.4f}", weight, end_section=i == len(members) - 1)
+    ensemble = error_bars.ensemble
+    table.add_row(f"[bold]ensemble[/bold] ({'checked' if error_bars.checked else choice.method})", "",
+                  f"{ensemble.estimate:.4f}" if ensemble.known else "-", format_interval(ensemble),
+                  format_difference(error_bars.gain, compact=True), "", "")
     return table
 
 
@@ -354,7 +369,8 @@ class Blend:
     weights: np.ndarray | None  # per member for mean and weights; None for geomean and vote
     fitted: np.ndarray  # the fitted weights (used when method is "weights")
     scores: dict  # OOF accuracy of every method on all rows (weights: on the rows they were fitted on)
-    checked: float  # OOF accuracy of the weights on rows they were not fitted on
+    checked_probs: np.ndarray | None  # OOF rows blended by weights fitted on other rows (None: too few rows)
+    checked: float  # their accuracy: the weights' score on rows they were not fitted on
     flattered: list[str]  # keep=best runs: their OOF picked their epochs
 
     @property
@@ -367,11 +383,63 @@ def decide_blend(members: list[Member], labels: np.ndarray, requested: str) -> B
     oofs = [m.oof for m in members]
     fitted = fit_weights(oofs, labels) if len(members) > 1 else np.ones(1)
     scores = {name: accuracy(blend(name, oofs, fitted), labels) for name in ("mean", "geomean", "vote", "weights")}
-    checked = checked_weights_accuracy(oofs, labels) if len(members) > 1 else scores["weights"]
+    checked_probs = checked_weights_blend(oofs, labels) if len(members) > 1 else oofs[0]
+    checked = accuracy(checked_probs, labels) if checked_probs is not None else float("nan")
     flattered = [m.name for m in members if keeps_best(m.run)] if len(members) > 1 else []
     method = requested if requested != "auto" else choose_method(scores["mean"], checked, flattered)
     weights = {"weights": fitted, "mean": np.full(len(members), 1 / len(members))}.get(method)
-    return Blend(method, weights, fitted, scores, checked, flattered)
+    return Blend(method, weights, fitted, scores, checked_probs, checked, flattered)
+
+
+# -- error bars ------------------------------------------------------------------------------
+
+
+@dataclass
+class BlendErrorBars:
+    """95% bootstrap intervals on the OOF rows: every member's accuracy and its difference from
+    the best member, and the ensemble's accuracy and its gain over the best member (paired)."""
+
+    members: list[Interval]
+    member_gains: list[Interval]  # member minus the best member
+    best: int  # which member scores best on the OOF rows
+    ensemble: Interval
+    gain: Interval  # ensemble minus the best member
+    checked: bool  # the ensemble's numbers come from the checked blend (method weights)
+
+
+def honest_blend(choice: Blend, oofs: list[np.ndarray]) -> np.ndarray | None:
+    """The blend's OOF probabilities from nothing fitted on the rows they score: for weights the
+    checked blend (weights fitted on other rows; None when there were too few), else the blend."""
+    if choice.method == "weights":
+        return choice.checked_probs
+    return blend(choice.method, oofs, choice.fitted)
+
+
+def blend_error_bars(members: list[Member], labels: np.ndarray, choice: Blend) -> BlendErrorBars:
+    oofs = [m.oof for m in members]
+    ensemble = honest_blend(choice, oofs)
+    bars = ErrorBars(correct_rows(oofs + ([ensemble] if ensemble is not None else []), labels))
+    best = int(np.argmax(bars.accuracies[:len(members)]))  # the first of equals
+    member_intervals = [bars.accuracy(i) for i in range(len(members))]
+    member_gains = [bars.difference(i, best) for i in range(len(members))]
+    if ensemble is None:
+        return BlendErrorBars(member_intervals, member_gains, best, UNKNOWN, UNKNOWN, True)
+    return BlendErrorBars(member_intervals, member_gains, best, bars.accuracy(len(members)),
+                          bars.difference(len(members), best), choice.method == "weights")
+
+
+def explain_error_bars(error_bars: BlendErrorBars, members: list[Member], choice: Blend, rows: int) -> None:
+    """One line: the ensemble's interval and its paired gain over the best run, and what they are measured on."""
+    if not error_bars.ensemble.known:
+        info("no error bars for the ensemble: a class has fewer than 2 OOF rows, too few to score fitted weights "
+             "on rows they were not fitted on")
+        return
+    ensemble, gain = error_bars.ensemble, error_bars.gain
+    checked = (f"; on the checked blend (weights fitted on other rows than they score: {choice.accuracy:.4f} on "
+               "their own rows flatters them)" if error_bars.checked else "")
+    info(f"error bars: ensemble {ensemble.estimate:.4f} (95% CI {format_interval(ensemble)}), vs the best run "
+         f"{members[error_bars.best].name} {gain.estimate:+.4f} (95% CI {format_difference(gain)}); "
+         f"bootstrap over {rows:,} OOF rows{checked}")
 
 
 def explain_blend(choice: Blend, requested: str, rows: int) -> None:
@@ -429,8 +497,11 @@ def warn_constant(predicted: np.ndarray, classes: list[str], members: list[Membe
              f"{', '.join(m.name for m in members)}): a constant submission scores that class's share at best")
 
 
-def index_entry(workspace, out: Path, members: list[Member], choice: Blend, rows: int, fingerprint: str) -> dict:
-    """The row submissions/index.csv keeps about this submission."""
+def index_entry(workspace, out: Path, members: list[Member], choice: Blend, error_bars: BlendErrorBars, rows: int,
+                fingerprint: str) -> dict:
+    """The row submissions/index.csv keeps about this submission (the error bars last: older files
+    gain the columns when this row is appended)."""
+    ensemble, gain = error_bars.ensemble, error_bars.gain
     return {
         "file": str(out.relative_to(workspace.root)) if out.is_relative_to(workspace.root) else str(out),
         "runs": ";".join(m.name for m in members),
@@ -440,7 +511,18 @@ def index_entry(workspace, out: Path, members: list[Member], choice: Blend, rows
         "oof_accuracy": f"{choice.accuracy:.4f}",
         "oof_rows": rows,
         "fingerprint": fingerprint,
+        "ci_accuracy": _rounded(ensemble.estimate),  # what the interval is around: checked for method weights
+        "ci_low": _rounded(ensemble.low),
+        "ci_high": _rounded(ensemble.high),
+        "best_run": members[error_bars.best].name,
+        "gain": _rounded(gain.estimate),
+        "gain_low": _rounded(gain.low),
+        "gain_high": _rounded(gain.high),
     }
+
+
+def _rounded(value: float) -> str:
+    return f"{value:.4f}" if np.isfinite(value) else ""  # unknown: empty, as in rows older than the column
 
 
 @dataclass
@@ -450,9 +532,14 @@ class Submission:
     path: Path
     method: str
     weights: dict  # run name -> weight in the blend (empty for geomean and vote)
-    oof_accuracy: float  # the blend's accuracy on the out-of-fold rows
+    oof_accuracy: float  # the blend's accuracy on the out-of-fold rows (method weights: fitted there)
     oof_rows: int
     runs: list[str]
+    # 95% bootstrap interval of the OOF accuracy of the blend, or for method weights of the checked
+    # blend (weights fitted on other rows), whose accuracy is oof_interval.estimate
+    oof_interval: Interval
+    best_run: str  # the member with the best OOF accuracy
+    gain_over_best: Interval  # paired 95% interval of (ensemble - best_run) on the same rows
 
 
 def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str = "auto", tta: str | None = None,
@@ -481,16 +568,20 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
     review_members(members, labels)
     # 3. How to combine them, decided on the OOF rows.
     choice = decide_blend(members, labels, method)
-    console.print(members_table(members, labels, choice.weights))
+    error_bars = blend_error_bars(members, labels, choice)
+    console.print(members_table(members, labels, choice, error_bars))
     explain_blend(choice, method, len(labels))
+    explain_error_bars(error_bars, members, choice, len(labels))
     # 4. The CSV, checked, and its line in the history.
     probs = blend(choice.method, [m.test for m in members], choice.fitted)
     warn_constant(probs.argmax(1), dataset.classes, members)
     frame = submission_frame(dataset.submission, dataset.classes, probs)
     write_submission(out, frame, dataset.submission, dataset.classes, force=force)
-    index = append_index(workspace, index_entry(workspace, out, members, choice, len(labels), dataset.fingerprint))
+    index = append_index(workspace, index_entry(workspace, out, members, choice, error_bars, len(labels),
+                                                dataset.fingerprint))
     best_single = max(accuracy(m.oof, labels) for m in members)
     info(f"wrote {out}: {len(frame):,} rows, method {choice.method}, OOF accuracy [bold]{choice.accuracy:.4f}[/bold] "
          f"(best single run {best_single:.4f}); history: {index} ({time.time() - started:.0f}s)")
     weights = {} if choice.weights is None else {m.name: float(w) for m, w in zip(members, choice.weights)}
-    return Submission(out, choice.method, weights, choice.accuracy, len(labels), [m.name for m in members])
+    return Submission(out, choice.method, weights, choice.accuracy, len(labels), [m.name for m in members],
+                      error_bars.ensemble, members[error_bars.best].name, error_bars.gain)

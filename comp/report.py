@@ -19,13 +19,17 @@ import pandas as pd
 from .console import console, info
 from .errors import CompError
 from .fileio import save_csv, save_figure
-from .runs import Run, finished_runs, require_finished
+from .runs import Run, finished_runs, oof_labels, require_finished
 from .scoring import accuracy
+from .stats import DIFFERENCE_LEGEND, ErrorBars, Interval, correct_rows, format_difference, format_interval
 
 MISTAKES_SHOWN = 24  # a 4x6 grid: enough to see a pattern, small enough to read the labels
 MISTAKES_COLUMNS = 6
 # Settings shown beside the score: the ones that most often explain a difference between runs.
 KEY_SETTINGS = ("epochs", "width", "augment", "lr", "schedule", "mixup", "tta")
+# The error bars, after the older columns so that readers of the old CSV keep working.
+ERROR_BAR_COLUMNS = ("ci_low", "ci_high", "best_run", "gain", "gain_low", "gain_high")
+RUN_NAME_WIDTH = 19  # "fast-large-1a2b3c4d" on one line; longer names fold, so the table fits 80 columns
 
 
 # -- the leaderboard ---------------------------------------------------------------------------
@@ -51,9 +55,51 @@ def leaderboard_row(run: Run) -> dict:
 
 
 def leaderboard(runs: list[Run]) -> pd.DataFrame:
-    """One row per run, best first (by CV accuracy with the run's TTA)."""
+    """One row per run, best first (by CV accuracy with the run's TTA), with its error bars."""
     frame = pd.DataFrame([leaderboard_row(r) for r in runs])
-    return frame.sort_values(["cv_accuracy_tta", "cv_accuracy"], ascending=False, ignore_index=True)
+    frame = frame.sort_values(["cv_accuracy_tta", "cv_accuracy"], ascending=False, ignore_index=True)
+    by_name = {r.name: r for r in runs}
+    return add_error_bars(frame, [by_name[name] for name in frame["run"]])
+
+
+def comparable_groups(runs: list[Run]) -> list[list[Run]]:
+    """Runs whose OOF predictions cover the same rows of the same data, in the order given."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.fingerprint, run.oof_rows().tobytes()), []).append(run)
+    return list(groups.values())
+
+
+def group_labels(group: list[Run]) -> np.ndarray | None:
+    """The OOF rows' labels, from the first run whose split file is still there."""
+    return next((labels for labels in map(oof_labels, group) if labels is not None), None)
+
+
+def add_error_bars(frame: pd.DataFrame, ordered: list[Run]) -> pd.DataFrame:
+    """ci_low/ci_high: the 95% bootstrap interval of each run's OOF accuracy with its TTA;
+    best_run, gain, gain_low/gain_high: the paired interval of its difference from the best run
+    among those on the same data and rows (the best's own is exactly 0). NaN where the labels
+    of the rows are gone (split rewritten)."""
+    columns = {name: [float("nan")] * len(frame) for name in ERROR_BAR_COLUMNS}
+    columns["best_run"] = [""] * len(frame)
+    position = {run.name: i for i, run in enumerate(ordered)}
+    for group in comparable_groups(ordered):  # `ordered` is best first, so each group is too
+        labels = group_labels(group)
+        if labels is None:
+            continue
+        bars = ErrorBars(correct_rows([run.oof_probs for run in group], labels))
+        for i, run in enumerate(group):
+            own, gain = bars.accuracy(i), bars.difference(i, 0)
+            row = position[run.name]
+            columns["ci_low"][row], columns["ci_high"][row] = round(own.low, 4), round(own.high, 4)
+            columns["best_run"][row] = group[0].name
+            for name, value in zip(("gain", "gain_low", "gain_high"), gain):
+                columns[name][row] = round(value, 4)
+    return frame.assign(**columns)
+
+
+def row_interval(row, prefix: str, estimate: str) -> Interval:
+    return Interval(row[estimate], row[f"{prefix}_low"], row[f"{prefix}_high"])
 
 
 def leaderboard_table(frame: pd.DataFrame, fingerprint: str | None):
@@ -62,15 +108,17 @@ def leaderboard_table(frame: pd.DataFrame, fingerprint: str | None):
     from rich.table import Table
 
     table = Table(title=f"leaderboard: {len(frame)} finished run(s), accuracy on out-of-fold rows",
-                  box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
-    for column in ("#", "run", "model", "epochs", "OOF", "+TTA", "folds ±", "time"):
-        table.add_column(column, justify="left" if column in ("run", "model") else "right",
-                         overflow="fold", max_width=24 if column == "run" else None)
-    for i, r in frame.iterrows():
+                  caption=f"95% CI: bootstrap over the OOF rows, with TTA. vs best: {DIFFERENCE_LEGEND}",
+                  box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    for column in ("run", "model", "ep", "OOF", "+TTA", "95% CI", "vs best", "time"):
+        table.add_column(column, justify="left" if column in ("run", "model", "vs best") else "right",
+                         overflow="fold", max_width=RUN_NAME_WIDTH if column == "run" else None)
+    for _, r in frame.iterrows():  # best first: the order is the rank
         other = " [dim](other data)[/dim]" if r["fingerprint"] != fingerprint else ""
-        table.add_row(str(i + 1), f"{r['run']}{other}", str(r["model"]), str(r["epochs"]),
-                      f"{r['cv_accuracy']:.3f}", f"{r['cv_accuracy_tta']:.3f}", f"{r['fold_std']:.3f}",
-                      _duration(r["seconds"]))
+        gain = "best" if r["best_run"] == r["run"] else format_difference(row_interval(r, "gain", "gain"), compact=True)
+        table.add_row(f"{r['run']}{other}", str(r["model"]), str(r["epochs"]), f"{r['cv_accuracy']:.3f}",
+                      f"{r['cv_accuracy_tta']:.3f}", format_interval(row_interval(r, "ci", "cv_accuracy_tta")),
+                      gain, _duration(r["seconds"]))
     return table
 
 

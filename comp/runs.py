@@ -292,17 +292,38 @@ def recorded_data_dir(runs: list[Run]) -> Path | None:
     return recorded if recorded and recorded.is_dir() else None
 
 
+def split_meta_path(run: Run) -> Path | None:
+    """folds.json of the split the run was trained on (current or parked under folds/splits/), or None."""
+    if run.kind != "kfold":
+        return None
+    folds_root = run.path.parent
+    for meta_path in (folds_root / "folds.json", folds_root / "splits" / str(run.fingerprint) / "folds.json"):
+        if meta_path.exists() and read_json(meta_path).get("hash") == run.split_hash:
+            return meta_path
+    return None
+
+
 def load_split(run: Run, labels: np.ndarray) -> Split:
     """The fold split the run was trained on, read from its folds/ folder (never written here)."""
-    folds_root = run.path.parent if run.kind == "kfold" else None
-    candidates = []
-    if folds_root is not None:
-        candidates = [folds_root / "folds.json", folds_root / "splits" / str(run.fingerprint) / "folds.json"]
-    for meta_path in candidates:
-        if meta_path.exists() and read_json(meta_path).get("hash") == run.split_hash:
-            return read_split(meta_path, len(labels))
-    raise CompError(f"{run.name}: the fold split it was trained on ({run.split_hash}) is no longer in "
-                    f"{folds_root or run.path}; its validation rows cannot be told apart, so it cannot be re-predicted")
+    meta_path = split_meta_path(run)
+    if meta_path is None:
+        where = run.path.parent if run.kind == "kfold" else run.path
+        raise CompError(f"{run.name}: the fold split it was trained on ({run.split_hash}) is no longer in "
+                        f"{where}; its validation rows cannot be told apart, so it cannot be re-predicted")
+    return read_split(meta_path, len(labels))
+
+
+def oof_labels(run: Run) -> np.ndarray | None:
+    """The true labels of the run's OOF rows, from its split's folds.csv (no image is decoded);
+    None when that split is gone or does not cover the rows."""
+    import pandas as pd
+
+    meta_path = split_meta_path(run)
+    if meta_path is None or not meta_path.with_name("folds.csv").exists():
+        return None
+    labels = pd.read_csv(meta_path.with_name("folds.csv"), usecols=["label"])["label"].to_numpy()
+    rows = run.oof_rows()
+    return labels[rows] if len(rows) and rows.max() < len(labels) else None
 
 
 def run_rows(run: Run, dataset) -> np.ndarray:

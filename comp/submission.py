@@ -5,7 +5,10 @@
                                names or integers (id,target), or one probability column per
                                class (id,<class>,<class>,...: Kaggle's probability format)
     submissions/index.csv      one row per submission written: time, file, runs, weights,
-                               method, TTA, OOF accuracy (the history of what was sent)
+                               method, TTA, OOF accuracy (the history of what was sent), and
+                               its error bars (comp.stats): ci_accuracy with its 95% interval
+                               ci_low..ci_high (for method weights: of the checked blend),
+                               best_run, and gain (over it) with its paired gain_low..gain_high
 
 `comp score SUBMISSION --answers FILE` grades a submission against known answers (the demo
 set ships answers.csv), so the whole loop can be practised offline.
@@ -26,7 +29,9 @@ from .fileio import atomic_path, save_csv
 from .workspace import Workspace
 
 INDEX_NAME = "index.csv"
-INDEX_COLUMNS = ["time", "file", "runs", "weights", "method", "tta", "oof_accuracy", "oof_rows", "fingerprint"]
+# New columns go at the end: an older index gains them (empty in its old rows) when a row is appended.
+INDEX_COLUMNS = ["time", "file", "runs", "weights", "method", "tta", "oof_accuracy", "oof_rows", "fingerprint",
+                 "ci_accuracy", "ci_low", "ci_high", "best_run", "gain", "gain_low", "gain_high"]
 PROB_FORMAT = "%.6g"  # six significant digits: rows still sum to 1 within 1e-5, files stay small
 PROB_SUM_TOLERANCE = 1e-3  # what the after-write check allows a row's probabilities to miss 1 by
 

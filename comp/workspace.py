@@ -177,7 +177,8 @@ class Workspace:
                  tta: str | None = None, average: str = "probs", force: bool = False,
                  allow_pretrained: bool = False, limit: int = 0):
         """Blend finished runs (Run objects or names; None: every run that fits) into a leaderboard CSV
-        under submissions/, scored and weighted on out-of-fold rows. -> Submission."""
+        under submissions/, scored and weighted on out-of-fold rows. -> Submission (with .oof_interval
+        and .gain_over_best: 95% bootstrap intervals of its OOF accuracy and of its gain over .best_run)."""
         from .ensemble import ensemble
 
         names = None if runs is None else [getattr(r, "name", r) for r in _as_list(runs)]
@@ -191,7 +192,9 @@ class Workspace:
         return name if isinstance(name, Run) else load_run(self, str(name))
 
     def runs(self):
-        """The leaderboard of finished runs as a pandas DataFrame, best first."""
+        """The leaderboard of finished runs as a pandas DataFrame, best first, with error bars: ci_low/ci_high
+        (95% bootstrap interval of the OOF accuracy with TTA) and gain/gain_low/gain_high (the paired
+        interval of the difference from best_run, the best run on the same rows)."""
         from .report import leaderboard
         from .runs import finished_runs
 

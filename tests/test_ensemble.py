@@ -322,3 +322,126 @@ def test_tta_is_chosen_per_run_by_oof(work, capsys, spoiled, chosen):
     # --tta fixes the policy for every run: no choice, even a spoiled one is used
     assert ensemble(work, "--runs", "b", "--tta", "flip", "--out", "f.csv") == 0
     assert pd.read_csv(work / "submissions" / "index.csv", dtype=str).loc[1, "tta"] == "flip"
+
+
+# -- error bars ------------------------------------------------------------------------------
+
+
+def test_ensemble_shows_and_logs_its_error_bars(work, capsys):
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--method", "mean", "--out", "e.csv")
+    text = " ".join(out.split())
+    assert code == 0
+    assert "95% CI" in text and "vs best" in text and "ensemble (mean)" in text
+    index = pd.read_csv(work / "submissions" / "index.csv")
+    row = index.loc[0]
+    assert list(index.columns[-7:]) == ["ci_accuracy", "ci_low", "ci_high", "best_run", "gain", "gain_low",
+                                        "gain_high"]
+    assert row["ci_accuracy"] == row["oof_accuracy"]  # mean fits nothing: the interval is around its OOF score
+    assert row["ci_low"] <= row["ci_accuracy"] <= row["ci_high"] and row["gain_low"] <= row["gain"] <= row["gain_high"]
+    assert row["best_run"] in ("a", "b")
+    assert (f"error bars: ensemble {row['ci_accuracy']:.4f} (95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}), "
+            f"vs the best run {row['best_run']} {row['gain']:+.4f}") in text
+
+
+def test_submission_object_carries_the_intervals(work):
+    from comp.stats import Interval
+    from comp.workspace import Workspace
+
+    sub = Workspace(work).ensemble(["a", "b"], out="api.csv", method="vote")
+    assert isinstance(sub.oof_interval, Interval) and isinstance(sub.gain_over_best, Interval)
+    assert sub.oof_interval.estimate == pytest.approx(sub.oof_accuracy)
+    assert sub.oof_interval.low <= sub.oof_accuracy <= sub.oof_interval.high
+    assert sub.best_run in ("a", "b")
+    assert sub.gain_over_best.low <= sub.gain_over_best.estimate <= sub.gain_over_best.high
+
+
+def test_a_blend_of_one_run_twice_gains_exactly_nothing(work):
+    from comp.workspace import Workspace
+
+    clone_run(work, "a", "a2")
+    sub = Workspace(work).ensemble(["a", "a2"], out="twice.csv", method="mean")
+    assert tuple(sub.gain_over_best) == (0.0, 0.0, 0.0) and not sub.gain_over_best.real
+
+
+def test_weights_are_given_error_bars_on_the_checked_blend(work, capsys):
+    from comp.ensemble import checked_weights_blend
+    from comp.scoring import accuracy
+    from comp.workspace import Workspace
+
+    code, out = ensemble_out(work, capsys, "--runs", "a,b", "--method", "weights", "--tta", "none", "--out", "w.csv")
+    assert code == 0 and "on the checked blend" in " ".join(out.split())
+    row = pd.read_csv(work / "submissions" / "index.csv").loc[0]
+    workspace = Workspace(work)
+    runs = [workspace.run(name) for name in ("a", "b")]
+    labels = workspace.dataset().train_y[runs[0].oof_rows()]
+    checked = accuracy(checked_weights_blend([r.read_oof().astype(np.float64) for r in runs], labels), labels)
+    assert row["ci_accuracy"] == pytest.approx(checked, abs=1e-4)  # not the fitted oof_accuracy
+    assert row["ci_low"] <= checked <= row["ci_high"]
+
+
+def test_an_old_index_still_loads_and_gains_the_columns(work):
+    old = pd.DataFrame([{"time": "2026-01-01 00:00:00", "file": "submissions/old.csv", "runs": "a", "weights": "1.000",
+                         "method": "mean", "tta": "none", "oof_accuracy": "0.5000", "oof_rows": "300",
+                         "fingerprint": "f"}])
+    (work / "submissions").mkdir()
+    old.to_csv(work / "submissions" / "index.csv", index=False)
+    assert ensemble(work, "--runs", "a,b", "--method", "mean", "--out", "new.csv") == 0
+    index = pd.read_csv(work / "submissions" / "index.csv", dtype=str, keep_default_na=False)
+    assert list(index.columns[:len(old.columns)]) == list(old.columns)
+    assert index.loc[0, "file"] == "submissions/old.csv" and index.loc[0, "ci_low"] == ""  # old row: empty
+    assert index.loc[1, "file"].endswith("new.csv") and float(index.loc[1, "ci_low"]) > 0
+
+
+def oof_member(name: str, oof: np.ndarray, tag: str = ""):
+    """An ensemble member from OOF probabilities alone (a run that trained with keep=last)."""
+    from types import SimpleNamespace
+
+    from comp.ensemble import Member
+
+    return Member(SimpleNamespace(name=name, kind="kfold", config={"keep": "last"}), tag, oof, oof[:0])
+
+
+def test_error_bars_of_a_blend_that_beats_its_best_member():
+    from comp.ensemble import blend_error_bars, decide_blend
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 4000)
+    members = []
+    for noise in (1.0, 1.1, 1.2):  # three runs of similar quality with independent errors
+        logits = np.eye(5)[labels] * 2 + rng.normal(0, noise, (4000, 5))
+        members.append(oof_member(f"noise{noise}", np.exp(logits) / np.exp(logits).sum(1, keepdims=True)))
+    bars = blend_error_bars(members, labels, decide_blend(members, labels, "mean"))
+    assert bars.best == 0 and bars.gain.low > 0 and bars.gain.real  # the mean of three really helps
+    assert bars.member_gains[0] == (0.0, 0.0, 0.0) and bars.member_gains[2].high < 0
+
+
+def test_no_error_bars_when_the_weights_cannot_be_checked():
+    from comp.ensemble import blend_error_bars, decide_blend
+
+    labels = np.array([0, 0, 0, 1, 1, 2])  # class 2 has one row: nothing to hold out
+    oofs = [np.eye(3)[labels] * 0.5 + 0.1, np.full((6, 3), 1 / 3)]
+    members = [oof_member(f"run{i}", p) for i, p in enumerate(oofs)]
+    choice = decide_blend(members, labels, "weights")
+    assert choice.checked_probs is None
+    bars = blend_error_bars(members, labels, choice)
+    assert not bars.ensemble.known and not bars.gain.known and bars.members[0].known
+
+
+def test_the_runs_table_fits_80_columns_with_its_error_bars():
+    import io
+
+    from rich.console import Console
+
+    from comp.ensemble import blend_error_bars, decide_blend, members_table
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 1000)
+    members = [oof_member(name, rng.dirichlet(np.ones(10), 1000), ".flip-shift")
+               for name in ("fast-large-1a2b3c4d", "a-very-long-run-name-chosen-by-a-user")]
+    choice = decide_blend(members, labels, "weights")
+    out = io.StringIO()
+    Console(file=out, width=80).print(members_table(members, labels, choice, blend_error_bars(members, labels, choice)))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "fast-large-1a2b3c4d" in text and "flip-shift" in text and "ensemble (checked)" in text
+    assert text.count("..") == 2  # the second run's and the ensemble's difference from the best

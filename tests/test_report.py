@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,13 +59,16 @@ def test_the_leaderboard_table_fits_80_columns():
     from comp.report import leaderboard_table
 
     rows = [{"run": name, "model": model, "epochs": 64, "cv_accuracy": 0.91234567, "cv_accuracy_tta": 0.92,
-             "fold_std": 0.00234, "seconds": 1234.5, "fingerprint": "f"}
-            for name, model in (("fast-large-1a2b3c4d", "fast-large"), ("a-very-long-run-name-chosen-by-a-user", "vgg"))]
+             "fold_std": 0.00234, "seconds": 1234.5, "fingerprint": "f", "ci_low": 0.9176, "ci_high": 0.9224,
+             "best_run": "fast-large-1a2b3c4d", "gain": gain, "gain_low": gain - 0.0041, "gain_high": gain + 0.0039}
+            for name, model, gain in (("fast-large-1a2b3c4d", "fast-large", 0.0),
+                                      ("a-very-long-run-name-chosen-by-a-user", "vgg", -0.0123))]
     out = io.StringIO()
     Console(file=out, width=80).print(leaderboard_table(pd.DataFrame(rows), "f"))
     text = out.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "0.912" in text and "0.91234567" not in text  # rounded
+    assert "0.918-0.922" in text and "-.016..-.008 real" in text  # the error bars fit too
 
 
 @pytest.mark.parametrize("classes", [["cat", "dog"], [f"class{i}" for i in range(10)]])
@@ -81,3 +86,65 @@ def test_confusion_plot_titles_do_not_overlap(classes):
         for j in range(i + 1, len(boxes)):
             assert not boxes[i].overlaps(boxes[j]), (i, j)
     plt.close(fig)
+
+
+# -- error bars ------------------------------------------------------------------------------
+
+
+def own_correct(work, name):
+    """Which OOF rows the run gets right with its own TTA, labels from the decoded data."""
+    from comp.data import load_dataset
+    from comp.workspace import Workspace
+
+    workspace = Workspace(work)
+    run = workspace.run(name)
+    labels = load_dataset(workspace.data_dir, workspace.cache).train_y[run.oof_rows()]
+    return run.oof_probs.argmax(1) == labels
+
+
+def test_report_shows_intervals_and_paired_differences_from_the_best(work, capsys):
+    from comp.stats import ErrorBars
+
+    assert main(["report", "--workdir", str(work)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "95% CI" in out and "vs best" in out and "real: it excludes 0" in out
+    board = pd.read_csv(work / "folds" / "report" / "leaderboard.csv")
+    best, other = board.loc[0], board.loc[1]
+    assert list(board.columns[-6:]) == ["ci_low", "ci_high", "best_run", "gain", "gain_low", "gain_high"]
+    for _, row in board.iterrows():
+        assert row["ci_low"] <= row["cv_accuracy_tta"] <= row["ci_high"] and row["ci_low"] < row["ci_high"]
+        assert f"{row['ci_low']:.3f}-{row['ci_high']:.3f}" in out
+    assert best["best_run"] == other["best_run"] == best["run"]
+    assert (best["gain"], best["gain_low"], best["gain_high"]) == (0, 0, 0)  # the best against itself
+    assert other["gain"] == pytest.approx(other["cv_accuracy_tta"] - best["cv_accuracy_tta"], abs=1e-4)
+    # the numbers are those of the runs' own OOF rows, resampled together (labels from folds.csv)
+    bars = ErrorBars(np.stack([own_correct(work, best["run"]), own_correct(work, other["run"])]))
+    assert (other["gain_low"], other["gain_high"]) == pytest.approx(tuple(bars.difference(1, 0))[1:], abs=1e-4)
+    assert (best["ci_low"], best["ci_high"]) == pytest.approx(tuple(bars.accuracy(0))[1:], abs=1e-4)
+
+
+def test_runs_dataframe_has_the_error_bars_and_survives_a_lost_split(work):
+    from comp.workspace import Workspace
+
+    board = Workspace(work).runs()
+    assert board[["ci_low", "ci_high", "gain_low", "gain_high"]].notna().all().all()
+    assert (board["ci_low"] <= board["cv_accuracy_tta"]).all() and (board["cv_accuracy_tta"] <= board["ci_high"]).all()
+    (work / "folds" / "folds.csv").rename(work / "folds" / "folds.csv.away")  # the rows' labels are gone
+    board = Workspace(work).runs()
+    assert board["ci_low"].isna().all() and (board["best_run"] == "").all()
+    assert board["cv_accuracy_tta"].notna().all()  # the rest of the leaderboard stays
+
+
+def test_runs_on_other_rows_are_compared_with_their_own_best(work):
+    from comp.report import comparable_groups
+    from comp.workspace import Workspace
+
+    fewer = work / "folds" / "fewer"
+    shutil.copytree(work / "folds" / "a", fewer)
+    keep = np.arange(0, 300, 2)
+    for name in ("oof_probs.npy", "oof_rows.npy"):
+        np.save(fewer / name, np.load(fewer / name)[keep])
+    board = Workspace(work).runs().set_index("run")
+    assert board.loc["fewer", "best_run"] == "fewer"  # alone on its rows: its own best
+    assert board.loc["a", "best_run"] == board.loc["b", "best_run"] != "fewer"
+    assert [len(g) for g in comparable_groups([Workspace(work).run(n) for n in ("a", "fewer", "b")])] == [2, 1]
