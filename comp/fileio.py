@@ -9,10 +9,18 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from .errors import CompError, one_line
+
+# What reading a file cut short or corrupted raises (numpy, zipfile, h5py, json): reported as
+# "damaged" with the fix, never as a traceback. h5py raises OSError/KeyError/ValueError.
+DAMAGED_FILE_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 _UMASK = os.umask(0)
@@ -56,6 +64,32 @@ def read_json(path: str | os.PathLike):
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array)
+
+
+def load_npy(path: str | os.PathLike, fix: str) -> np.ndarray:
+    """An array written by save_npy; a missing or damaged file is a CompError naming it and `fix`."""
+    path = Path(path)
+    if not path.exists():
+        raise CompError(f"{path}: missing; {fix}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except DAMAGED_FILE_ERRORS as err:
+        raise CompError(f"{path}: damaged ({one_line(err, 160)}); {fix}") from err
+
+
+def load_keras_model(path: str | os.PathLike, fix: str):
+    """A saved .keras model (uncompiled); a missing or damaged file is a CompError naming it and `fix`."""
+    import keras
+
+    path = Path(path)
+    if not path.exists():
+        raise CompError(f"{path}: missing; {fix}")
+    if not zipfile.is_zipfile(path):  # Keras would call a cut-short archive "File not found"
+        raise CompError(f"{path}: damaged (not a complete .keras archive); {fix}")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except DAMAGED_FILE_ERRORS as err:
+        raise CompError(f"{path}: damaged ({one_line(err, 160)}); {fix}") from err
 
 
 def save_csv(path: str | os.PathLike, frame) -> None:

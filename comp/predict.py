@@ -23,8 +23,8 @@ import pandas as pd
 
 from .console import console, info, warn
 from .context import workspace_from
-from .errors import CompError
-from .fileio import read_json, save_csv, save_npy, write_json
+from .errors import CompError, retrain_fold_fix
+from .fileio import load_keras_model, load_npy, read_json, save_csv, save_npy, write_json
 from .folds import Split, read_split
 from .scoring import accuracy, log_loss  # noqa: F401  (ensemble imports them from here)
 from .tta import AVERAGES, DEFAULT_AVERAGE, average_views, parse_policy, predict_logits, prediction_tag
@@ -153,12 +153,17 @@ def require_finished(run: Run) -> None:
         raise CompError(f"{run.name}: no oof_probs.npy; rerun comp train with the same options to write it")
 
 
-def _missing_predictions(run: Run, what: str, tag: str) -> CompError:
+def _predict_command(run: Run, tag: str) -> str:
+    """The command that writes a run's predictions for a tag (from its fold models)."""
     policy = tag.lstrip(".").split("@")[0] or "none"
     average = tag.split("@")[1] if "@" in tag else DEFAULT_AVERAGE
     extra = f" --tta-average {average}" if average != DEFAULT_AVERAGE else ""
-    return CompError(f"{run.name}: no {what} predictions with TTA {policy}; "
-                     f"make them with: comp predict --run {run.name} --tta {policy}{extra}")
+    return f"comp predict --run {run.name} --tta {policy}{extra}"
+
+
+def _missing_predictions(run: Run, what: str, tag: str) -> CompError:
+    policy = tag.lstrip(".").split("@")[0] or "none"
+    return CompError(f"{run.name}: no {what} predictions with TTA {policy}; make them with: {_predict_command(run, tag)}")
 
 
 def oof_probs(run: Run, tag: str = "") -> np.ndarray:
@@ -166,7 +171,7 @@ def oof_probs(run: Run, tag: str = "") -> np.ndarray:
     path = run.path / f"oof_probs{tag}.npy"
     if not path.exists():
         raise _missing_predictions(run, "out-of-fold", tag)
-    return np.load(path)
+    return load_npy(path, fix=f"write it again: {_predict_command(run, tag)}")
 
 
 def test_probs(run: Run, tag: str = "") -> np.ndarray:
@@ -174,7 +179,7 @@ def test_probs(run: Run, tag: str = "") -> np.ndarray:
     paths = [run.fold_dir(k) / f"test_probs{tag}.npy" for k in range(run.k)]
     if not all(p.exists() for p in paths):
         raise _missing_predictions(run, "test", tag)
-    return np.mean([np.load(p) for p in paths], axis=0)
+    return np.mean([load_npy(p, fix=f"write it again: {_predict_command(run, tag)}") for p in paths], axis=0)
 
 
 # -- data and split of a run ---------------------------------------------------------------
@@ -247,12 +252,8 @@ def run_rows(run: Run, dataset) -> np.ndarray:
 # -- comp predict --run ----------------------------------------------------------------------
 
 
-def load_net(path: Path):
-    import keras
-
-    if not path.exists():
-        raise CompError(f"{path}: missing; retrain this fold (comp train --fold K --force)")
-    return keras.models.load_model(path, compile=False)
+def load_net(run: Run, fold: int):
+    return load_keras_model(run.fold_dir(fold) / "model.keras", fix=retrain_fold_fix(run.path, fold))
 
 
 def predict_fold(run: Run, fold: int, val_x: np.ndarray, test_x: np.ndarray, policy: str):
@@ -260,7 +261,7 @@ def predict_fold(run: Run, fold: int, val_x: np.ndarray, test_x: np.ndarray, pol
     import keras
 
     keras.backend.clear_session()  # memory stays flat across folds
-    net = load_net(run.fold_dir(fold) / "model.keras")
+    net = load_net(run, fold)
     batch = max(int(run.config.get("batch_size", 0)), PREDICT_BATCH)
     return predict_logits(net, val_x, policy, batch), predict_logits(net, test_x, policy, batch)
 
@@ -397,7 +398,7 @@ def predict_images(run: Run, images: np.ndarray, policy: str, average: str) -> n
     total = np.zeros((len(images), len(run.classes)), np.float64)
     for fold in range(run.k):
         keras.backend.clear_session()
-        net = load_net(run.fold_dir(fold) / "model.keras")
+        net = load_net(run, fold)
         total += average_views(predict_logits(net, images, policy, PREDICT_BATCH), average)
     return total / run.k
 

@@ -20,8 +20,8 @@ from .config import RunConfig, build_config, load_config_file, recipe_names
 from .console import console, info, warn
 from .context import accelerator, add_data_options, data_dir_from, workspace_from
 from .data import apply_limit, load_dataset
-from .errors import CompError
-from .fileio import read_json, save_npy, write_json
+from .errors import CompError, retrain_fold_fix
+from .fileio import load_npy, read_json, save_npy, write_json
 from .folds import Split, ensure_split, parse_fold_selection
 from .isolate import is_worker, run_child, should_isolate
 from .scoring import accuracy, log_loss
@@ -254,7 +254,8 @@ def write_oof(run_dir: Path, dataset, split: Split, config: dict, metrics: list[
     for fold in range(split.k):
         _, val_pos = split.rows(fold, dataset.rows)
         for s in suffixes:
-            oof[s][val_pos] = np.load(run_dir / f"fold{fold}" / f"val_probs{s}.npy")
+            oof[s][val_pos] = load_npy(run_dir / f"fold{fold}" / f"val_probs{s}.npy",
+                                       fix=retrain_fold_fix(run_dir, fold))
     if np.isnan(oof[""]).any():
         raise CompError(f"{run_dir}: fold predictions do not cover every row; retrain with --force")
     for s, probs in oof.items():
