@@ -398,7 +398,7 @@ def objective(trial, search: Search) -> float:
     import optuna
 
     from .progress import TrainingProgress
-    from .trainer import train_fold
+    from .trainer import TrainingDiverged, train_fold
 
     search.current["number"] = trial.number
     config = apply_params(search.space.base, suggest(trial, search.space), search.space.tta_auto)
@@ -424,6 +424,9 @@ def objective(trial, search: Search) -> float:
                 trial.set_user_attr("fold_scores", scores)
                 trial.set_user_attr("epochs_run", epochs_run)
                 trial.set_user_attr("seconds", seconds)
+    except TrainingDiverged as err:  # a learning rate too high for this trial: it fails, the study goes on
+        trial.set_user_attr("error", str(err)[:500])
+        raise TrialFailed(str(err)) from err
     except (optuna.TrialPruned, CompError):  # pruned, or bad input: not a failed trial
         raise
     except Exception as err:  # noqa: BLE001 -- any training error fails this trial only
