@@ -397,27 +397,31 @@ def _load_checkpoint(checkpoint: Path, model: TrainingModel) -> dict:
     return read_json(checkpoint / "state.json")
 
 
+def _find_checkpoint(fold_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder (state.json is written last), or None."""
+    for name in ("checkpoint", "checkpoint.old"):  # .old survives a crash between the two renames
+        if (fold_dir / name / "state.json").exists():
+            return fold_dir / name
+    return None
+
+
 def _resume(fold_dir: Path, model: TrainingModel, fold: int) -> dict | None:
     """Load the newest readable checkpoint into `model` and return its state; None: start afresh.
 
-    The previous buffer (checkpoint.old) survives a crash between the two renames of a save and
-    stands in for a damaged newest one (a full disk, a copy cut short). A damaged checkpoint is
-    said and removed, so it cannot stop the fold on every rerun.
+    The previous buffer (checkpoint.old) stands in for a damaged newest one (a full disk, a copy
+    cut short). A damaged checkpoint is said and removed, so it cannot stop the fold on every rerun.
     """
-    damaged = False
-    for name in ("checkpoint", "checkpoint.old"):
-        checkpoint = fold_dir / name
-        if not (checkpoint / "state.json").exists():
-            continue
+    damaged = []
+    while (checkpoint := _find_checkpoint(fold_dir)) and checkpoint not in damaged:
         problem = _checkpoint_damage(checkpoint)
-        if problem:
-            warn(f"{checkpoint}: damaged ({escape(problem)}); removed it")
-            shutil.rmtree(checkpoint, ignore_errors=True)
-            damaged = True
-            continue
-        if name != "checkpoint":
-            checkpoint = checkpoint.rename(fold_dir / "checkpoint")
-        return _load_checkpoint(checkpoint, model)
+        if problem is None:
+            if checkpoint.name != "checkpoint":  # the older buffer becomes the current one again
+                shutil.rmtree(fold_dir / "checkpoint", ignore_errors=True)  # an incomplete one in its way
+                checkpoint = checkpoint.rename(fold_dir / "checkpoint")
+            return _load_checkpoint(checkpoint, model)
+        warn(f"{checkpoint}: damaged ({escape(problem)}); removed it")
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        damaged.append(checkpoint)
     if damaged:
         warn(f"fold {fold}: no readable checkpoint left; training it again from the first epoch")
     return None
