@@ -39,7 +39,7 @@ def test_damaged_predictions_stop_the_ensemble_with_their_name(work, capsys, nam
     _cut_short(path)
     assert main(["ensemble", "--workdir", str(work), "--runs", "a", "--out", "t.csv", "--quiet"]) == 2
     err = _error_line(capsys)
-    assert f"{path}: damaged (" in err and "write it again: comp predict --run a --tta none" in err
+    assert f"{path}: damaged" in err and "comp predict --run a" in err
     assert not (work / "submissions" / "t.csv").exists()
     assert main(["predict", "--workdir", str(work), "--run", "a", "--tta", "none", "--quiet"]) == 0  # the fix
     assert np.load(path).shape[1] == 10
@@ -55,6 +55,6 @@ def test_a_damaged_fold_prediction_stops_the_oof_file_with_the_fold_to_retrain(w
             "--name", "a"]
     assert main(args) == 2  # every fold finished: only the OOF file is written again, from the folds
     err = _error_line(capsys)
-    assert f"{path}: damaged (" in err
+    assert f"{path}: damaged" in err
     assert f"retrain fold 0: comp train --config {run}/config.json --fold 0 --force" in err
     assert (run / "oof_probs.npy").read_bytes() == before  # nothing half-written
