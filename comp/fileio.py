@@ -11,10 +11,18 @@ import os
 import re
 import socket
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from .errors import CompError, one_line
+
+# What reading a file cut short or corrupted raises (numpy, zipfile, h5py, json): reported as
+# "damaged" with the fix, never as a traceback. h5py raises OSError/KeyError/ValueError.
+DAMAGED_FILE_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 _UMASK = os.umask(0)
@@ -108,6 +116,32 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
+def load_npy(path: str | os.PathLike, fix: str) -> np.ndarray:
+    """An array written by save_npy; a missing or damaged file is a CompError naming it and `fix`."""
+    path = Path(path)
+    if not path.exists():
+        raise CompError(f"{path}: missing; {fix}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except DAMAGED_FILE_ERRORS as err:
+        raise CompError(f"{path}: damaged ({one_line(err, 160)}); {fix}") from err
+
+
+def load_keras_model(path: str | os.PathLike, fix: str):
+    """A saved .keras model (uncompiled); a missing or damaged file is a CompError naming it and `fix`."""
+    import keras
+
+    path = Path(path)
+    if not path.exists():
+        raise CompError(f"{path}: missing; {fix}")
+    if not zipfile.is_zipfile(path):  # Keras would call a cut-short archive "File not found"
+        raise CompError(f"{path}: damaged (not a complete .keras archive); {fix}")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except DAMAGED_FILE_ERRORS as err:
+        raise CompError(f"{path}: damaged ({one_line(err, 160)}); {fix}") from err
+
+
 def save_csv(path: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame without its index, atomically."""
     with atomic_path(path) as tmp:  # no .csv on the temp: a half-written file never looks like a CSV
@@ -127,16 +161,6 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def load_npy(path: str | os.PathLike, fix: str) -> np.ndarray:
-    """np.load for an artifact; a missing, truncated or damaged file is a CompError naming it and `fix`."""
-    from .errors import CompError
-
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise CompError(f"{path}: damaged or unreadable ({type(err).__name__}: {err}); {fix}") from None
 
 
 def remove_tree(path: str | os.PathLike, inside: str | os.PathLike) -> None:

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from .console import console, info, warn
-from .errors import CompError
-from .fileio import read_json, save_csv, save_npy, write_json
+from .errors import CompError, retrain_fold_fix
+from .fileio import load_keras_model, read_json, save_csv, save_npy, write_json
 from .folds import Split
 from .runs import Run, check_same_data, finished_runs, load_split, recorded_data_dir, require_finished, run_rows
 from .scoring import accuracy, log_loss
@@ -70,12 +70,8 @@ def best_run(workspace) -> Run:
 # -- re-predicting a run ------------------------------------------------------------------------
 
 
-def load_net(path: Path):
-    import keras
-
-    if not path.exists():
-        raise CompError(f"{path}: missing; retrain this fold (comp train --fold K --force)")
-    return keras.models.load_model(path, compile=False)
+def load_net(run: Run, fold: int):
+    return load_keras_model(run.fold_dir(fold) / "model.keras", fix=retrain_fold_fix(run.path, fold))
 
 
 def predict_fold(run: Run, fold: int, val_x: np.ndarray, test_x: np.ndarray, policy: str):
@@ -83,7 +79,7 @@ def predict_fold(run: Run, fold: int, val_x: np.ndarray, test_x: np.ndarray, pol
     import keras
 
     keras.backend.clear_session()  # memory stays flat across folds
-    net = load_net(run.fold_dir(fold) / "model.keras")
+    net = load_net(run, fold)
     batch = max(int(run.config.get("batch_size", 0)), PREDICT_BATCH)
     return predict_logits(net, val_x, policy, batch), predict_logits(net, test_x, policy, batch)
 
@@ -219,7 +215,7 @@ def predict_images(run: Run, images: np.ndarray, policy: str, average: str) -> n
     total = np.zeros((len(images), len(run.classes)), np.float64)
     for fold in range(run.k):
         keras.backend.clear_session()
-        net = load_net(run.fold_dir(fold) / "model.keras")
+        net = load_net(run, fold)
         total += average_views(predict_logits(net, images, policy, PREDICT_BATCH), average)
     return total / run.k
 

@@ -171,8 +171,10 @@ class Run:
         return self._oof_rows
 
     def retrain_hint(self, fold: int | None = None) -> str:
-        where = f" --fold {fold}" if fold is not None else ""
-        return f"comp train --name {self.path.name}{where} --force"
+        """The command that retrains the run (or one fold) with its very settings: its own manifest as
+        the config (a bare --name would be refused as other settings)."""
+        where = f" --fold {fold}" if fold is not None else " --fold all"
+        return f"comp train --config {self.path / MANIFEST}{where} --force"
 
     def read_oof(self, tag: str = "") -> np.ndarray:
         """Out-of-fold probabilities (rows of oof_rows.npy, classes) for a prediction tag ("", ".flip", ...)."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import RunConfig, build_config, given_fields, load_config_file
 from .console import console, info, warn
-from .errors import CompError
+from .errors import CompError, retrain_fold_fix
 from .fileio import load_npy, read_json, remove_tree, save_npy, write_json
 from .folds import Split, ensure_split
 from .runs import Run, make_manifest, read_manifest, write_manifest
@@ -314,7 +314,7 @@ def write_oof(run_dir: Path, dataset, split: Split, manifest: dict, metrics: lis
     oof = {s: np.full((len(dataset.rows), dataset.num_classes), np.nan, np.float32) for s in suffixes}
     for fold in range(split.k):
         _, val_pos = split.rows(fold, dataset.rows)
-        fix = f"retrain fold {fold}: comp train --name {run_dir.name} --fold {fold} --force"
+        fix = retrain_fold_fix(run_dir, fold)
         for s in suffixes:
             oof[s][val_pos] = load_npy(run_dir / f"fold{fold}" / f"val_probs{s}.npy", fix)
     if np.isnan(oof[""]).any():

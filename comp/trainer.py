@@ -22,10 +22,13 @@ import keras
 import numpy as np
 import pandas as pd
 from keras import ops
+from rich.markup import escape
 
 from .augment import make_augment_layer, make_mix_layer
 from .config import RunConfig
-from .fileio import atomic_path, read_json, save_csv, save_npy, write_json
+from .console import warn
+from .errors import CompError, one_line, retrain_fold_fix
+from .fileio import DAMAGED_FILE_ERRORS, atomic_path, load_keras_model, read_json, save_csv, save_npy, write_json
 from .models import build_model
 from .scoring import accuracy as score_accuracy, log_loss
 from .tta import average_views, predict_logits
@@ -68,46 +71,90 @@ class TrainingModel(keras.Model):
         return super().compute_metrics(x, y, y_pred["logits"], sample_weight)
 
 
-class ShuffledBatches(keras.utils.PyDataset):
-    """Full batches of (pixels, one-hot), label; reshuffled every epoch; the remainder dropped.
+class BatchOrder(keras.callbacks.Callback):
+    """Which rows make each batch of an epoch: a pure function of (seed, epoch).
 
-    Equal batch shapes mean one compiled step (a ragged last batch would compile a second one
-    on JAX); a new permutation each epoch means every row is still seen.
+    A fold resumed at epoch k (fit from initial_epoch=k) draws the very batches an uninterrupted
+    one drew in epoch k, whatever ran before; fit names the epoch (on_epoch_begin) before the
+    epoch's first batch is read. Full batches only: equal batch shapes mean one compiled step
+    (a ragged last batch would compile a second one on JAX), and the rows left over differ from
+    epoch to epoch, so every row is still seen. Rows are sorted within a batch (faster reads).
     """
+
+    def __init__(self, rows: int, batch_size: int, seed: int):
+        super().__init__()
+        self.rows, self.seed = rows, seed
+        self.batch_size = min(batch_size, rows)
+        self.steps = rows // self.batch_size
+        self.epoch = 0
+        self._batches: tuple[int, np.ndarray] | None = None  # (epoch, its batches), drawn once per epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def batch_rows(self) -> np.ndarray:
+        """(steps, batch_size) row indices of the current epoch's batches."""
+        if self._batches is None or self._batches[0] != self.epoch:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.rows)
+            batches = order[:self.steps * self.batch_size].reshape(self.steps, self.batch_size)
+            self._batches = (self.epoch, np.sort(batches, axis=1))
+        return self._batches[1]
+
+
+class ShuffledBatches(keras.utils.PyDataset):
+    """Batches of (pixels, one-hot), label in the order of `self.order` (pass it to fit as a callback)."""
 
     def __init__(self, images, labels, num_classes: int, batch_size: int, seed: int):
         super().__init__()
         self.images, self.labels = images, labels
         self.onehot = np.eye(num_classes, dtype=np.float32)[labels]
-        self.batch_size = min(batch_size, len(labels))
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(labels))
+        self.order = BatchOrder(len(labels), batch_size, seed)
 
     def __len__(self):
-        return len(self.labels) // self.batch_size
+        return self.order.steps
 
     def __getitem__(self, index):
-        rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        rows = self.order.batch_rows()[index]
         return (self.images[rows], self.onehot[rows]), self.labels[rows]
 
-    def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.labels))
+
+def tf_batches(images, labels, num_classes: int, order: BatchOrder):
+    """The same batches as ShuffledBatches as a tf.data pipeline: Keras's own for arrays (the
+    arrays held as one tensor, each batch gathered in C++), with BatchOrder's rows in place of its
+    tf.random.shuffle, which a resumed fit cannot replay.
+
+    Only the epoch's row indices come from Python, once an epoch: a generator holding the images
+    would be registered globally by tf.data and leak its copy of them on every fold.
+    """
+    import tensorflow as tf
+
+    onehot = np.eye(num_classes, dtype=np.float32)[labels]
+    epoch_rows = tf.data.Dataset.from_generator(
+        lambda: iter([order.batch_rows()]),  # called as each epoch's iteration starts
+        output_signature=tf.TensorSpec((order.steps, order.batch_size), tf.int64))
+    rows = epoch_rows.unbatch().apply(tf.data.experimental.assert_cardinality(order.steps))
+    arrays = tf.data.Dataset.from_tensors((images, onehot, labels)).repeat()
+
+    def gather(batch_rows, data):
+        pixels, targets, classes = (tf.gather(array, batch_rows) for array in data)
+        return (pixels, targets), classes
+
+    return tf.data.Dataset.zip((rows, arrays)).map(gather, num_parallel_calls=tf.data.AUTOTUNE) \
+        .prefetch(tf.data.AUTOTUNE)
 
 
 def training_inputs(images, labels, num_classes: int, batch_size: int, seed: int) -> tuple[dict, int]:
-    """fit() arguments for the training rows, and the steps per epoch.
+    """fit() arguments for the training rows (their BatchOrder among the callbacks), and the steps per epoch.
 
-    TensorFlow gets the arrays themselves (a tf.data pipeline in C++; a Python generator would
-    be registered globally by tf.data and leak its copy of the images on every fold). The other
-    backends get ShuffledBatches: equal batch shapes, so JAX compiles the step once.
+    TensorFlow gets a tf.data pipeline (C++, no Python per batch); the other backends get
+    ShuffledBatches. Both draw the same batches.
     """
     if keras.backend.backend() == "tensorflow":
-        batch_size = min(batch_size, len(labels))
-        onehot = np.eye(num_classes, dtype=np.float32)[labels]
-        return {"x": (images, onehot), "y": labels, "batch_size": batch_size, "shuffle": True}, \
-            math.ceil(len(labels) / batch_size)
+        order = BatchOrder(len(labels), batch_size, seed)
+        return {"x": tf_batches(images, labels, num_classes, order), "shuffle": False, "callbacks": [order]}, \
+            order.steps
     batches = ShuffledBatches(images, labels, num_classes, batch_size, seed)
-    return {"x": batches}, len(batches)
+    return {"x": batches, "shuffle": False, "callbacks": [batches.order]}, len(batches)
 
 
 # -- optimiser and schedule --------------------------------------------------------------------
@@ -283,14 +330,34 @@ def recalibrate_batchnorm(model: TrainingModel, images, labels, num_classes: int
 # -- checkpoints -------------------------------------------------------------------------------
 
 
+def random_state_variables(model) -> list:
+    """The SeedGenerator states (augmentation, mixing, dropout): what Layer.variables holds beyond
+    Layer.weights. save_weights keeps weights only; without these a resumed fold would replay
+    the random draws of its first epochs."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _save_arrays(path: Path, variables) -> None:
+    np.savez(path, *[keras.ops.convert_to_numpy(v) for v in variables])
+
+
+def _load_arrays(path: Path, variables) -> None:
+    with np.load(path) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
 def _save_checkpoint(fold_dir: Path, model: TrainingModel, state: dict) -> None:
-    """Weights, optimizer state and progress, swapped in as one folder (crash-safe)."""
+    """Weights, optimizer state, random states and progress, swapped in as one folder (crash-safe)."""
     new, current, old = fold_dir / "checkpoint.new", fold_dir / "checkpoint", fold_dir / "checkpoint.old"
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     model.save_weights(new / "model.weights.h5")
-    np.savez(new / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
-    write_json(new / "state.json", state)
+    _save_arrays(new / "optimizer.npz", model.optimizer.variables)
+    _save_arrays(new / "random.npz", random_state_variables(model))
+    write_json(new / "state.json", state)  # written last: its presence means "complete"
     shutil.rmtree(old, ignore_errors=True)
     if current.exists():
         current.rename(old)
@@ -298,38 +365,116 @@ def _save_checkpoint(fold_dir: Path, model: TrainingModel, state: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _find_checkpoint(fold_dir: Path) -> Path | None:
-    for name in ("checkpoint", "checkpoint.old"):  # .old survives a crash between the two renames
-        if (fold_dir / name / "state.json").exists():
-            return fold_dir / name
+def _checkpoint_damage(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be loaded (a file missing, cut short or corrupt), or None.
+
+    Reads every file whole before the model is touched, so a damaged checkpoint never half-loads.
+    """
+    import h5py
+
+    def read_dataset(_name, item):
+        if isinstance(item, h5py.Dataset):
+            item[()]  # noqa: B018 -- reading is the check
+
+    try:
+        read_json(checkpoint / "state.json")
+        with h5py.File(checkpoint / "model.weights.h5", "r") as weights:
+            weights.visititems(read_dataset)
+        for name in ("optimizer.npz", "random.npz"):
+            with np.load(checkpoint / name) as saved:
+                for key in saved.files:
+                    saved[key]  # noqa: B018
+    except (*DAMAGED_FILE_ERRORS, RuntimeError) as err:  # h5py raises RuntimeError on some bad metadata
+        return one_line(err, 160)
     return None
 
 
 def _load_checkpoint(checkpoint: Path, model: TrainingModel) -> dict:
     model.optimizer.build(model.trainable_variables)  # before load_weights, which also fills the optimizer
     model.load_weights(checkpoint / "model.weights.h5")
-    with np.load(checkpoint / "optimizer.npz") as saved:
-        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    for variable, value in zip(model.optimizer.variables, values):
-        variable.assign(value)
+    _load_arrays(checkpoint / "optimizer.npz", model.optimizer.variables)
+    _load_arrays(checkpoint / "random.npz", random_state_variables(model))
     return read_json(checkpoint / "state.json")
+
+
+def _find_checkpoint(fold_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder (state.json is written last), or None."""
+    for name in ("checkpoint", "checkpoint.old"):  # .old survives a crash between the two renames
+        if (fold_dir / name / "state.json").exists():
+            return fold_dir / name
+    return None
+
+
+def _resume(fold_dir: Path, model: TrainingModel, fold: int) -> dict | None:
+    """Load the newest readable checkpoint into `model` and return its state; None: start afresh.
+
+    The previous buffer (checkpoint.old) stands in for a damaged newest one (a full disk, a copy
+    cut short). A damaged checkpoint is said and removed, so it cannot stop the fold on every rerun.
+    """
+    damaged = []
+    while (checkpoint := _find_checkpoint(fold_dir)) and checkpoint not in damaged:
+        problem = _checkpoint_damage(checkpoint)
+        if problem is None:
+            if checkpoint.name != "checkpoint":  # the older buffer becomes the current one again
+                shutil.rmtree(fold_dir / "checkpoint", ignore_errors=True)  # an incomplete one in its way
+                checkpoint = checkpoint.rename(fold_dir / "checkpoint")
+            return _load_checkpoint(checkpoint, model)
+        warn(f"{checkpoint}: damaged ({escape(problem)}); removed it")
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        damaged.append(checkpoint)
+    if damaged:
+        warn(f"fold {fold}: no readable checkpoint left; training it again from the first epoch")
+    return None
 
 
 # -- callbacks ---------------------------------------------------------------------------------
 
 
+class TrainingDiverged(CompError):
+    """The loss became NaN or infinite: the fold stops; what it wrote before stays valid."""
+
+
+def check_finite_loss(logs: dict, fold: int, epoch: int, lr: float) -> None:
+    """Raise TrainingDiverged when the epoch's training or validation loss is not finite.
+
+    Checked once an epoch, from the logs fit already reads back at an epoch's end: reading the
+    loss every batch would sync a GPU at every step. The epoch's mean loss is NaN or infinite
+    as soon as one batch's was, and a last step that broke the weights shows in val_loss.
+    """
+    for key in ("loss", "val_loss"):
+        if key in logs and not math.isfinite(logs[key]):
+            raise TrainingDiverged(f"fold {fold}: training diverged in epoch {epoch + 1} ({key} = {logs[key]}); "
+                                   f"{_lower_lr_fix(lr)}")
+
+
+def _lower_lr_fix(lr: float) -> str:
+    suggestion = f", e.g. --lr {lr / 10:g}" if math.isfinite(lr) and lr > 0 else ""
+    return f"lower the learning rate (now {lr:g}{suggestion}) and train again"
+
+
+def check_finite_probs(probs: dict[str, np.ndarray], rows: str, fold: int, lr: float) -> None:
+    """Refuse probabilities that are not finite (weights broken by a last step, or by averaging)
+    before any is written: the fold is not marked done, and nothing downstream reads NaN."""
+    for policy, values in probs.items():
+        if not np.isfinite(values).all():
+            raise TrainingDiverged(f"fold {fold}: the trained model gives non-finite {rows} probabilities "
+                                   f"(TTA {policy}); {_lower_lr_fix(lr)}")
+
+
 class FoldCallback(keras.callbacks.Callback):
-    """Per epoch: history, best-model snapshot, checkpoint, early stopping, progress, tune hook."""
+    """Per epoch: divergence check, history, best-model snapshot, checkpoint, early stopping,
+    progress, tune hook."""
 
     # The batch hook only moves a progress bar and never reads the logs, so Keras may keep
     # dispatching steps asynchronously (reading logs every batch would sync a GPU each step).
     async_safe = True
 
-    def __init__(self, fold_dir, net, state, config, on_epoch, progress):
+    def __init__(self, fold, fold_dir, net, state, config, on_epoch, progress):
         super().__init__()
-        self.fold_dir, self.net, self.state, self.config = fold_dir, net, state, config
+        self.fold, self.fold_dir, self.net, self.state, self.config = fold, fold_dir, net, state, config
         self.on_epoch, self.progress = on_epoch, progress
         self.started = self.last_checkpoint = time.time()
+        self.best_weights = None  # keep=best: the best epoch's weights, if that epoch ran in this process
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
@@ -342,6 +487,7 @@ class FoldCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
+        check_finite_loss(logs, self.fold, epoch, self.config.lr)  # before anything of this epoch is kept
         row = {"epoch": epoch + 1, **logs, "lr": _current_lr(self.model.optimizer),
                "seconds": round(time.time() - self.started, 3)}
         state = self.state
@@ -353,10 +499,12 @@ class FoldCallback(keras.callbacks.Callback):
             state["best_val_accuracy"], state["best_epoch"], state["wait"] = val_accuracy, epoch + 1, 0
         else:
             state["wait"] += 1
-        if self.fold_dir:
-            if improved and self.config.keep == "best":
+        if improved and self.config.keep == "best":
+            self.best_weights = self.net.get_weights()  # tune (no fold_dir) keeps the same epoch as train
+            if self.fold_dir:  # for a resume that outlives this process
                 with atomic_path(self.fold_dir / "model.keras", suffix=".keras") as tmp:
                     self.net.save(tmp)
+        if self.fold_dir:
             save_csv(self.fold_dir / "history.csv", pd.DataFrame(state["history"]))
             if time.time() - self.last_checkpoint >= CHECKPOINT_SECONDS:
                 _save_checkpoint(self.fold_dir, self.model, state)
@@ -433,27 +581,29 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         compile_training_model(model, config, steps)
         val_onehot = np.eye(num_classes, dtype=np.float32)[val_y]
         model((val_x[:2], val_onehot[:2]))  # build every variable before loading a checkpoint
-        state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "wait": 0, "history": []}
-        checkpoint = _find_checkpoint(fold_dir) if fold_dir else None
-        if checkpoint:
-            state = _load_checkpoint(checkpoint, model)
-            if progress:
-                progress.note(f"fold {fold}: resuming after epoch {state['epoch']}")
+        state = _resume(fold_dir, model, fold) if fold_dir else None
+        resumed = state is not None
+        if resumed and progress:
+            progress.note(f"fold {fold}: resuming after epoch {state['epoch']}")
+        state = state or {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "wait": 0, "history": []}
         total_epochs = epochs or config.epochs
-        callback = FoldCallback(fold_dir, net, state, config, on_epoch, progress)
+        callback = FoldCallback(fold, fold_dir, net, state, config, on_epoch, progress)
         if progress:
             progress.fold_begin(fold, total_epochs, steps, state["epoch"])
         if state["epoch"] < total_epochs and not (config.patience and state["wait"] >= config.patience):
-            model.fit(**training_data, epochs=total_epochs, initial_epoch=state["epoch"],
+            callbacks = [*training_data["callbacks"], callback, SyncEvaluation()]
+            model.fit(**training_data | {"callbacks": callbacks}, epochs=total_epochs, initial_epoch=state["epoch"],
                       validation_data=((val_x, val_onehot), val_y), validation_batch_size=max(config.batch_size, 256),
-                      callbacks=[callback, SyncEvaluation()], verbose=0)
-        elif checkpoint and config.averages_weights:
+                      verbose=0)
+        elif resumed and config.averages_weights:
             # Resumed after the last epoch: fit, which would end on the averaged weights, does not run.
             model.optimizer.finalize_variable_values(model.trainable_variables)
         if config.keep == "last" and config.averages_weights:
             recalibrate_batchnorm(model, train_x, train_y, num_classes, config.batch_size, config.seed + fold)
-        if config.keep == "best" and fold_dir and (fold_dir / "model.keras").exists():
-            net = keras.models.load_model(fold_dir / "model.keras", compile=False)
+        if config.keep == "best" and callback.best_weights is not None:
+            net.set_weights(callback.best_weights)  # with fold_dir, model.keras holds them already
+        elif config.keep == "best" and fold_dir:  # the best epoch ran before a resume
+            net = load_keras_model(fold_dir / "model.keras", fix=retrain_fold_fix(fold_dir.parent, fold))
         elif fold_dir:
             with atomic_path(fold_dir / "model.keras", suffix=".keras") as tmp:
                 net.save(tmp)
@@ -479,6 +629,7 @@ def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, secon
     """Predict validation rows (and test) with the kept model; write the artifacts; metrics last."""
     batch = max(config.batch_size, 256)
     val_probs = _probs_by_policy(net, val_x, config.tta, batch)
+    check_finite_probs(val_probs, "validation", fold, config.lr)
     plain = val_probs["none"]
     accuracy, loss = score_accuracy(plain, val_y), log_loss(plain, val_y)
     result = FoldResult(fold, accuracy, loss, state["best_epoch"], state["epoch"], seconds, val_probs.get(config.tta))
@@ -487,6 +638,7 @@ def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, secon
     metrics = {"fold": fold, "val_accuracy": accuracy, "val_loss": loss, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"], "seconds": round(seconds, 2), "val_rows": len(val_y)}
     test_probs = _probs_by_policy(net, test_x, config.tta, batch) if test_x is not None else {}
+    check_finite_probs(test_probs, "test", fold, config.lr)
     for policy, probs in val_probs.items():
         suffix = "" if policy == "none" else f".{policy}"
         save_npy(fold_dir / f"val_probs{suffix}.npy", probs.astype(np.float32))

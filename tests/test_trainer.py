@@ -134,3 +134,111 @@ def test_a_fold_resumed_after_its_last_epoch_ends_on_the_average(tmp_path, monke
     whole, resumed = (keras.models.load_model(tmp_path / name / "model.keras", compile=False) for name in ("whole", "cut"))
     for a, b in zip(whole.trainable_weights, resumed.trainable_weights):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-5)
+
+
+# -- divergence, and the kept epoch ----------------------------------------------------------------
+
+
+def _tiny_fold(seed: int = 0):
+    from .conftest import learnable_images
+
+    images, labels = learnable_images(3, 24, size=16, seed=seed)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    images, labels = images[order], labels[order]
+    return images[:56], labels[:56], images[56:], labels[56:]
+
+
+def test_a_diverging_fold_stops_in_the_epoch_it_diverged_and_writes_no_probabilities(tmp_path):
+    from comp.trainer import TrainingDiverged, train_fold
+
+    config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 3, "keep": "last",
+                               "optimizer": "sgd", "momentum": 0.9, "lr": 1e4, "schedule": "constant"})
+    train_x, train_y, val_x, val_y = _tiny_fold()
+    finished_epochs = []
+    with pytest.raises(TrainingDiverged, match=r"fold 2: training diverged in epoch 1 \(loss = nan\); "
+                                               r"lower the learning rate \(now 10000, e\.g\. --lr 1000\)"):
+        train_fold(config, train_x, train_y, val_x, val_y, 3, 2, fold_dir=tmp_path, test_x=val_x,
+                   on_epoch=lambda epoch, row: finished_epochs.append(epoch))
+    assert finished_epochs == []  # not one more epoch trained on NaN weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no probabilities, no metrics, no NaN checkpoint
+
+
+def test_a_nan_learning_rate_stops_the_fold_too(tmp_path):
+    from comp.trainer import TrainingDiverged, train_fold
+
+    config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 2, "keep": "last"})
+    config.lr = float("nan")  # what RunConfig validation refuses at the door; the trainer holds anyway
+    train_x, train_y, val_x, val_y = _tiny_fold()
+    with pytest.raises(TrainingDiverged, match=r"fold 0: training diverged in epoch 1 .*now nan\) and train again"):
+        train_fold(config, train_x, train_y, val_x, val_y, 3, 0, fold_dir=tmp_path, test_x=val_x)
+    assert not list(tmp_path.glob("*.npy")) and not (tmp_path / "metrics.json").exists()
+
+
+def test_non_finite_probabilities_are_never_written(tmp_path):
+    from comp.trainer import TrainingDiverged, _finish_fold
+
+    net = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    net.layers[-1].kernel.assign(np.full((48, 3), np.nan, np.float32))  # e.g. broken by a last step
+    images = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    config = build_config({}, {"model": "baseline", "tta": "flip"})
+    state = {"epoch": 1, "best_epoch": 1, "history": []}
+    with pytest.raises(TrainingDiverged, match="fold 1: the trained model gives non-finite validation probabilities"):
+        _finish_fold(config, net, images, np.array([0, 1, 2, 0, 1, 2]), images, 1, tmp_path, state, 1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keep_best_keeps_the_same_epoch_with_or_without_a_fold_dir(tmp_path, monkeypatch):
+    """tune trains without a fold_dir, comp train with one: the same config must score the same."""
+    from comp import trainer
+
+    config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 3, "keep": "best",
+                               "augment": "none", "tta": "none"})
+    train_x, train_y, val_x, val_y = _tiny_fold()
+    nets = []
+    build_model = trainer.build_model
+
+    def remember(*args, **kwargs):
+        nets.append(build_model(*args, **kwargs))
+        return nets[-1]
+
+    def zero_after_last_epoch(rows):
+        def on_epoch(epoch, row):
+            rows.append(row["val_accuracy"])
+            if epoch == config.epochs - 1:  # weights no epoch was scored with: keep=best must not end on them
+                for weight in nets[-1].weights:
+                    weight.assign(np.zeros(weight.shape, weight.dtype))
+        return on_epoch
+
+    monkeypatch.setattr(trainer, "build_model", remember)
+    scores_without, scores_with = [], []
+    without = trainer.train_fold(config, train_x, train_y, val_x, val_y, 3, 0,
+                                 on_epoch=zero_after_last_epoch(scores_without))
+    with_dir = trainer.train_fold(config, train_x, train_y, val_x, val_y, 3, 0, fold_dir=tmp_path, test_x=val_x,
+                                  on_epoch=zero_after_last_epoch(scores_with))
+    assert scores_without == scores_with and max(scores_with) > 0.5  # the same training, and it learned
+    assert without.val_accuracy == pytest.approx(max(scores_without), abs=1e-6)
+    assert without.best_epoch == with_dir.best_epoch == 1 + int(np.argmax(scores_with))
+    np.testing.assert_allclose(without.val_probs, with_dir.val_probs, atol=1e-6)
+    np.testing.assert_allclose(with_dir.val_probs, np.load(tmp_path / "val_probs.npy"), atol=1e-6)
+
+
+def test_a_diverging_tune_trial_fails_alone_and_the_study_goes_on(tiny_data, tmp_path, capsys, monkeypatch):
+    """A learning rate too high for one trial is that trial's failure, not bad input that ends the study."""
+    import optuna
+
+    from comp import trainer
+    from comp.cli import main
+
+    def diverges(config, *args, **kwargs):
+        raise trainer.TrainingDiverged(f"fold 0: training diverged in epoch 1 (loss = nan); lr {config.lr:g}")
+
+    monkeypatch.setattr(trainer, "train_fold", diverges)
+    monkeypatch.setenv("COMP_NO_ISOLATE", "1")  # both trials in this process
+    work = tmp_path / "work"
+    code = main(["tune", "--workdir", str(work), "--data", str(tiny_data), "--quiet", "--model", "baseline",
+                 "--epochs", "1", "--trials", "2"])
+    assert code == 2 and "all 2 trials of this run failed" in capsys.readouterr().err
+    study = optuna.load_study(study_name="tune-baseline", storage=f"sqlite:///{work / 'folds' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    for trial in study.trials:
+        assert trial.user_attrs["error"] == f"fold 0: training diverged in epoch 1 (loss = nan); lr {trial.params['lr']:g}"

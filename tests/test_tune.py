@@ -269,13 +269,20 @@ def test_bad_storage_is_one_line(tmp_path, data_dir, capsys):
     assert "--storage nosuchdb://x" in capsys.readouterr().err
 
 
-def test_a_run_whose_every_trial_fails_says_so(tmp_path, data_dir, capsys):
-    # Dense(0) fails inside training, in each trial's own worker process on TensorFlow: the
-    # parent still learns that all of them failed and exits 2 with one line.
-    assert run_tune(tmp_path / "w", data_dir, "--head", "0", "--trials", "2", "--study", "failing") == 2
+def test_a_run_whose_every_trial_fails_says_so(tmp_path, data_dir, capsys, monkeypatch):
+    # An error inside training (here a stand-in for running out of memory) fails that trial only;
+    # when every trial of the run failed, the command says so in one line and exits 2.
+    from comp import trainer
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("failed to allocate 4 GB")
+
+    monkeypatch.setattr(trainer, "train_fold", out_of_memory)
+    assert run_tune(tmp_path / "w", data_dir, "--trials", "2", "--study", "failing") == 2
     assert "all 2 trials of this run failed" in capsys.readouterr().err
     study = load(sqlite_url(tmp_path / "w"), "failing")
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert all("MemoryError: failed to allocate" in t.user_attrs["error"] for t in study.trials)
 
 
 def sampled(url: str, name: str, trials: int, seed: int) -> list[dict]:

@@ -71,7 +71,7 @@ def objective(trial, search: Search) -> float:
 
     from ..isolate import tell_parent
     from ..progress import TrainingProgress
-    from ..trainer import train_fold
+    from ..trainer import TrainingDiverged, train_fold
     from .results import format_params
 
     search.current["number"] = trial.number
@@ -98,6 +98,9 @@ def objective(trial, search: Search) -> float:
                 trial.set_user_attr("fold_scores", scores)
                 trial.set_user_attr("epochs_run", epochs_run)
                 trial.set_user_attr("seconds", seconds)
+    except TrainingDiverged as err:  # these sampled values blew the loss up: this trial fails, the study goes on
+        trial.set_user_attr("error", str(err)[:500])
+        raise TrialFailed(str(err)) from err
     except (optuna.TrialPruned, CompError):  # pruned, or bad input: not a failed trial
         raise
     except Exception as err:  # noqa: BLE001 -- any training error fails this trial only
