@@ -63,6 +63,11 @@ class RunConfig:
     folds: int = 5
     seed: int = 42
     limit: int = 0  # 0 = all train rows
+    # Pseudo-labelling: test images the teacher runs (comma-separated names) predict with at least
+    # pseudo_threshold probability join each fold's training rows with those labels. Fold k takes
+    # its teachers' fold-k predictions, made without fold k's validation rows: the OOF stays honest.
+    pseudo: str = ""
+    pseudo_threshold: float = 0.95
 
     # -- construction -----------------------------------------------------------------
 
@@ -231,6 +236,8 @@ FIELD_RULES = {
     "folds": Number(int, 2, 100),
     "seed": Number(int, 0, 2**32 - 1),
     "limit": Number(int, 0),
+    "pseudo": Text(),  # teacher run names, checked when the run starts (comp.pseudo)
+    "pseudo_threshold": Number(float, 0, 1, low_open=True),
 }
 
 

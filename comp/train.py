@@ -23,6 +23,7 @@ from .console import console, info, warn
 from .errors import CompError, retrain_fold_fix
 from .fileio import load_npy, read_json, remove_tree, save_npy, write_json
 from .folds import Split, ensure_split
+from .pseudo import load_teachers
 from .runs import Run, make_manifest, read_manifest, write_manifest
 from .scoring import accuracy, log_loss
 
@@ -185,14 +186,29 @@ def fold_done(fold_dir: Path) -> bool:
     return (fold_dir / "metrics.json").exists()
 
 
-def train_one_fold(config: RunConfig, dataset, split: Split, run_dir: Path, fold: int, progress=None):
-    """Train fold `fold` in this process and write its artifacts; its FoldResult."""
+def train_one_fold(config: RunConfig, dataset, split: Split, run_dir: Path, fold: int, progress=None,
+                   teachers: list = ()):
+    """Train fold `fold` in this process and write its artifacts; its FoldResult.
+
+    With pseudo-labelling teachers (comp.pseudo), the fold's training rows gain the test images
+    its teachers' fold-`fold` models label confidently; its validation rows never change.
+    """
+    from .pseudo import fold_pseudo_labels, with_pseudo_rows
     from .trainer import train_fold
 
     train_pos, val_pos = split.rows(fold, dataset.rows)
-    return train_fold(config, dataset.train_x[train_pos], dataset.train_y[train_pos],
-                      dataset.train_x[val_pos], dataset.train_y[val_pos], dataset.num_classes, fold,
-                      fold_dir=run_dir / f"fold{fold}", test_x=dataset.test_x, progress=progress)
+    train_x, train_y = dataset.train_x[train_pos], dataset.train_y[train_pos]
+    if teachers:
+        pseudo = fold_pseudo_labels(teachers, fold, config.pseudo_threshold)
+        write_json(run_dir / f"fold{fold}" / "pseudo.json", {
+            "teachers": [t.name for t in teachers], "threshold": config.pseudo_threshold,
+            "rows": int(len(pseudo.rows)), "of": int(len(dataset.test_x))})
+        info(f"fold {fold}: + {len(pseudo.rows):,} pseudo-labelled test images (teachers' fold-{fold} "
+             f"probability >= {config.pseudo_threshold:g})")
+        train_x, train_y = with_pseudo_rows(train_x, train_y, dataset.test_x, pseudo)
+    return train_fold(config, train_x, train_y, dataset.train_x[val_pos], dataset.train_y[val_pos],
+                      dataset.num_classes, fold, fold_dir=run_dir / f"fold{fold}", test_x=dataset.test_x,
+                      progress=progress)
 
 
 def train_fold_task(config: RunConfig, workspace_root: Path, data_dir: Path, skip_bad: bool, fold: int) -> dict:
@@ -206,8 +222,9 @@ def train_fold_task(config: RunConfig, workspace_root: Path, data_dir: Path, ski
                            resize=config.resize, say_size=False)
     split = split_for(workspace, dataset, config)
     dataset = apply_limit(dataset, config.limit)
+    teachers = load_teachers(workspace, config, dataset, split)
     with TrainingProgress(1, config.epochs) as progress:
-        result = train_one_fold(config, dataset, split, workspace.run_dir(config.run_name), fold, progress)
+        result = train_one_fold(config, dataset, split, workspace.run_dir(config.run_name), fold, progress, teachers)
     return {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch, "seconds": result.seconds}
 
 
@@ -259,6 +276,7 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
     from .progress import TrainingProgress
 
     run_dir = workspace.run_dir(config.run_name)
+    teachers = load_teachers(workspace, config, dataset, split)  # refused before anything is written
     prepare_run_dir(run_dir, config, dataset, split, force)
     info(f"run [bold]{config.run_name}[/bold]: {config.model}, {config.epochs} epochs, "
          f"folds {','.join(map(str, folds))} of {split.k}, {len(dataset.rows):,} rows -> {run_dir}")
@@ -273,7 +291,8 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
     else:
         with TrainingProgress(len(folds), config.epochs) as progress:
             failed = run_folds(workspace, run_dir, folds, force,
-                               lambda fold: vars(train_one_fold(config, dataset, split, run_dir, fold, progress)))
+                               lambda fold: vars(train_one_fold(config, dataset, split, run_dir, fold, progress,
+                                                                teachers)))
     summarize_run(run_dir, dataset, split)
     if failed:
         raise CompError(f"fold(s) {', '.join(map(str, failed))} of run {config.run_name} died (see above); "

@@ -37,6 +37,9 @@ CONFIG_FLAGS = [
     ("precision", str, "float32 | bfloat16 | float16"),
     ("jit", str, "auto | on | off"),
     ("folds", int, "number of folds K"),
+    ("pseudo", str, "pseudo-labelling teachers: finished runs, comma-separated (fold k learns from their fold-k "
+                    "test predictions)"),
+    ("pseudo_threshold", float, "pseudo-labelling: least teacher probability for a test image to join"),
 ]
 # Flags of the image size, for train and tune (config fields) and the data commands.
 SIZE_FLAGS = [
@@ -93,7 +96,7 @@ def model_default_note(name: str) -> str:
     base = getattr(RunConfig, name, None)
     own = {model: spec.defaults[name] for model, spec in MODELS.items()
            if name in spec.defaults and spec.defaults[name] != base}
-    text = "the model's" if base is None else f"{base}"
+    text = "the model's" if base is None else (f"{base}" if base != "" else "none")
     if own:
         text += "; " + ", ".join(f"{model} {value}" for model, value in own.items())
     return f"(default: {text})"
@@ -107,8 +110,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--depth", help="convs/blocks per stage, e.g. 3,3,4,4 " + model_default_note("depth"))
     group.add_argument("--head", help="dense head units, e.g. 256,64 " + model_default_note("head"))
     for name, kind, text in CONFIG_FLAGS + SIZE_FLAGS:
-        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                           help=f"{text} {model_default_note(name)}")
+        flags = ["--" + name.replace("_", "-")] + (["--threshold"] if name == "pseudo_threshold" else [])
+        group.add_argument(*flags, dest=name, type=kind, default=None, help=f"{text} {model_default_note(name)}")
     group.add_argument("--preset", choices=("cpu", "gpu"), help="machine defaults: cpu (2 cores) or gpu (JAX, bf16)")
 
 
