@@ -65,11 +65,16 @@ class Member:
     run: Run
     tag: str
     oof: np.ndarray  # (OOF rows, classes)
-    test: np.ndarray  # (test images, classes): mean of the fold models
+    test: np.ndarray  # (test images, classes): mean of the full-data fits if any, else of the fold models
+    full_fits: int = 0  # how many full-data fits the test probabilities come from (0: the fold models)
 
     @property
     def name(self) -> str:
         return self.run.name
+
+    @property
+    def test_source(self) -> str:
+        return f"full x{self.full_fits}" if self.full_fits else "folds"
 
     @property
     def tta(self) -> str:
@@ -212,9 +217,14 @@ def require_finite(run: Run, tag: str, oof: np.ndarray, test: np.ndarray) -> Non
 
 
 def load_member(run: Run, tag: str) -> Member:
-    oof, test = run.read_oof(tag).astype(np.float64), run.read_test(tag).astype(np.float64)
+    """The run's OOF probabilities (to score and weight it) and its test probabilities (to submit):
+    from its full-data fits when it has them -- the same config trained on every row, a little
+    better than its fold models, which each saw (K-1)/K of the rows -- else from the fold models."""
+    full = run.read_full_test(tag)
+    test = full if full is not None else run.read_test(tag)
+    oof, test = run.read_oof(tag).astype(np.float64), test.astype(np.float64)
     require_finite(run, tag, oof, test)
-    return Member(run, tag, oof, test)
+    return Member(run, tag, oof, test, len(run.full_fits()) if full is not None else 0)
 
 
 def choose_member(run: Run, tags: list[str], labels: np.ndarray) -> Member:
@@ -518,6 +528,7 @@ def index_entry(workspace, out: Path, members: list[Member], choice: Blend, erro
         "gain": _rounded(gain.estimate),
         "gain_low": _rounded(gain.low),
         "gain_high": _rounded(gain.high),
+        "test_from": ";".join(m.test_source for m in members),  # full x<seeds> | folds
     }
 
 
@@ -566,6 +577,9 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
     labels = dataset.train_y[chosen[0].oof_rows()]
     members = load_members(chosen, labels, tta, average)
     review_members(members, labels)
+    for member in (m for m in members if m.full_fits):
+        info(f"{member.name}: test predictions from its {member.full_fits} full-data fit(s), scored and weighted "
+             f"by its {member.run.k} folds' OOF predictions")
     # 3. How to combine them, decided on the OOF rows.
     choice = decide_blend(members, labels, method)
     error_bars = blend_error_bars(members, labels, choice)

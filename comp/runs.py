@@ -190,6 +190,21 @@ class Run:
             raise missing_predictions(self, "test", tag)
         return np.mean([load_npy(p, f"re-predict it: comp predict --run {self.name}") for p in paths], axis=0)
 
+    def full_fits(self) -> list[Path]:
+        """The finished full-data fits (full/seed<i>: every train row, test predictions only)."""
+        return sorted(p.parent for p in (self.path / "full").glob("seed*/metrics.json"))
+
+    def read_full_test(self, tag: str = "") -> np.ndarray | None:
+        """Test probabilities of the full-data fits for a tag, averaged over seeds; None without any."""
+        fits = self.full_fits()
+        if not fits:
+            return None
+        paths = [fit / f"test_probs{tag}.npy" for fit in fits]
+        if not all(p.exists() for p in paths):
+            raise missing_predictions(self, "full-data test", tag)
+        return np.mean([load_npy(p, f"retrain it: comp train --config {self.path / MANIFEST} --full --force")
+                        for p in paths], axis=0)
+
     def has_predictions(self, tag: str) -> bool:
         return (self.path / f"oof_probs{tag}.npy").exists()
 

@@ -31,7 +31,7 @@ from .workspace import Workspace
 INDEX_NAME = "index.csv"
 # New columns go at the end: an older index gains them (empty in its old rows) when a row is appended.
 INDEX_COLUMNS = ["time", "file", "runs", "weights", "method", "tta", "oof_accuracy", "oof_rows", "fingerprint",
-                 "ci_accuracy", "ci_low", "ci_high", "best_run", "gain", "gain_low", "gain_high"]
+                 "ci_accuracy", "ci_low", "ci_high", "best_run", "gain", "gain_low", "gain_high", "test_from"]
 PROB_FORMAT = "%.6g"  # six significant digits: rows still sum to 1 within 1e-5, files stay small
 PROB_SUM_TOLERANCE = 1e-3  # what the after-write check allows a row's probabilities to miss 1 by
 

@@ -174,9 +174,9 @@ def exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def fold_lock_path(workspace, run_name: str, fold: int) -> Path:
+def fold_lock_path(workspace, run_name: str, fold: int, unit: str = "fold") -> Path:
     # Outside the run folder: --force deletes that folder, and a lock must outlive it.
-    return workspace.folds / ".locks" / f"{run_name}.fold{fold}.lock"
+    return workspace.folds / ".locks" / f"{run_name}.{unit}{fold}.lock"
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -228,74 +228,150 @@ def train_fold_task(config: RunConfig, workspace_root: Path, data_dir: Path, ski
     return {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch, "seconds": result.seconds}
 
 
-def fold_line(fold: int, result: dict) -> str:
+def fold_line(fold: int, result: dict, unit: str = "fold") -> str:
+    if unit != "fold":
+        return f"{unit} {fold}: trained on every row ({result['seconds']:.0f}s)"
     return (f"fold {fold}: val accuracy {result['val_accuracy']:.4f} "
             f"(best epoch {result['best_epoch']}, {result['seconds']:.0f}s)")
 
 
-def run_folds(workspace, run_dir: Path, folds: list[int], force: bool, train: Callable[[int], dict]) -> list[int]:
-    """The fold loop every K-fold run shares (comp train, comp transfer finetune --folds K).
+def unit_dir(run_dir: Path, unit: str, index: int) -> Path:
+    """Where one of a run's models lives: fold k of the split, or full-data fit (seed) i."""
+    return run_dir / f"fold{index}" if unit == "fold" else run_dir / "full" / f"seed{index}"
+
+
+def run_folds(workspace, run_dir: Path, folds: list[int], force: bool, train: Callable[[int], dict],
+              unit: str = "fold") -> list[int]:
+    """The fold loop every run shares (comp train's folds and full-data seeds, comp transfer finetune).
 
     Skips finished folds (unless `force`) and folds another process is training right now (so
     two workers on one run share its folds), calls `train(fold)` for the others, and prints a line
     per fold. A fold whose child process died is reported and the others go on; returns those.
+    `unit` "seed": the run's full-data fits instead (full/seed<i>).
     """
     from .isolate import ChildDied
 
     todo = []
     for fold in folds:
-        fold_dir = run_dir / f"fold{fold}"
+        fold_dir = unit_dir(run_dir, unit, fold)
         if fold_done(fold_dir) and not force:
-            info(f"fold {fold}: finished earlier ({read_json(fold_dir / 'metrics.json')['val_accuracy']:.4f}), skipped")
+            info(f"{unit} {fold}: finished earlier ({read_json(fold_dir / 'metrics.json')['val_accuracy']:.4f}), "
+                 "skipped")
         else:
             todo.append(fold)
     failed = []
     for fold in todo:
-        fold_dir = run_dir / f"fold{fold}"
-        with exclusive(fold_lock_path(workspace, run_dir.name, fold)) as mine:
+        fold_dir = unit_dir(run_dir, unit, fold)
+        with exclusive(fold_lock_path(workspace, run_dir.name, fold, unit)) as mine:
             if not mine:
-                info(f"fold {fold}: another process is training it; skipped")
+                info(f"{unit} {fold}: another process is training it; skipped")
                 continue
             if force and fold_dir.exists():
                 remove_tree(fold_dir, inside=run_dir)
             elif fold_done(fold_dir):  # finished by another process while this one waited
                 continue
             try:
-                info(fold_line(fold, train(fold)))
+                info(fold_line(fold, train(fold), unit))
             except ChildDied as died:
-                warn(f"{died}; the other folds go on, rerun the same command to retry it")
+                warn(f"{died}; the others go on, rerun the same command to retry it")
                 failed.append(fold)
     return failed
 
 
+# Full-data fits hold no row out. They still validate on this many of their own training rows: a
+# sanity check in their history (training accuracy, without augmentation), never a score.
+FULL_MONITOR_ROWS = 512
+
+
+def full_seed_index(split: Split, seed: int) -> int:
+    """The `fold` number train_fold seeds full-data fit `seed` with: past the folds, so its random
+    streams (init, shuffle, augmentation) differ from every fold's and from each other's."""
+    return split.k + seed
+
+
+def train_one_full(config: RunConfig, dataset, split: Split, run_dir: Path, seed: int, progress=None,
+                   teachers: list = ()):
+    """Full-data fit number `seed` of the run: every train row (plus pseudo-labels), test predictions."""
+    from .pseudo import PseudoLabels, with_pseudo_rows
+    from .trainer import train_fold
+
+    if config.keep == "best":
+        raise CompError("--full with keep = best: a full-data fit holds no rows out to pick an epoch on; "
+                        "use keep = last")
+    everything = np.arange(len(dataset.rows))
+    monitor = np.sort(np.random.default_rng([config.seed, seed]).choice(
+        everything, min(FULL_MONITOR_ROWS, len(everything)), replace=False))
+    train_x, train_y = dataset.train_x[everything], dataset.train_y[everything]
+    if teachers:  # no held-out rows to protect: the teachers' test predictions of every fold, averaged
+        probs = np.mean([t.read_test(t.own_tag) for t in teachers], axis=0)
+        confident = np.flatnonzero(probs.max(axis=1) >= config.pseudo_threshold)
+        train_x, train_y = with_pseudo_rows(train_x, train_y, dataset.test_x,
+                                            PseudoLabels(confident, probs[confident].argmax(axis=1)))
+    return train_fold(config, train_x, train_y, dataset.train_x[monitor], dataset.train_y[monitor],
+                      dataset.num_classes, full_seed_index(split, seed), fold_dir=unit_dir(run_dir, "seed", seed),
+                      test_x=dataset.test_x, progress=progress)
+
+
+def train_full_task(config: RunConfig, workspace_root: Path, data_dir: Path, skip_bad: bool, seed: int) -> dict:
+    """A full-data fit in a child process (comp.isolate), as train_fold_task is for a fold."""
+    from .data import apply_limit, load_dataset
+    from .progress import TrainingProgress
+    from .workspace import Workspace
+
+    workspace = Workspace(workspace_root)
+    dataset = load_dataset(data_dir, workspace.cache, limit=0, skip_bad=skip_bad, image_size=config.image_size,
+                           resize=config.resize, say_size=False)
+    split = split_for(workspace, dataset, config)
+    dataset = apply_limit(dataset, config.limit)
+    teachers = load_teachers(workspace, config, dataset, split)
+    with TrainingProgress(1, config.epochs) as progress:
+        result = train_one_full(config, dataset, split, workspace.run_dir(config.run_name), seed, progress, teachers)
+    return {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch, "seconds": result.seconds}
+
+
 def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[int], force: bool = False,
-              isolate: bool | None = None) -> Run:
+              isolate: bool | None = None, full_seeds: int = 0) -> Run:
     """Train the chosen folds of `config` and summarise the run. `isolate`: one child process per
-    fold (default: on TensorFlow, see comp.isolate)."""
+    fold (default: on TensorFlow, see comp.isolate).
+
+    from .isolate import call_in_child, isolate_by_default
+    from .progress import TrainingProgress
+
+    With `full_seeds` = N, the run's N full-data fits (every train row, no holdout, test
+    predictions only; full/seed<i>) are trained instead of folds: ensemble then scores and weights
+    the run on its folds' OOF predictions and submits the full-data fits' test predictions.
+    """
     from .isolate import call_in_child, isolate_by_default
     from .progress import TrainingProgress
 
     run_dir = workspace.run_dir(config.run_name)
     teachers = load_teachers(workspace, config, dataset, split)  # refused before anything is written
+    if full_seeds and config.keep == "best":
+        raise CompError("--full with keep = best: a full-data fit holds no rows out to pick an epoch on; "
+                        "use keep = last")
     prepare_run_dir(run_dir, config, dataset, split, force)
-    info(f"run [bold]{config.run_name}[/bold]: {config.model}, {config.epochs} epochs, "
-         f"folds {','.join(map(str, folds))} of {split.k}, {len(dataset.rows):,} rows -> {run_dir}")
+    unit, task, one = ("seed", train_full_task, train_one_full) if full_seeds else ("fold", train_fold_task,
+                                                                                   train_one_fold)
+    units = list(range(full_seeds)) if full_seeds else folds
+    what = f"{full_seeds} full-data fit(s)" if full_seeds else f"folds {','.join(map(str, folds))} of {split.k}"
+    info(f"run [bold]{config.run_name}[/bold]: {config.model}, {config.epochs} epochs, {what}, "
+         f"{len(dataset.rows):,} rows -> {run_dir}")
     isolate = isolate_by_default() if isolate is None else isolate
 
-    def in_child(fold: int) -> dict:
-        return call_in_child(train_fold_task, config, workspace.root, dataset.data_dir, workspace.skip_bad, fold,
-                             what=f"fold {fold}")
+    def in_child(index: int) -> dict:
+        return call_in_child(task, config, workspace.root, dataset.data_dir, workspace.skip_bad, index,
+                             what=f"{unit} {index}")
 
     if isolate:
-        failed = run_folds(workspace, run_dir, folds, force, in_child)
+        failed = run_folds(workspace, run_dir, units, force, in_child, unit)
     else:
-        with TrainingProgress(len(folds), config.epochs) as progress:
-            failed = run_folds(workspace, run_dir, folds, force,
-                               lambda fold: vars(train_one_fold(config, dataset, split, run_dir, fold, progress,
-                                                                teachers)))
+        with TrainingProgress(len(units), config.epochs) as progress:
+            failed = run_folds(workspace, run_dir, units, force,
+                               lambda index: vars(one(config, dataset, split, run_dir, index, progress, teachers)),
+                               unit)
     summarize_run(run_dir, dataset, split)
     if failed:
-        raise CompError(f"fold(s) {', '.join(map(str, failed))} of run {config.run_name} died (see above); "
+        raise CompError(f"{unit}(s) {', '.join(map(str, failed))} of run {config.run_name} died (see above); "
                         "rerun the same command to retry them")
     return Run(config.run_name, run_dir, read_manifest(run_dir / "config.json"))
 
@@ -316,6 +392,9 @@ def summarize_run(run_dir: Path, dataset, split: Split) -> dict | None:
                       f"{m['val_loss']:.4f}", str(m.get("best_epoch", "-")), str(m.get("epochs_run", "-")),
                       f"{m['seconds']:.0f}")
     console.print(table)
+    full = sorted((run_dir / "full").glob("seed*/metrics.json"))
+    if full:
+        info(f"{len(full)} full-data fit(s) done: comp ensemble submits their test predictions for this run")
     if len(metrics) < split.k:
         info(f"{len(metrics)} of {split.k} folds done; the OOF file is written when all are")
         return None

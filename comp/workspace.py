@@ -124,11 +124,13 @@ class Workspace:
         return resolve_config(self, self.source().fingerprint, config, overrides, preset)
 
     def train(self, config=None, *, folds="all", k: int | None = None, force: bool = False, resplit: bool = False,
-              preset: str | None = None, isolate: bool | None = None, **overrides):
+              preset: str | None = None, isolate: bool | None = None, full: int = 0, **overrides):
         """K-fold training of one config: a RunConfig, a dict, a JSON file or recipe name, or None
         (the newest tune result on this data, else the model's defaults); keyword arguments override
         single fields (epochs=3, model="resnet"). `folds`: which folds to train now ("all", 0, [0, 2]);
-        `k`: how many folds the split has (the config's `folds` field, default 5).
+        `k`: how many folds the split has (the config's `folds` field, default 5). `full=N`: instead
+        of folds, N full-data fits (every train row, different seeds): ensemble submits their test
+        predictions, scored and weighted by the folds' OOF predictions of the same run.
         Finished folds are kept unless `force`. -> Run."""
         from .data import apply_limit
         from .folds import parse_fold_selection
@@ -145,7 +147,7 @@ class Workspace:
         chosen = parse_fold_selection(folds if isinstance(folds, str) else ",".join(map(str, _as_list(folds))),
                                       split.k)
         return train_run(self, run_config, apply_limit(dataset, run_config.limit), split, chosen, force=force,
-                         isolate=isolate)
+                         isolate=isolate, full_seeds=full)
 
     def tune(self, config=None, *, trials: int = 20, timeout: float | None = None, cv_folds: int = 1,
              k: int | None = None, pruner: str = "median", space=None, storage: str | None = None,

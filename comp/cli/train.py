@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from ..console import console, info
+from ..errors import CompError
 from .common import add_config_options, add_data_options, config_overrides, global_parent, workspace_from
 
 
@@ -19,6 +20,10 @@ def register(subparsers) -> None:
     add_config_options(parser)
     parser.add_argument("--fold", default="all", help="all | 0 | 0,2 (default: all)")
     parser.add_argument("--force", action="store_true", help="retrain the chosen folds even if finished")
+    parser.add_argument("--full", action="store_true",
+                        help="train on every train row, no holdout (full-data fits; test predictions only): "
+                             "comp ensemble submits them, scored and weighted by this run's folds")
+    parser.add_argument("--seeds", type=int, default=1, help="with --full: how many full-data fits (default: 1)")
     parser.add_argument("--resplit", action="store_true", help="write a new folds/folds.csv for this data")
     parser.add_argument("--list-models", action="store_true", help="list the model zoo and exit")
     parser.add_argument("--list-recipes", action="store_true", help="list the bundled recipes and exit")
@@ -39,8 +44,11 @@ def run(args) -> int:
             console.print(name)
         return 0
     started = time.time()
+    if args.seeds < 1:
+        raise CompError(f"--seeds {args.seeds}: give 1 or more")
     overrides = config_overrides(args)
     workspace_from(args).train(args.config, folds=args.fold, k=overrides.pop("folds", None), force=args.force,
-                               resplit=args.resplit, preset=args.preset, **overrides)
+                               resplit=args.resplit, preset=args.preset, full=args.seeds if args.full else 0,
+                               **overrides)
     info(f"done in {time.time() - started:.0f}s")
     return 0
