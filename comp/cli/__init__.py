@@ -23,7 +23,7 @@ from .common import add_global_options
 
 # One module per command group; each registers its own commands.
 COMMAND_MODULES = ["comp.cli.data", "comp.cli.train", "comp.cli.tune", "comp.cli.predict", "comp.cli.ensemble",
-                   "comp.cli.report", "comp.cli.transfer"]
+                   "comp.cli.report", "comp.cli.transfer", "comp.cli.auto"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,105 @@
+"""comp auto: the plan from measured speeds (fake timings here), its promise, shrinking and resuming."""
+
+from __future__ import annotations
+
+import pytest
+
+from comp import auto
+from comp.auto import Clock, Plan, Probe, full_fits_that_fit, make_plan, parse_duration
+from comp.cli import main
+from comp.errors import CompError
+from comp.fileio import read_json
+
+from .conftest import make_competition
+
+POLICIES = [("flip-shift", 10), ("flip", 2), ("none", 1)]
+
+
+def cifar_like_probes(speed: float = 1.0) -> dict[float, Probe]:
+    """Speeds of the order measured for `fast` on this 2-core CPU: cost grows with the square of width."""
+    return {w: Probe(w, speed * 500 / w ** 2, 8.0, speed * 2500 / w ** 2, 3.0) for w in (1.0, 0.75, 0.5, 0.25)}
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400), ("45", 45),
+                                          (120, 120)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5m", "0", "10x"])
+def test_bad_durations_say_how_to_write_one(text):
+    with pytest.raises(CompError, match="--time"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("budget", [300, 600, 1800, 3600, 4 * 3600])
+def test_a_plan_ends_within_the_budget_by_its_estimate(budget):
+    plan = make_plan(budget, 30.0, 50_000, 10_000, cifar_like_probes(), POLICIES)
+    assert plan.total_seconds <= auto.SAFETY * budget
+    assert plan.epochs <= auto.MAX_EPOCHS and plan.full_fits <= auto.MAX_FULL_FITS
+
+
+def test_more_time_buys_a_wider_net_then_more_folds_and_full_fits():
+    plans = [make_plan(budget, 0.0, 50_000, 10_000, cifar_like_probes(), POLICIES)
+             for budget in (900, 3600, 6 * 3600)]
+    assert [p.width for p in plans] == sorted(p.width for p in plans)  # never narrower with more time
+    short, hour, long = plans
+    assert short.width < 1.0 and hour.width == 1.0
+    assert long.folds == 5 and long.full_fits >= 1 and long.epochs >= hour.epochs
+    # Every plan reaches the highest epoch floor it can: the widest net that gets 12 epochs wins.
+    assert hour.epochs >= auto.EPOCH_FLOORS[0]
+
+
+def test_expensive_predictions_cut_the_tta_views():
+    cheap = make_plan(3600, 0.0, 50_000, 10_000, cifar_like_probes(), POLICIES)
+    slow_predict = {w: Probe(w, p.train_images_per_second, 8.0, p.train_images_per_second / 4, 3.0)
+                    for w, p in cifar_like_probes().items()}
+    costly = make_plan(3600, 0.0, 50_000, 10_000, slow_predict, POLICIES)
+    assert cheap.tta == "flip-shift" and costly.tta in ("flip", "none")
+
+
+def test_a_budget_too_short_is_refused_in_one_line():
+    with pytest.raises(CompError, match="too short for this data"):
+        make_plan(60, 0.0, 50_000, 10_000, cifar_like_probes(), POLICIES)
+
+
+def test_the_existing_split_fixes_the_fold_count():
+    plan = make_plan(3600, 0.0, 50_000, 10_000, cifar_like_probes(), POLICIES, fold_choices=(5,))
+    assert plan.folds == 5
+
+
+class FakeRun:
+    def __init__(self, seconds):
+        self.summary = {"seconds": seconds}
+
+
+def test_full_fits_shrink_when_the_folds_ran_slower_than_planned():
+    plan = Plan(1.0, 3, 12, "flip", 3, fold_seconds=600, full_fit_seconds=900, total_seconds=3000,
+                budget_seconds=6000)
+    on_time = Clock(6000, spent_before=2000, started=0)
+    on_time.spent = lambda: 2000.0  # the folds took what was planned: 3 x 600 s (+ measuring)
+    assert full_fits_that_fit(plan, FakeRun(1800), on_time) == 3
+    late = Clock(6000, spent_before=0, started=0)
+    late.spent = lambda: 4400.0  # the folds took twice as long: only what fits in the 1,600 s left
+    assert full_fits_that_fit(plan, FakeRun(3600), late) == 0
+    assert full_fits_that_fit(plan, FakeRun(1800), late) == 1
+
+
+@pytest.mark.slow
+def test_auto_writes_a_submission_within_its_budget_and_a_rerun_continues_the_plan(tmp_path, capsys):
+    data = make_competition(tmp_path / "d", num_classes=3, per_class=40, test_count=12)
+    work = tmp_path / "w"
+    args = ["auto", "--time", "4m", "--data", str(data), "--workdir", str(work)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "plan for 4.0m" in out and "achieved:" in out
+    state = read_json(work / "folds" / "auto" / "plan-240s.json")
+    assert state["spent_seconds"] <= 1.05 * 240
+    assert set(state["stages"]) >= {"data", "measure", "train folds", "ensemble"}
+    csv = (work / "submissions" / "auto-4.0m.csv").read_text().splitlines()
+    assert len(csv) == 13
+    # The same command again: the plan and its finished folds are kept, nothing trains again.
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "continuing the plan" in out and "finished earlier" in out
+    assert read_json(work / "folds" / "auto" / "plan-240s.json")["plan"] == state["plan"]
