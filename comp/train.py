@@ -6,7 +6,7 @@
     folds/<run>/summary.json         CV accuracy and loss, mean +- std over folds
 
 `train_run` is the stage's entry; `Workspace.train` and `comp train` call it. On TensorFlow
-each fold runs in a child process (comp.isolate); the child calls `train_fold_task`.
+each fold runs in a child process (comp.isolate); the child calls `train_unit_task`.
 """
 
 from __future__ import annotations
@@ -211,8 +211,10 @@ def train_one_fold(config: RunConfig, dataset, split: Split, run_dir: Path, fold
                       progress=progress)
 
 
-def train_fold_task(config: RunConfig, workspace_root: Path, data_dir: Path, skip_bad: bool, fold: int) -> dict:
-    """A fold in a child process (comp.isolate): load the data from the cache, train, report numbers."""
+def train_unit_task(unit: str, config: RunConfig, workspace_root: Path, data_dir: Path, skip_bad: bool,
+                    index: int) -> dict:
+    """A fold (unit "fold") or a full-data fit (unit "seed") in a child process (comp.isolate): load the
+    data from the cache, train, report the numbers the parent prints."""
     from .data import apply_limit, load_dataset
     from .progress import TrainingProgress
     from .workspace import Workspace
@@ -223,8 +225,9 @@ def train_fold_task(config: RunConfig, workspace_root: Path, data_dir: Path, ski
     split = split_for(workspace, dataset, config)
     dataset = apply_limit(dataset, config.limit)
     teachers = load_teachers(workspace, config, dataset, split)
+    train = train_one_full if unit == "seed" else train_one_fold
     with TrainingProgress(1, config.epochs) as progress:
-        result = train_one_fold(config, dataset, split, workspace.run_dir(config.run_name), fold, progress, teachers)
+        result = train(config, dataset, split, workspace.run_dir(config.run_name), index, progress, teachers)
     return {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch, "seconds": result.seconds}
 
 
@@ -312,23 +315,6 @@ def train_one_full(config: RunConfig, dataset, split: Split, run_dir: Path, seed
                       test_x=dataset.test_x, progress=progress)
 
 
-def train_full_task(config: RunConfig, workspace_root: Path, data_dir: Path, skip_bad: bool, seed: int) -> dict:
-    """A full-data fit in a child process (comp.isolate), as train_fold_task is for a fold."""
-    from .data import apply_limit, load_dataset
-    from .progress import TrainingProgress
-    from .workspace import Workspace
-
-    workspace = Workspace(workspace_root)
-    dataset = load_dataset(data_dir, workspace.cache, limit=0, skip_bad=skip_bad, image_size=config.image_size,
-                           resize=config.resize, say_size=False)
-    split = split_for(workspace, dataset, config)
-    dataset = apply_limit(dataset, config.limit)
-    teachers = load_teachers(workspace, config, dataset, split)
-    with TrainingProgress(1, config.epochs) as progress:
-        result = train_one_full(config, dataset, split, workspace.run_dir(config.run_name), seed, progress, teachers)
-    return {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch, "seconds": result.seconds}
-
-
 def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[int], force: bool = False,
               isolate: bool | None = None, full_seeds: int = 0) -> Run:
     """Train the chosen folds of `config` and summarise the run. `isolate`: one child process per
@@ -350,8 +336,7 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
         raise CompError("--full with keep = best: a full-data fit holds no rows out to pick an epoch on; "
                         "use keep = last")
     prepare_run_dir(run_dir, config, dataset, split, force)
-    unit, task, one = ("seed", train_full_task, train_one_full) if full_seeds else ("fold", train_fold_task,
-                                                                                   train_one_fold)
+    unit, one = ("seed", train_one_full) if full_seeds else ("fold", train_one_fold)
     units = list(range(full_seeds)) if full_seeds else folds
     what = f"{full_seeds} full-data fit(s)" if full_seeds else f"folds {','.join(map(str, folds))} of {split.k}"
     info(f"run [bold]{config.run_name}[/bold]: {config.model}, {config.epochs} epochs, {what}, "
@@ -359,8 +344,8 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
     isolate = isolate_by_default() if isolate is None else isolate
 
     def in_child(index: int) -> dict:
-        return call_in_child(task, config, workspace.root, dataset.data_dir, workspace.skip_bad, index,
-                             what=f"{unit} {index}")
+        return call_in_child(train_unit_task, unit, config, workspace.root, dataset.data_dir, workspace.skip_bad,
+                             index, what=f"{unit} {index}")
 
     if isolate:
         failed = run_folds(workspace, run_dir, units, force, in_child, unit)
