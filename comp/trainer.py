@@ -210,7 +210,8 @@ class TorchSGD(keras.optimizers.Optimizer):
         new_variable = variable - ops.cast(learning_rate * scale, variable.dtype) * (decayed + self.momentum * new_buffer)
         if stop is not None:
             moving = self.iterations < stop
-            new_buffer, new_variable = ops.where(moving, new_buffer, buffer), ops.where(moving, new_variable, variable)
+            new_buffer = ops.where(moving, new_buffer, ops.convert_to_tensor(buffer))
+            new_variable = ops.where(moving, new_variable, ops.convert_to_tensor(variable))
         self.assign(buffer, new_buffer)
         self.assign(variable, new_variable)
 

@@ -84,3 +84,5 @@ def test_jax_training_keeps_jit():
         assert item["loss"] == item["loss"], item  # not NaN
         if item["case"]["model"] == "fast":
             assert item["recalibrated"], item
+        if item["case"]["model"].startswith("airbench"):  # their BN statistics are averaged with the weights
+            assert not item["recalibrated"], item
