@@ -18,7 +18,13 @@ Presets (comma-separated, composable):
     cutout      a random square of half the image side set to zero
     crop=N      a pad-N random crop (e.g. "alt-flip,crop=2", airbench94's 2-px translation)
     reflect     fill what shifts, crops, rotations and zooms uncover with the mirrored image
-                instead of black (airbench pads by reflection)
+                instead of black (the edge pixel repeated: numpy's "symmetric", not airbench's pad)
+    reflect-crop=N  airbench's crop: pad N px by reflection without repeating the edge pixel
+                (PyTorch's and numpy's "reflect"), then a random whole-pixel 32x32 crop
+    cutout-inside=N  airbench96's cutout: an N-px square lying wholly inside the image, filled
+                with the mean colour (airbench's 0 after normalisation)
+    airbench94  alt-flip,reflect-crop=2
+    airbench96  alt-flip,reflect-crop=4,cutout-inside=12
 """
 
 from __future__ import annotations
@@ -38,23 +44,33 @@ PRESETS: dict[str, dict] = {
     "alt-flip-crop": {"flip": "alternate", "crop_pad": 4},
     "cutout": {"cutout": 0.5},
     "reflect": {"fill": "reflect"},
+    "airbench94": {"flip": "alternate", "reflect_crop": 2},
+    "airbench96": {"flip": "alternate", "reflect_crop": 4, "cutout_px": 12},
 }
 
 
 MAX_CROP_PAD = 8  # px; a pad-8 crop already hides a quarter of a 32-px image
+MAX_CUTOUT_PX = 64  # px; a square wider than the image is cut to its size
+# Parts with a size, "name=N": the parameter they set and the largest N.
+SIZED_PARTS = {"crop": ("crop_pad", MAX_CROP_PAD), "reflect-crop": ("reflect_crop", MAX_CROP_PAD),
+               "cutout-inside": ("cutout_px", MAX_CUTOUT_PX)}
 
 
 def parse_presets(text: str, source: str = "augment") -> dict:
-    """Merge comma-separated presets into one parameter dict; `crop=N` sets a pad-N random crop."""
+    """Merge comma-separated presets into one parameter dict; later parts win."""
     params: dict = {}
     for name in [p.strip() for p in (text or "none").split(",") if p.strip()]:
-        pad = name.removeprefix("crop=")
-        if name.startswith("crop=") and pad.isdigit() and 1 <= int(pad) <= MAX_CROP_PAD:
-            params["crop_pad"] = int(pad)
+        part, sized, amount = name.partition("=")
+        if sized and part in SIZED_PARTS:
+            key, high = SIZED_PARTS[part]
+            if not (amount.isdigit() and 1 <= int(amount) <= high):
+                raise CompError(f"{source}: {name!r}: {part}=N takes a whole number of pixels N = 1..{high}")
+            params[key] = int(amount)
             continue
         if name not in PRESETS:
+            sizes = ", ".join(f"{part}=N (N = 1..{high})" for part, (_, high) in SIZED_PARTS.items())
             raise CompError(f"{source}: augmentation preset {name!r} unknown; choose from {', '.join(PRESETS)} "
-                            f"or crop=N (N = 1..{MAX_CROP_PAD})")
+                            f"or {sizes}")
         params.update(PRESETS[name])
     return params
 
@@ -139,12 +155,45 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
             inside = ops.logical_and(ops.abs(rows - cy) < half_h, ops.abs(cols - cx) < half_w)
             return images * ops.cast(ops.logical_not(inside), images.dtype)[..., None]
 
+        def _reflect_crop(self, images):
+            """airbench's translation: reflect-pad (no edge repeat), then a random whole-pixel crop
+            per image, gathered along rows and columns."""
+            pad = self.params["reflect_crop"]
+            batch = ops.shape(images)[0]
+            height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+            padded = ops.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
+            offsets = ops.minimum(ops.floor(self._uniform((batch, 2), 0, 2 * pad + 1)), 2 * pad)
+            offsets = ops.cast(offsets, "int32")
+            rows = offsets[:, :1] + ops.arange(height, dtype="int32")[None, :]  # (batch, height)
+            cols = offsets[:, 1:] + ops.arange(width, dtype="int32")[None, :]
+            rows = ops.broadcast_to(rows[:, :, None, None], (batch, height, width + 2 * pad, channels))
+            cols = ops.broadcast_to(cols[:, None, :, None], (batch, height, width, channels))
+            return ops.take_along_axis(ops.take_along_axis(padded, rows, axis=1), cols, axis=2)
+
+        def _cutout_inside(self, images):
+            """An N-px square wholly inside each image (corner uniform over the places it fits),
+            set to the batch's mean colour: airbench fills 0 after normalising by the data's mean,
+            and a batch's mean colour is the data's to about 1/255 at airbench's batch of 1024."""
+            batch = ops.shape(images)[0]
+            height, width = images.shape[1], images.shape[2]
+            side = min(self.params["cutout_px"], height, width)
+            top = ops.floor(self._uniform((batch, 1, 1), 0, height - side + 1))
+            left = ops.floor(self._uniform((batch, 1, 1), 0, width - side + 1))
+            rows = ops.reshape(ops.arange(height, dtype="float32"), (1, height, 1))
+            cols = ops.reshape(ops.arange(width, dtype="float32"), (1, 1, width))
+            inside = ops.logical_and(ops.logical_and(rows >= top, rows < top + side),
+                                     ops.logical_and(cols >= left, cols < left + side))
+            mean_colour = ops.mean(images, axis=(0, 1, 2), keepdims=True)
+            return ops.where(inside[..., None], mean_colour, images)
+
         def call(self, images, training=False):
             if not training or not self.params:
                 return images
             p = self.params
             if any(p.get(k) for k in ("flip", "rotation", "zoom", "shift", "crop_pad")):
                 images = self._affine(images)
+            if p.get("reflect_crop"):
+                images = self._reflect_crop(images)
             if p.get("flip") == "alternate":
                 self.steps_seen.assign(self.steps_seen + 1)
             if p.get("brightness"):
@@ -152,6 +201,8 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
                 images = images * self._uniform((ops.shape(images)[0], 1, 1, 1), low, high)
             if p.get("cutout"):
                 images = self._cutout(images)
+            if p.get("cutout_px"):
+                images = self._cutout_inside(images)
             return images
 
         def compute_output_shape(self, input_shape):

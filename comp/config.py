@@ -32,15 +32,23 @@ class RunConfig:
     dropout: float | None = None
     head: list[int] | None = None  # dense layers before the classifier
     # Optimisation.
-    epochs: int = 10
+    # Fractional epochs train ceil(epochs * steps per epoch) steps, as airbench counts its 9.9
+    # (sgd-torch only: its steps past that count, to the end of the last epoch, change nothing).
+    epochs: int | float = 10
     batch_size: int = 64
-    optimizer: str = "adam"  # adam | adamw | sgd (Nesterov momentum)
+    # adam | adamw | sgd (Keras's Nesterov SGD, decoupled weight decay) | sgd-torch (PyTorch's
+    # Nesterov SGD with weight_decay an L2 term through the momentum: airbench's exact optimizer)
+    optimizer: str = "adam"
     lr: float = 1e-3
     schedule: str = "constant"  # constant | cosine | onecycle
     warmup_epochs: float = 0.0
+    lr_peak_at: float = 0.23  # onecycle without warm-up epochs: the peak's place, a fraction of the steps (airbench94)
+    lr_end: float = 0.07  # onecycle: the last step's learning rate, a fraction of the peak (airbench94; airbench96 0)
     weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    bias_lr_scale: float = 1.0  # sgd only: learning-rate multiplier for BatchNorm biases (airbench: 64)
+    momentum: float = 0.9  # sgd, sgd-torch
+    bias_lr_scale: float = 1.0  # sgd, sgd-torch: learning-rate multiplier for BatchNorm biases (airbench: 64)
+    # airbench nets, sgd-torch: the whitening layer's bias trains this many epochs, then stays (airbench: 3)
+    whiten_bias_epochs: float = 0.0
     ema: float = 0.0  # >0: keep an exponential moving average of weights with this momentum
     lookahead: float = 0.0  # >0: airbench's lookahead averaging, per-step decay (0.95); see trainer
     label_smoothing: float = 0.0
@@ -92,7 +100,7 @@ class RunConfig:
         """Every field by type and range (`FIELD_RULES`), then the rules across fields."""
         for name in fields(self):
             setattr(self, name.name, check_field(name.name, getattr(self, name.name), source))
-        from .models import MODELS
+        from .models import MODELS, TRAINED_WHITENING_BIAS
 
         if self.model not in MODELS:
             raise CompError(f"{source}: model = {self.model!r}; choose one of {', '.join(MODELS)}")
@@ -103,9 +111,15 @@ class RunConfig:
 
         # A named policy (none, flip, flip-shift) or a custom list such as "flip,shift=1".
         self.tta = policy_for_augment(self.augment) if self.tta == "auto" else parse_policy(self.tta)
-        if self.bias_lr_scale != 1.0 and self.optimizer != "sgd":
-            raise CompError(f"{source}: bias_lr_scale works with optimizer sgd only (Adam's steps ignore "
-                            "gradient scale); set it to 1 or use sgd")
+        if self.bias_lr_scale != 1.0 and self.optimizer not in ("sgd", "sgd-torch"):
+            raise CompError(f"{source}: bias_lr_scale works with optimizer sgd or sgd-torch only (Adam's steps "
+                            "ignore gradient scale); set it to 1 or use sgd")
+        if not float(self.epochs).is_integer() and self.optimizer != "sgd-torch":
+            raise CompError(f"{source}: epochs = {self.epochs}: a fraction of an epoch needs optimizer sgd-torch "
+                            "(its updates stop at the exact step count); use whole epochs or sgd-torch")
+        if self.whiten_bias_epochs and (self.optimizer != "sgd-torch" or self.model not in TRAINED_WHITENING_BIAS):
+            raise CompError(f"{source}: whiten_bias_epochs works with optimizer sgd-torch and the models "
+                            f"{', '.join(TRAINED_WHITENING_BIAS)} only; set it to 0")
         if self.ema and self.lookahead:
             raise CompError(f"{source}: ema and lookahead are two ways to average weights; set one of them to 0")
         if self.keep == "best" and self.averages_weights:
@@ -127,6 +141,15 @@ class RunConfig:
     def averages_weights(self) -> bool:
         """Training ends on an average of the weights (lookahead or EMA), not the last step's."""
         return bool(self.lookahead or self.ema)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of training: ceil(epochs * steps per epoch) (airbench94: ceil(9.9 * 48) = 476)."""
+        return max(1, math.ceil(round(self.epochs * steps_per_epoch, 6)))
+
+    @property
+    def fit_epochs(self) -> int:
+        """Whole epochs fit runs: a fractional last epoch runs to its end (its extra steps change nothing)."""
+        return math.ceil(self.epochs)
 
     @property
     def run_name(self) -> str:
@@ -168,6 +191,7 @@ class Number:
     low_open: bool = False
     high_open: bool = False
     optional: bool = False  # None allowed (the model's own default)
+    whole_as_int: bool = False  # a float field whose whole values are stored as int (hashes stay as they were)
 
     def describe(self) -> str:
         low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
@@ -211,15 +235,18 @@ FIELD_RULES = {
     "width": Number(float, 0, 16, low_open=True),
     "dropout": Number(float, 0, 1, high_open=True, optional=True),
     "head": IntList(1),
-    "epochs": Number(int, 1, 100_000),
+    "epochs": Number(float, 0, 100_000, low_open=True, whole_as_int=True),
     "batch_size": Number(int, 1, 1 << 16),
-    "optimizer": Choice(("adam", "adamw", "sgd")),
+    "optimizer": Choice(("adam", "adamw", "sgd", "sgd-torch")),
     "lr": Number(float, 0, None, low_open=True),
     "schedule": Choice(("constant", "cosine", "onecycle")),
     "warmup_epochs": Number(float, 0),
+    "lr_peak_at": Number(float, 0, 1, high_open=True),
+    "lr_end": Number(float, 0, 1),
     "weight_decay": Number(float, 0, 1, high_open=True),
     "momentum": Number(float, 0, 1, high_open=True),
     "bias_lr_scale": Number(float, 0, None, low_open=True),
+    "whiten_bias_epochs": Number(float, 0),
     "ema": Number(float, 0, 1, high_open=True),
     "lookahead": Number(float, 0, 1, high_open=True),
     "label_smoothing": Number(float, 0, 1, high_open=True),
@@ -256,6 +283,8 @@ def _number(key: str, value, rule: Number, source: str):
     if rule.kind is int:
         if not float(value).is_integer():
             raise _bad(source, key, value, rule.describe())
+        value = int(value)
+    elif rule.whole_as_int and float(value).is_integer():
         value = int(value)
     else:
         value = float(value)

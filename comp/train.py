@@ -226,7 +226,7 @@ def train_unit_task(unit: str, config: RunConfig, workspace_root: Path, data_dir
     dataset = apply_limit(dataset, config.limit)
     teachers = load_teachers(workspace, config, dataset, split)
     train = train_one_full if unit == "seed" else train_one_fold
-    with TrainingProgress(1, config.epochs) as progress:
+    with TrainingProgress(1, config.fit_epochs) as progress:
         result = train(config, dataset, split, workspace.run_dir(config.run_name), index, progress, teachers)
     return {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch, "seconds": result.seconds}
 
@@ -350,7 +350,7 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
     if isolate:
         failed = run_folds(workspace, run_dir, units, force, in_child, unit)
     else:
-        with TrainingProgress(len(units), config.epochs) as progress:
+        with TrainingProgress(len(units), config.fit_epochs) as progress:
             failed = run_folds(workspace, run_dir, units, force,
                                lambda index: vars(one(config, dataset, split, run_dir, index, progress, teachers)),
                                unit)

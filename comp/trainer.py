@@ -29,6 +29,8 @@ from .config import RunConfig
 from .console import warn
 from .errors import CompError, one_line, retrain_fold_fix
 from .fileio import DAMAGED_FILE_ERRORS, atomic_path, load_keras_model, read_json, save_csv, save_npy, write_json
+from .layers import AirbenchBatchNorm
+from .lookahead import LOOKAHEAD_EVERY, lookahead_pull
 from .models import build_model
 from .scoring import accuracy as score_accuracy, log_loss
 from .tta import average_views, predict_logits
@@ -160,30 +162,34 @@ def training_inputs(images, labels, num_classes: int, batch_size: int, seed: int
 # -- optimiser and schedule --------------------------------------------------------------------
 
 
-ONE_CYCLE_PEAK_AT = 0.23  # airbench's triangle: the peak comes early, at 23% of training
-ONE_CYCLE_START = 0.2  # ... starting from a fifth of the peak (no dead first steps)
-ONE_CYCLE_END = 0.07  # ... and ending at 7% of it rather than zero
+ONE_CYCLE_START = 0.2  # airbench's triangle starts from a fifth of the peak (no dead first steps)
 
 
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear ramp from START*peak to the peak, then linear decay to END*peak (airbench's triangle)."""
+    """Linear ramp from START*peak to the peak, then linear decay to end*peak (airbench's triangle).
 
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+    Step s (from 0) of T: 0.2 + 0.8 s/W before the peak step W, then 1 - (1 - end)(s - W)/(T - W),
+    held at end*peak after T: airbench's get_lr, which its LambdaLR evaluates at the same s.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, end: float = 0.07):
         self.peak, self.warmup_steps, self.total_steps = peak, max(1, warmup_steps), max(2, total_steps)
+        self.end = end
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
         up = ONE_CYCLE_START + (1.0 - ONE_CYCLE_START) * step / self.warmup_steps
         progress_down = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        down = 1.0 - (1.0 - ONE_CYCLE_END) * ops.minimum(1.0, progress_down)
+        down = 1.0 - (1.0 - self.end) * ops.minimum(1.0, progress_down)
         return self.peak * ops.where(step < self.warmup_steps, up, down)
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                "end": self.end}
 
 
 def make_schedule(config: RunConfig, steps_per_epoch: int):
-    total = config.epochs * steps_per_epoch
+    total = config.total_steps(steps_per_epoch)
     warmup = int(config.warmup_epochs * steps_per_epoch)
     if config.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
@@ -191,48 +197,112 @@ def make_schedule(config: RunConfig, steps_per_epoch: int):
             decay_steps=max(1, total - warmup), alpha=0.0,
             warmup_target=config.lr if warmup else None, warmup_steps=warmup)
     if config.schedule == "onecycle":
-        return OneCycle(config.lr, warmup or int(ONE_CYCLE_PEAK_AT * total), total)
+        return OneCycle(config.lr, warmup or int(config.lr_peak_at * total), total, config.lr_end)
     return config.lr
 
 
-LOOKAHEAD_EVERY = 5  # airbench syncs every 5 steps: often enough to steady SGD, rare enough to be free
+def is_batchnorm_bias(variable) -> bool:
+    """BatchNorm's beta: the nets' only bias apart from a whitening layer's (airbench's "norm" group)."""
+    return variable.name == "beta"
+
+
+def is_whitening_bias(variable) -> bool:
+    return variable.path.split("/")[-2:] == ["whiten", "bias"]
+
+
+class TorchSGD(keras.optimizers.Optimizer):
+    """PyTorch's SGD with Nesterov momentum, as airbench runs it, from Keras's public optimizer API.
+
+    Per variable v with gradient g (of the mean loss), at step t:
+        d = g + l2_v * v;   buf = momentum * buf + d;   v -= lr_t * scale_v * (d + momentum * buf)
+    Two things set it apart from keras.optimizers.SGD(nesterov=True), and airbench was tuned with
+    both: the learning rate multiplies the whole step, not each gradient as it enters the buffer
+    (they differ while the lr changes, i.e. always under airbench's schedule), and weight decay is
+    an L2 term that goes through the momentum (Keras's is decoupled: 1/(1 - momentum) = 6.7x weaker
+    per unit at momentum 0.85).
+
+    scale_v = `bias_lr_scale` for BatchNorm biases, 1 otherwise; l2_v = `l2` / scale_v, so that a
+    bias's decay per step equals the other weights' (airbench's "scales lr but not weight decay").
+    A whitening-layer bias stops (no step, no decay, no momentum) from step `whiten_bias_steps`, and
+    every variable from step `total_steps`: the steps that finish a fractional last epoch do nothing.
+    """
+
+    def __init__(self, learning_rate, momentum: float = 0.85, l2: float = 0.0, bias_lr_scale: float = 1.0,
+                 whiten_bias_steps: int | None = None, total_steps: int | None = None, name="torch_sgd", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.momentum, self.l2, self.bias_lr_scale = momentum, l2, bias_lr_scale
+        self.whiten_bias_steps, self.total_steps = whiten_bias_steps, total_steps
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = self.add_optimizer_variables(variables, "momentum")
+        # Per variable (in build order): (lr multiplier, L2 coefficient, step from which it stays).
+        self.rules = []
+        for variable in variables:
+            scale = self.bias_lr_scale if is_batchnorm_bias(variable) else 1.0
+            stop = self.whiten_bias_steps if is_whitening_bias(variable) else None
+            stops = [s for s in (stop, self.total_steps) if s is not None]
+            self.rules.append((scale, self.l2 / scale, min(stops) if stops else None))
+
+    def update_step(self, gradient, variable, learning_rate):
+        # Keras's documented way to find a variable's slots (its Optimizer docstring's SGD example).
+        index = self._get_variable_index(variable)
+        scale, l2, stop = self.rules[index]
+        buffer = self.momentums[index]
+        gradient = ops.cast(gradient, variable.dtype)
+        decayed = gradient + l2 * variable if l2 else gradient
+        new_buffer = self.momentum * buffer + decayed
+        new_variable = variable - ops.cast(learning_rate * scale, variable.dtype) * (decayed + self.momentum * new_buffer)
+        if stop is not None:
+            moving = self.iterations < stop
+            new_buffer = ops.where(moving, new_buffer, ops.convert_to_tensor(buffer))
+            new_variable = ops.where(moving, new_variable, ops.convert_to_tensor(variable))
+        self.assign(buffer, new_buffer)
+        self.assign(variable, new_variable)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "l2": self.l2, "bias_lr_scale": self.bias_lr_scale,
+                "whiten_bias_steps": self.whiten_bias_steps, "total_steps": self.total_steps}
 
 
 def with_lookahead(optimizer_class, decay: float, total_steps: int):
-    """`optimizer_class` plus airbench's lookahead weight averaging.
+    """`optimizer_class` plus airbench's lookahead weight averaging (schedule: comp.lookahead).
 
-    Every LOOKAHEAD_EVERY steps the average moves toward the weights, then the weights jump
-    to the average: average <- keep*average + (1-keep)*weights; weights <- average, with
-    keep = decay**EVERY * progress**3, so early training runs free and the end is averaged
-    hardest. After the last step the weights are the last average (as airbench ends).
-
-    Built on the optimizer's own EMA slot (Keras stores, checkpoints and finalizes it) and
-    written without branches, so the same code runs inside a jitted step on every backend.
+    Each variable's average is an optimizer slot (stored and checkpointed with the others),
+    updated in the public `update_step` right after the variable's own step: elementwise, so
+    variable by variable equals airbench's whole-net sync. After the last step the weights are
+    the last average (`finalize_variable_values`, as airbench ends).
     """
 
     class Lookahead(optimizer_class):
-        def _update_model_variables_moving_average(self, trainable_variables):
-            step = ops.cast(self.iterations, "float32") + 1.0  # the step being applied, from 1
-            sync = ops.cast(ops.equal(ops.mod(step, LOOKAHEAD_EVERY), 0.0), "float32")
-            first_sync = ops.cast(ops.equal(step, float(LOOKAHEAD_EVERY)), "float32")
-            progress = ops.minimum(step / total_steps, 1.0)
-            keep = decay**LOOKAHEAD_EVERY * progress**3 * (1.0 - first_sync)  # the average starts as the weights
-            pull = sync * (1.0 - keep)
-            for var, average in zip(trainable_variables, self._model_variables_moving_average):
-                new_average = average + ops.cast(pull, var.dtype) * (var - average)
-                average.assign(new_average)
-                var.assign(var + ops.cast(sync, var.dtype) * (new_average - var))
+        def build(self, variables):
+            if self.built:
+                return
+            super().build(variables)
+            self.lookahead_averages = self.add_optimizer_variables(variables, "lookahead")
+
+        def update_step(self, gradient, variable, learning_rate):
+            super().update_step(gradient, variable, learning_rate)
+            average = self.lookahead_averages[self._get_variable_index(variable)]
+            sync, pull = lookahead_pull(self.iterations + 1, decay, total_steps)  # the step being applied, from 1
+            new_average = average + ops.cast(pull, variable.dtype) * (variable - average)
+            self.assign(average, new_average)
+            self.assign(variable, variable + ops.cast(sync, variable.dtype) * (new_average - variable))
 
         def finalize_variable_values(self, var_list):
+            super().finalize_variable_values(var_list)
             # Before the first sync the average is still empty (zeros): keep the weights.
             if int(ops.convert_to_numpy(self.iterations)) >= LOOKAHEAD_EVERY:
-                super().finalize_variable_values(var_list)
+                for variable, average in zip(var_list, self.lookahead_averages):
+                    variable.assign(average)
 
     return Lookahead
 
 
 def with_bias_lr_scale(optimizer_class, scale: float):
-    """`optimizer_class` whose steps on BatchNorm biases (variables named "beta") are `scale` times larger.
+    """`optimizer_class` whose steps on BatchNorm biases are `scale` times larger.
 
     For SGD with momentum, scaling a variable's gradient is scaling its learning rate; decoupled
     weight decay does not see the gradient, so biases still decay like every other weight.
@@ -241,17 +311,31 @@ def with_bias_lr_scale(optimizer_class, scale: float):
     """
 
     class BiasScaled(optimizer_class):
-        def _backend_update_step(self, grads, trainable_variables, learning_rate):
-            grads = [g * scale if v.name == "beta" else g for g, v in zip(grads, trainable_variables)]
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        def build(self, variables):
+            if self.built:
+                return
+            super().build(variables)
+            self.scaled = [is_batchnorm_bias(variable) for variable in variables]
+
+        def update_step(self, gradient, variable, learning_rate):
+            if self.scaled[self._get_variable_index(variable)]:
+                gradient = gradient * scale
+            super().update_step(gradient, variable, learning_rate)
 
     return BiasScaled
 
 
 def make_optimizer(config: RunConfig, steps_per_epoch: int):
     lr = make_schedule(config, steps_per_epoch)
+    total = config.total_steps(steps_per_epoch)
     decay = config.weight_decay or None
-    if config.optimizer == "sgd":
+    if config.optimizer == "sgd-torch":
+        whiten_bias_steps = math.ceil(round(config.whiten_bias_epochs * steps_per_epoch, 6))
+        optimizer_class, options = TorchSGD, {
+            "momentum": config.momentum, "l2": config.weight_decay, "bias_lr_scale": config.bias_lr_scale,
+            "whiten_bias_steps": whiten_bias_steps, "total_steps": total}
+        decay = None  # the L2 term above, not Keras's decoupled decay
+    elif config.optimizer == "sgd":
         optimizer_class, options = keras.optimizers.SGD, {"momentum": config.momentum, "nesterov": True}
         if config.bias_lr_scale != 1.0:
             optimizer_class = with_bias_lr_scale(optimizer_class, config.bias_lr_scale)
@@ -261,8 +345,7 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int):
     else:
         optimizer_class, options = keras.optimizers.Adam, {}
     if config.lookahead:
-        optimizer_class = with_lookahead(optimizer_class, config.lookahead, config.epochs * steps_per_epoch)
-        options |= {"use_ema": True}
+        optimizer_class = with_lookahead(optimizer_class, config.lookahead, total)
     elif config.ema:
         options |= {"use_ema": True, "ema_momentum": config.ema}
     return optimizer_class(lr, weight_decay=decay, **options)
@@ -309,7 +392,7 @@ def recalibrate_batchnorm(model: TrainingModel, images, labels, num_classes: int
     Clean images would be wrong: the net learned to normalise augmented batches. On a CPU check
     (bench/RESULTS.md) this added 0.2 to 0.4 points of validation accuracy to `fast`.
     """
-    norms = batch_norm_layers(model.net)
+    norms = [norm for norm in batch_norm_layers(model.net) if not isinstance(norm, AirbenchBatchNorm)]  # averaged already
     batch = min(batch_size, len(labels))
     if not norms or batch < 2:
         return
@@ -555,7 +638,7 @@ def set_precision(precision: str) -> None:
 def build_training_model(config: RunConfig, image_shape, num_classes: int, sample_images, fold: int,
                          steps_per_epoch: int = 1):
     seed = config.seed * 1000 + fold  # distinct but reproducible random streams per fold
-    net = build_model(config, image_shape, num_classes, sample_images)
+    net = build_model(config, image_shape, num_classes, sample_images, steps_per_epoch)
     augment = make_augment_layer(config.augment, seed, steps_per_epoch)
     mix = make_mix_layer(config.mixup, config.cutmix, seed + 1)
     augment.dtype_policy = keras.DTypePolicy("float32")  # augment in float32 even under bf16
@@ -586,7 +669,7 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         if resumed and progress:
             progress.note(f"fold {fold}: resuming after epoch {state['epoch']}")
         state = state or {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "wait": 0, "history": []}
-        total_epochs = epochs or config.epochs
+        total_epochs = epochs or config.fit_epochs
         callback = FoldCallback(fold, fold_dir, net, state, config, on_epoch, progress)
         if progress:
             progress.fold_begin(fold, total_epochs, steps, state["epoch"])
@@ -621,7 +704,7 @@ def _probs_by_policy(net, images, policy: str, batch: int) -> dict[str, np.ndarr
     view_logits = predict_logits(net, images, policy, batch)
     probs = {"none": average_views(view_logits[:1])}
     if policy != "none":
-        probs[policy] = average_views(view_logits)
+        probs[policy] = average_views(view_logits, policy=policy)
     return probs
 
 

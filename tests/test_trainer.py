@@ -54,7 +54,7 @@ def test_fit_ends_on_the_average_and_a_checkpoint_keeps_the_flip_counter(tmp_pat
     model, _ = build_training_model(config, images.shape[1:], 3, images, 0, steps)
     compile_training_model(model, config, steps)
     model.fit(**data, epochs=config.epochs, verbose=0)
-    averages = model.optimizer._model_variables_moving_average
+    averages = model.optimizer.lookahead_averages
     assert all(np.array_equal(keras.ops.convert_to_numpy(w.value), keras.ops.convert_to_numpy(a.value))
                for w, a in zip(model.trainable_variables, averages))
     assert int(keras.ops.convert_to_numpy(model.augment.steps_seen)) == 2 * steps
@@ -66,7 +66,7 @@ def test_fit_ends_on_the_average_and_a_checkpoint_keeps_the_flip_counter(tmp_pat
     assert _load_checkpoint(tmp_path / "checkpoint", fresh)["epoch"] == 2
     assert int(keras.ops.convert_to_numpy(fresh.augment.steps_seen)) == 2 * steps  # resumes mid-alternation
     assert all(np.array_equal(keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value))
-               for a, b in zip(fresh.optimizer._model_variables_moving_average, averages))
+               for a, b in zip(fresh.optimizer.lookahead_averages, averages))
 
 
 def test_bias_lr_scale_moves_batchnorm_biases_faster():
@@ -79,7 +79,7 @@ def test_bias_lr_scale_moves_batchnorm_biases_faster():
     optimizer.apply([keras.ops.ones((2,)), keras.ops.ones((2,))], [beta, kernel])
     assert keras.ops.convert_to_numpy(kernel) == pytest.approx([-0.01, -0.01])
     assert keras.ops.convert_to_numpy(beta) == pytest.approx([-0.64, -0.64])
-    with pytest.raises(CompError, match="sgd only"):
+    with pytest.raises(CompError, match="sgd or sgd-torch only"):
         build_config({}, {"model": "baseline", "optimizer": "adam", "bias_lr_scale": 64})
 
 

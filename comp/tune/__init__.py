@@ -153,7 +153,7 @@ def open_study(search: Search, url: str, name: str, pruner: str, heartbeat: int)
     """(storage, study): the study created or continued, checked to score trials as this search does."""
     space = search.space
     storage = open_storage(url, heartbeat)
-    study = create_study(storage, name, make_pruner(pruner, len(search.folds) * space.base.epochs), seed=space.base.seed)
+    study = create_study(storage, name, make_pruner(pruner, len(search.folds) * space.base.fit_epochs), seed=space.base.seed)
     check_study(study, {"fingerprint": search.dataset.fingerprint, "folds_hash": search.split.hash,
                         "folds": search.folds, "model": space.base.model, "epochs": space.base.epochs,
                         "limit": space.base.limit}, url)

@@ -83,13 +83,13 @@ def objective(trial, search: Search) -> float:
         trial.set_user_attr(key, [])
     info(f"trial {trial.number}: {format_params(trial.params)}")
     try:
-        with TrainingProgress(len(search.folds), config.epochs, label=f"trial {trial.number}") as progress:
+        with TrainingProgress(len(search.folds), config.fit_epochs, label=f"trial {trial.number}") as progress:
             for index, fold in enumerate(search.folds):
                 train_pos, val_pos = search.split.rows(fold, dataset.rows)
                 result = train_fold(
                     config, dataset.train_x[train_pos], dataset.train_y[train_pos],
                     dataset.train_x[val_pos], dataset.train_y[val_pos], dataset.num_classes, fold,
-                    on_epoch=make_reporter(trial, index, config.epochs, index == len(search.folds) - 1),
+                    on_epoch=make_reporter(trial, index, config.fit_epochs, index == len(search.folds) - 1),
                     progress=progress)
                 scores.append(result.val_accuracy)
                 epochs_run.append(result.epochs_run)
