@@ -29,6 +29,7 @@ from .config import RunConfig
 from .console import warn
 from .errors import CompError, one_line, retrain_fold_fix
 from .fileio import DAMAGED_FILE_ERRORS, atomic_path, load_keras_model, read_json, save_csv, save_npy, write_json
+from .keras_private import variable_index
 from .layers import AirbenchBatchNorm
 from .lookahead import LOOKAHEAD_EVERY, lookahead_pull
 from .models import build_model
@@ -248,7 +249,7 @@ class TorchSGD(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         # Keras's documented way to find a variable's slots (its Optimizer docstring's SGD example).
-        index = self._get_variable_index(variable)
+        index = variable_index(self, variable)
         scale, l2, stop = self.rules[index]
         buffer = self.momentums[index]
         gradient = ops.cast(gradient, variable.dtype)
@@ -285,7 +286,7 @@ def with_lookahead(optimizer_class, decay: float, total_steps: int):
 
         def update_step(self, gradient, variable, learning_rate):
             super().update_step(gradient, variable, learning_rate)
-            average = self.lookahead_averages[self._get_variable_index(variable)]
+            average = self.lookahead_averages[variable_index(self, variable)]
             sync, pull = lookahead_pull(self.iterations + 1, decay, total_steps)  # the step being applied, from 1
             new_average = average + ops.cast(pull, variable.dtype) * (variable - average)
             self.assign(average, new_average)
@@ -318,7 +319,7 @@ def with_bias_lr_scale(optimizer_class, scale: float):
             self.scaled = [is_batchnorm_bias(variable) for variable in variables]
 
         def update_step(self, gradient, variable, learning_rate):
-            if self.scaled[self._get_variable_index(variable)]:
+            if self.scaled[variable_index(self, variable)]:
                 gradient = gradient * scale
             super().update_step(gradient, variable, learning_rate)
 
