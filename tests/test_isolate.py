@@ -120,7 +120,7 @@ def test_a_killed_fold_is_named_and_the_other_folds_go_on(tmp_path):
     kill_child_when(proc, lambda: (work / "folds" / "r" / "fold0" / "history.csv").exists(), "fold 0")
     out, _ = proc.communicate(timeout=1800)
     assert proc.returncode == 2, out[-2000:]
-    assert "fold 0: killed by SIGKILL" in out and "the other folds go on" in out
+    assert "fold 0: killed by SIGKILL" in out and "the others go on" in out
     assert (work / "folds" / "r" / "fold1" / "metrics.json").exists()  # fold 1 still trained
     assert not (work / "folds" / "r" / "fold0" / "metrics.json").exists()
     assert "fold(s) 0 of run r died" in out
