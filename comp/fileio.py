@@ -131,6 +131,8 @@ def load_keras_model(path: str | os.PathLike, fix: str):
     """A saved .keras model (uncompiled); a missing or damaged file is a CompError naming it and `fix`."""
     import keras
 
+    from . import layers  # noqa: F401  (registers comp's own layers for load_model)
+
     path = Path(path)
     if not path.exists():
         raise CompError(f"{path}: missing; {fix}")

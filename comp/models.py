@@ -286,9 +286,13 @@ def _build_fast(config, input_shape, num_classes, sample_images, widths, convs, 
     if sample_images is None:
         # Without data (e.g. rebuilding for a shape check) the whitening is the identity-ish random init.
         sample_images = np.random.default_rng(0).integers(0, 256, (64, *input_shape), dtype=np.uint8)
+    from .layers import Standardize
+
     mean, variance = channel_stats(sample_images)
     inputs, x = _inputs(input_shape)
-    x = layers.Normalization(mean=mean, variance=variance, name="normalize")(x)
+    normalize = Standardize(name="normalize")  # the fold's statistics as variables: one program for all folds
+    x = normalize(x)
+    normalize.set_weights([mean.astype(np.float32), variance.astype(np.float32)])
     kernel, bias = whitening_kernel(sample_images, mean, variance)
     whiten = layers.Conv2D(kernel.shape[-1], WHITEN_PATCH, padding="valid", trainable=False, name="whiten")
     x = whiten(x)

@@ -110,9 +110,9 @@ def repredict_run(run: Run, dataset, split: Split, policy: str, average: str) ->
         val_logits, test_logits = predict_fold(run, fold, dataset.train_x[rows[val_pos]], dataset.test_x, policy)
         oof["none"][val_pos] = average_views(val_logits[:1])
         for name in AVERAGES:
-            oof[name][val_pos] = average_views(val_logits, name)
-        write_fold_predictions(run, fold, tag, average_views(val_logits, average),
-                               average_views(test_logits, average), labels[val_pos])
+            oof[name][val_pos] = average_views(val_logits, name, policy)
+        write_fold_predictions(run, fold, tag, average_views(val_logits, average, policy),
+                               average_views(test_logits, average, policy), labels[val_pos])
         info(f"fold {fold}: {len(val_pos):,} val + {len(dataset.test_x):,} test images x "
              f"{len(val_logits)} view(s) in {time.time() - started:.0f}s")
     save_npy(run.path / f"oof_probs{tag}.npy", oof[average])
@@ -216,7 +216,7 @@ def predict_images(run: Run, images: np.ndarray, policy: str, average: str) -> n
     for fold in range(run.k):
         keras.backend.clear_session()
         net = load_net(run, fold)
-        total += average_views(predict_logits(net, images, policy, PREDICT_BATCH), average)
+        total += average_views(predict_logits(net, images, policy, PREDICT_BATCH), average, policy)
     return total / run.k
 
 

@@ -3,7 +3,7 @@
 A policy is a list of views; a view is (flip, dx, dy): a horizontal flip and an integer shift
 in pixels with zero fill, the same transforms training saw, so the net knows them.
 
-Policies are named (`none`, `flip`, `flip-shift`) or written as a list of parts:
+Policies are named (`none`, `flip`, `flip-shift`, `airbench`) or written as a list of parts:
     flip        add the mirror image of every view
     shift=N     add the four 1-axis translations by N pixels (right, left, down, up)
 e.g. `--tta flip,shift=1` is 10 views: {as is, 4 shifts} x {plain, mirrored}. A list is
@@ -16,11 +16,21 @@ Averaging: the views' probabilities (softmax, then mean) or their logits (mean, 
 a geometric mean of the probabilities). `comp predict` measures both on out-of-fold rows every
 time it runs; DEFAULT_AVERAGE below says which won and by how much.
 
+`airbench` is airbench's own TTA (tta_level 2): the image and its mirror with weight 1/4 each,
+and both moved one pixel diagonally either way, with mirrors, 1/8 each; borders filled by
+reflection without repeating the edge pixel, as it pads; and the weighted mean of the logits,
+whatever average is asked for (WEIGHTED_POLICIES): the policy is the reference's, exactly.
+
+Prediction runs every view of a batch in one compiled call (comp.inference); `view` below is
+the NumPy reference of what that call does to each image.
+
 `comp train --tta` takes the named policies only (RunConfig.validate checks TTA_POLICIES);
 lists work in `comp predict` and `comp ensemble`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,7 +43,22 @@ TTA_POLICIES: dict[str, list[View]] = {
     "flip": [(False, 0, 0), (True, 0, 0)],
     # airbench's policy: both flips, each also shifted by one or two pixels.
     "flip-shift": [(f, dx, dy) for f in (False, True) for dx, dy in ((0, 0), (1, 1), (-1, -1), (2, 0), (0, -2))],
+    # airbench's six: x, flip(x), the reflect-padded crops [0:32, 0:32] (content down-right 1) and
+    # [2:34, 2:34] (up-left 1), and their mirrors (a mirror moves the content the other way in x).
+    "airbench": [(False, 0, 0), (True, 0, 0), (False, 1, 1), (True, -1, 1), (False, -1, -1), (True, 1, -1)],
 }
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """How a policy's views combine when they are not equal: their weights, fill and average."""
+
+    weights: tuple[float, ...]  # one per view, summing to 1
+    fill: str  # what a shift uncovers: "zero", or "reflect" (numpy's: no edge repeat)
+    average: str  # always this average (one of AVERAGES), whatever the caller asks for
+
+
+WEIGHTED_POLICIES = {"airbench": Weighting((1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8), "reflect", "logits")}
 
 AVERAGES = ("probs", "logits")
 # Mean of probabilities, chosen on evidence: `comp predict` on four CIFAR-10 runs (5,000 OOF
@@ -91,8 +116,8 @@ def views_for(policy: str) -> list[View]:
 
 def prediction_tag(policy: str, average: str = DEFAULT_AVERAGE) -> str:
     """File-name suffix of a policy's predictions: "" (none), ".flip", ".flip@logits"."""
-    if policy == "none":
-        return ""  # one view: both averages are the same numbers
+    if policy == "none" or policy in WEIGHTED_POLICIES:
+        return "" if policy == "none" else f".{policy}"  # one view, or an average fixed by the policy
     return f".{policy}" if average == DEFAULT_AVERAGE else f".{policy}@{average}"
 
 
@@ -109,13 +134,19 @@ def policy_for_augment(augment: str) -> str:
 # -- views and prediction ------------------------------------------------------------------
 
 
-def view(images: np.ndarray, flip: bool, dx: int, dy: int) -> np.ndarray:
-    """One TTA view of a uint8 batch (N,H,W,C): mirrored, then moved dx right and dy down."""
+def view_fill(policy: str) -> str:
+    """What a policy's shifts uncover: "zero", or "reflect" for the weighted policies that say so."""
+    return WEIGHTED_POLICIES[policy].fill if policy in WEIGHTED_POLICIES else "zero"
+
+
+def view(images: np.ndarray, flip: bool, dx: int, dy: int, fill: str = "zero") -> np.ndarray:
+    """One TTA view of a uint8 batch (N,H,W,C): mirrored, then moved dx right and dy down, the
+    uncovered border zero or (fill="reflect") mirrored without repeating the edge pixel."""
     out = images[:, :, ::-1] if flip else images
     if dx or dy:
         h, w = images.shape[1:3]
         pad = max(abs(dx), abs(dy))
-        padded = np.pad(out, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        padded = np.pad(out, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect" if fill == "reflect" else "constant")
         out = padded[:, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
     return np.ascontiguousarray(out)
 
@@ -127,10 +158,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_logits(net, images: np.ndarray, policy: str, batch_size: int = 512) -> np.ndarray:
-    """Logits of every view: (views, N, classes). The net outputs logits (see comp.models)."""
-    from .inference import predict_outputs
+    """Logits of every view: (views, N, classes), every view of a batch in one compiled call of
+    `batch_size` net inputs (more on a GPU). The net outputs logits (see comp.models)."""
+    from .inference import call_rows, predictor_for
 
-    return np.stack([predict_outputs(net, view(images, *v), batch_size) for v in views_for(policy)])
+    return predictor_for(net, views_for(policy), view_fill(policy), call_rows(batch_size))(images)
 
 
 def average_probs(view_logits: np.ndarray) -> np.ndarray:
@@ -143,12 +175,17 @@ def average_logits(view_logits: np.ndarray) -> np.ndarray:
     return softmax(view_logits.mean(axis=0))
 
 
-def average_views(view_logits: np.ndarray, average: str = DEFAULT_AVERAGE) -> np.ndarray:
+def average_views(view_logits: np.ndarray, average: str = DEFAULT_AVERAGE, policy: str | None = None) -> np.ndarray:
+    """(N, classes) probabilities of the views of `policy` (equal weights unless WEIGHTED_POLICIES
+    says otherwise: then its weights and its own average)."""
     if average not in AVERAGES:
         raise CompError(f"--tta-average {average}: choose one of {', '.join(AVERAGES)}")
+    weighting = WEIGHTED_POLICIES.get(policy)
+    if weighting:
+        return softmax(np.tensordot(np.asarray(weighting.weights), view_logits, axes=1))
     return average_probs(view_logits) if average == "probs" else average_logits(view_logits)
 
 
 def predict_probs(net, images: np.ndarray, policy: str = "none", batch_size: int = 512,
                   average: str = DEFAULT_AVERAGE) -> np.ndarray:
-    return average_views(predict_logits(net, images, policy, batch_size), average)
+    return average_views(predict_logits(net, images, policy, batch_size), average, policy)

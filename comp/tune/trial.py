@@ -46,6 +46,8 @@ def make_reporter(trial, fold_index: int, epochs: int, last_fold: bool):
     import optuna
 
     def on_epoch(epoch: int, row: dict) -> None:
+        if "val_accuracy" not in row:  # val_every skipped this epoch: nothing to report
+            return
         step = report_step(fold_index, epoch, epochs)
         trial.report(row["val_accuracy"], step)
         final = last_fold and epoch + 1 >= epochs  # pruning at the very end would only throw the score away
