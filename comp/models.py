@@ -212,10 +212,17 @@ BN_MOMENTUM = 0.6  # short-memory BN statistics: the net changes fast over few e
 OUTPUT_SCALE = 1 / 9  # airbench's logit temperature: lets SGD use a large learning rate
 
 
+STATS_CHUNK = 4096  # images per read: float64 copies of a chunk, never of the whole (memory-mapped) set
+
+
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and variance of 0..1 pixels."""
-    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return pixels.mean(0), pixels.var(0) + 1e-6
+    """Per-channel mean and variance of 0..1 pixels, summed chunk by chunk."""
+    total, squares, count = 0.0, 0.0, 0
+    for start in range(0, len(images), STATS_CHUNK):
+        pixels = np.asarray(images[start:start + STATS_CHUNK]).reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        total, squares, count = total + pixels.sum(0), squares + np.square(pixels).sum(0), count + len(pixels)
+    mean = total / count
+    return mean, np.maximum(squares / count - mean**2, 0.0) + 1e-6
 
 
 def whitening_kernel(images: np.ndarray, mean, variance) -> tuple[np.ndarray, np.ndarray]:

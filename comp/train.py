@@ -188,11 +188,11 @@ def fold_done(fold_dir: Path) -> bool:
 
 def train_one_fold(config: RunConfig, dataset, split: Split, run_dir: Path, fold: int, progress=None):
     """Train fold `fold` in this process and write its artifacts; its FoldResult."""
-    from .trainer import train_fold
+    from .trainer import Rows, train_fold
 
     train_pos, val_pos = split.rows(fold, dataset.rows)
-    return train_fold(config, dataset.train_x[train_pos], dataset.train_y[train_pos],
-                      dataset.train_x[val_pos], dataset.train_y[val_pos], dataset.num_classes, fold,
+    return train_fold(config, Rows(dataset.train_x, train_pos), dataset.train_y[train_pos],
+                      Rows(dataset.train_x, val_pos), dataset.train_y[val_pos], dataset.num_classes, fold,
                       fold_dir=run_dir / f"fold{fold}", test_x=dataset.test_x, progress=progress)
 
 

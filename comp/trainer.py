@@ -129,7 +129,28 @@ class TrainingModel(keras.Model):
 # -- the fold's rows ---------------------------------------------------------------------------
 
 
+class Rows:
+    """Rows `positions` of a (memory-mapped) image array, read only when asked: a slice or a
+    gather reads just those rows, so a fold's rows need not be copied out of the cache whole
+    (np.asarray(rows) still does, for the tf.data pipeline). What train_fold takes as images."""
+
+    def __init__(self, array, positions):
+        self.array, self.positions = array, np.asarray(positions)
+        self.shape, self.dtype = (len(self.positions), *array.shape[1:]), array.dtype
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, index):
+        return self.array[self.positions[index]]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.array[self.positions], dtype=dtype)
+
+
+
 STORE_ROWS_MULTIPLE = 1024  # the device store's rows, rounded up: folds of a split differ by a row or so
+FILL_CHUNK = 8192  # rows read from the cache and sent to the device at a time (75 MB of 32x32 RGB)
 # Steps per dispatch on JAX: the host then speaks to the device once per this many steps. A scan
 # compiles one step whatever the count; 8 keeps a short epoch's padding (skipped steps) small.
 JAX_STEPS_PER_DISPATCH = 8
@@ -156,13 +177,15 @@ class FoldStore(keras.layers.Layer):
                                       name="labels")
         self.built = True
 
-    def fill(self, images: np.ndarray, labels: np.ndarray) -> None:
-        """One copy to the device; the rows past len(labels) keep whatever they held (never read)."""
+    def fill(self, images, labels: np.ndarray) -> None:
+        """The rows to the device, FILL_CHUNK at a time (the host never holds them all); the rows
+        past len(labels) keep whatever they held (never read)."""
         rows = len(labels)
         if rows > self.labels.shape[0]:
             raise ValueError(f"{rows} rows do not fit a store of {self.labels.shape[0]}")
-        start = [0] * len(self.images.shape)
-        self.images.assign(ops.slice_update(self.images.value, start, ops.convert_to_tensor(images, "uint8")))
+        for start in range(0, rows, FILL_CHUNK):
+            chunk = ops.convert_to_tensor(np.asarray(images[start:start + FILL_CHUNK]), "uint8")
+            self.images.assign(ops.slice_update(self.images.value, [start] + [0] * (len(self.images.shape) - 1), chunk))
         self.labels.assign(ops.slice_update(self.labels.value, [0], ops.convert_to_tensor(labels, "int32")))
 
     def gather(self, rows):
@@ -293,7 +316,7 @@ def training_inputs(images, labels, batch_size: int, seed: int, store: FoldStore
         store.fill(images, labels)
         x = RowBatches(order, steps_per_dispatch())
     elif keras.backend.backend() == "tensorflow":
-        x = tf_batches(images, labels, order)
+        x = tf_batches(np.asarray(images), labels, order)
     else:
         x = ShuffledBatches(images, labels, batch_size, seed)
         order = x.order
@@ -863,13 +886,14 @@ def compile_counts() -> dict[str, int]:
 def fold_phases(started: float, fit_started: float, fit_ended: float, history: list[dict], epochs_before: int,
                 compiles_before: dict) -> dict:
     """Where a fold's seconds went: setup (engine, store, resume), the first epoch this process
-    ran (compiling included), the later epochs, and after fit (recalibration, predictions,
-    files); on JAX also the programs made during the fold (see COMPILE_EVENTS) and how many of
-    them the persistent cache gave."""
+    ran (compiling included), the later epochs, after fit (recalibration, predictions, files) and
+    in all, from the start to the written predictions; on JAX also the programs made during the
+    fold (see COMPILE_EVENTS) and how many of them the persistent cache gave."""
     epochs = [row["seconds"] for row in history[epochs_before:]]
+    now = time.time()
     phases = {"setup": fit_started - started, "first_epoch": epochs[0] if epochs else 0.0,
               "later_epochs": float(sum(epochs[1:])), "later_epoch_count": max(0, len(epochs) - 1),
-              "after_fit": time.time() - fit_ended}
+              "after_fit": now - fit_ended, "total": now - started}
     phases = {k: round(v, 3) if isinstance(v, float) else v for k, v in phases.items()}
     return phases | {k: v - compiles_before.get(k, 0) for k, v in compile_counts().items()}
 
