@@ -76,7 +76,7 @@ class TrainingModel(keras.Model):
         self.built = True  # the net is a built functional model; augment, mix and store build in __init__
 
     def build(self, input_shape=None):
-        self.built = True  # the net is a built functional model; augment, mix and store build in __init__
+        pass  # built in __init__: fit must never trace the model on a sample batch to build it
 
     def pixels_and_labels(self, batch):
         if "rows" in batch:

@@ -124,6 +124,32 @@ def test_device_rows_host_batches_and_tf_data_draw_the_same_rows_each_epoch():
     assert seen_over_epochs == set(range(rows))  # the 5 rows left over differ by epoch
 
 
+def test_rows_read_from_the_array_only_what_is_asked(monkeypatch):
+    array = np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1)
+    rows = trainer.Rows(array, [1, 3, 4, 8])
+    assert len(rows) == 4 and rows.shape == (4, 2, 2, 1) and rows.dtype == np.uint8
+    np.testing.assert_array_equal(rows[1:3], array[[3, 4]])
+    np.testing.assert_array_equal(rows[np.array([3, 0])], array[[8, 1]])
+    np.testing.assert_array_equal(np.asarray(rows), array[[1, 3, 4, 8]])
+    # The device store fills chunk by chunk and gathers the rows it was given.
+    monkeypatch.setattr(trainer, "FILL_CHUNK", 3)
+    store = trainer.FoldStore(trainer.store_capacity(4), (2, 2, 1))
+    store.fill(rows, np.array([0, 1, 2, 0]))
+    pixels, labels = store.gather(np.array([3, 0, 2], np.int32))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(pixels), array[[8, 1, 4]])
+    assert keras.ops.convert_to_numpy(labels).tolist() == [0, 0, 2]
+
+
+def test_a_fold_trains_the_same_from_rows_of_the_cache_as_from_copies():
+    images, labels = _fold_rows()
+    config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 2, "augment": "flip"})
+    train, val = np.arange(56), np.arange(56, 72)
+    copied = trainer.train_fold(config, images[train], labels[train], images[val], labels[val], 3, 0)
+    mapped = trainer.train_fold(config, trainer.Rows(images, train), labels[train], trainer.Rows(images, val),
+                                labels[val], 3, 0)
+    np.testing.assert_allclose(mapped.val_probs, copied.val_probs, rtol=1e-5, atol=1e-6)
+
+
 # -- the engine: reused across folds, as fresh as a new one -------------------------------------------
 
 
