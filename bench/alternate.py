@@ -4,8 +4,9 @@ Each revision is exported with `git archive` (no checkout is touched) and runs t
 `comp train` arguments in one shared workdir (one decoded cache, one split), old and new in
 turn, `--rounds` times: the machine's other load hits both alike. Per run it reads the fold's
 history.csv (seconds of every epoch, validation included) and metrics.json, and prints the
-epochs' seconds (first epoch: compiling included), the fold's seconds and the ratios old / new
-of the best and of the median round.
+epochs' seconds (first epoch: compiling included), the fold's seconds (to its predictions), the
+command's wall time (start-up and predictions included) and the ratios old / new of the best and
+of the median round. Environment variables pass through (KERAS_BACKEND, JAX_PLATFORMS, ...).
 
     python bench/alternate.py --old main --new HEAD --data /tmp/cifar10-dacon --rounds 3 \\
         -- --model fast --width 0.5 --epochs 2 --limit 10000
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -45,13 +47,15 @@ def train_once(code: Path, name: str, data: str, workdir: Path, train_args: list
     env = {**os.environ, "PYTHONPATH": str(code)}
     command = [sys.executable, "-m", "comp", "train", "--data", data, "--workdir", str(workdir), "--fold", "0",
                "--force", "--quiet", "--name", name, *train_args]
+    started = time.perf_counter()
     subprocess.run(command, cwd=code, env=env, check=True)
+    wall = time.perf_counter() - started  # the whole command: start-up, fold, predictions, files
     fold = workdir / "folds" / name / "fold0"
     history = pd.read_csv(fold / "history.csv")
     metrics = json.loads((fold / "metrics.json").read_text())
     seconds = history["seconds"].tolist()
     return {"first_epoch": seconds[0], "later_epochs": sum(seconds[1:]), "epochs": sum(seconds),
-            "fold": metrics["seconds"], "val_accuracy": metrics["val_accuracy"]}
+            "fold": metrics["seconds"], "wall": round(wall, 2), "val_accuracy": metrics["val_accuracy"]}
 
 
 def main(argv=None) -> int:
@@ -76,7 +80,7 @@ def main(argv=None) -> int:
                 print(json.dumps(runs[-1]), flush=True)
     frame = pd.DataFrame(runs)
     print(frame.to_string(index=False))
-    for column in ("first_epoch", "later_epochs", "epochs", "fold"):
+    for column in ("first_epoch", "later_epochs", "epochs", "fold", "wall"):
         old, new = (frame[frame.code == c][column].tolist() for c in ("old", "new"))
         print(f"{column:>13}: old/new best {min(old) / min(new):.2f}x ({min(old):.1f} s / {min(new):.1f} s), "
               f"median {statistics.median(old) / statistics.median(new):.2f}x")
