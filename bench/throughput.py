@@ -1,11 +1,14 @@
 """Training throughput: comp's real train step against a bare jitted step, in one run.
 
 For each model, two numbers in images per second:
-  pipeline  what `comp train` runs: uint8 batches (training_inputs) through TrainingModel.fit,
-            with augmentation and mixup inside the compiled step
+  pipeline  what `comp train` runs: its batches (training_inputs: row numbers into the fold's
+            rows on the device on JAX, a tf.data pipeline of uint8 batches on TensorFlow) through
+            TrainingModel.fit, with augmentation and mixup inside the compiled step
   bare      the plain net's train step (no augmentation, no mixing) on one batch already on the
             device, called in a loop: the ceiling for this model on this machine
 The ratio pipeline / bare is the figure: 0.9 or more means the pipeline costs at most 10%.
+--inputs both adds "other", the input path comp does not use on this backend (host batches on
+JAX, device rows on TensorFlow), to measure the choice trainer.uses_device_rows makes.
 
     python bench/throughput.py                       # baseline, deep, fast on the default backend
     KERAS_BACKEND=jax python bench/throughput.py --precision bfloat16 --batch-size 512   # a GPU
@@ -30,8 +33,9 @@ keras = import_keras()
 import numpy as np  # noqa: E402
 
 from comp.config import build_config  # noqa: E402
-from comp.trainer import (build_training_model, compile_training_model, jit_compile_setting,  # noqa: E402
-                          make_optimizer, set_precision, training_inputs)
+from comp import trainer  # noqa: E402
+from comp.trainer import (FoldStore, build_training_model, compile_training_model, jit_compile_setting,  # noqa: E402
+                          make_optimizer, set_precision, store_capacity, training_inputs)
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
@@ -42,18 +46,19 @@ def fake_cifar(rows: int, seed: int = 0):
     return rng.integers(0, 256, (rows, *IMAGE_SHAPE), dtype=np.uint8), rng.integers(0, NUM_CLASSES, rows)
 
 
-def pipeline_timer(config, images, labels, steps: int, warmup: int):
-    """A function timing TrainingModel.fit over `steps` batches (compiled once, up front)."""
-    model, _ = build_training_model(config, IMAGE_SHAPE, NUM_CLASSES, images, fold=0)
+def pipeline_timer(config, images, labels, steps: int, device_rows: bool):
+    """A function timing TrainingModel.fit over `steps` batches (compiled once, up front), the
+    batches from the device (a FoldStore) or from the host."""
+    rows = config.batch_size * steps
+    store = FoldStore(store_capacity(rows), IMAGE_SHAPE) if device_rows else None
+    model, _ = build_training_model(config, IMAGE_SHAPE, NUM_CLASSES, images, 0, steps, store)
     compile_training_model(model, config, steps)
-    rows = config.batch_size
-    warm, _ = training_inputs(images[:rows * warmup], labels[:rows * warmup], NUM_CLASSES, rows, seed=0)
-    model.fit(**warm, epochs=1, verbose=0)
-    timed, _ = training_inputs(images[:rows * steps], labels[:rows * steps], NUM_CLASSES, rows, seed=1)
+    timed, _ = training_inputs(images[:rows], labels[:rows], config.batch_size, seed=1, store=store)
+    model.fit(**timed, epochs=1, verbose=0)  # compiles; the timed fits reuse the step (fit caches it)
 
     def seconds() -> float:
         started = time.perf_counter()
-        history = model.fit(**timed, epochs=1, verbose=0)  # the same compiled step: fit caches it
+        history = model.fit(**timed, epochs=1, verbose=0)
         float(history.history["loss"][-1])  # the epoch's logs are read back: every step has finished
         return time.perf_counter() - started
 
@@ -95,6 +100,8 @@ def main(argv=None) -> int:
     parser.add_argument("--augment", default="simple", help="augmentation of the pipeline step")
     parser.add_argument("--mixup", type=float, default=0.2)
     parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--inputs", choices=("comp", "both"), default="comp",
+                        help="both: also time the input path comp does not use on this backend")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -106,19 +113,27 @@ def main(argv=None) -> int:
         images, labels = fake_cifar(config.batch_size * max(args.steps, args.warmup))
         set_precision(config.precision)
         keras.backend.clear_session()
+        device_rows = trainer.uses_device_rows()
         timers = {"bare": bare_timer(config, images, labels, args.steps, args.warmup),
-                  "pipeline": pipeline_timer(config, images, labels, args.steps, args.warmup)}
-        # Alternate the two and keep each one's best: other load on the machine hits both alike.
+                  "pipeline": pipeline_timer(config, images, labels, args.steps, device_rows)}
+        if args.inputs == "both":
+            timers["other"] = pipeline_timer(config, images, labels, args.steps, not device_rows)
+        # Alternate them and keep each one's best: other load on the machine hits all alike.
         best = {kind: timer() for kind, timer in timers.items()}
         for _ in range(args.repeats - 1):
             for kind, timer in timers.items():
                 best[kind] = min(best[kind], timer())
-        bare, pipeline = (args.steps * config.batch_size / best[k] for k in ("bare", "pipeline"))
+        speed = {kind: args.steps * config.batch_size / seconds for kind, seconds in best.items()}
         set_precision("float32")
-        rows.append({"model": name, "bare_img_s": round(bare, 1), "pipeline_img_s": round(pipeline, 1),
-                     "ratio": round(pipeline / bare, 3)})
-        print(f"{name:<10} bare {bare:>10.1f} img/s   pipeline {pipeline:>10.1f} img/s   ratio {pipeline / bare:.3f}",
-              flush=True)
+        row = {"model": name, "bare_img_s": round(speed["bare"], 1), "pipeline_img_s": round(speed["pipeline"], 1),
+               "ratio": round(speed["pipeline"] / speed["bare"], 3), "inputs": "device" if device_rows else "host"}
+        line = (f"{name:<10} bare {speed['bare']:>10.1f} img/s   pipeline ({row['inputs']} rows) "
+                f"{speed['pipeline']:>10.1f} img/s   ratio {row['ratio']:.3f}")
+        if "other" in speed:
+            row |= {"other_img_s": round(speed["other"], 1), "other_ratio": round(speed["other"] / speed["bare"], 3)}
+            line += f"   other inputs {speed['other']:>8.1f} img/s ({row['other_ratio']:.3f})"
+        rows.append(row)
+        print(line, flush=True)
     device = accelerator() or f"cpu ({os.cpu_count()} cores)"
     report = {"backend": keras.backend.backend(), "device": device, "batch_size": args.batch_size,
               "precision": args.precision, "jit": args.jit, "augment": args.augment, "mixup": args.mixup,

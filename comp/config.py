@@ -53,6 +53,9 @@ class RunConfig:
     lookahead: float = 0.0  # >0: airbench's lookahead averaging, per-step decay (0.95); see trainer
     label_smoothing: float = 0.0
     patience: int = 0  # early stopping on val accuracy; 0 = off
+    # Validate after every N epochs (and the last); 0: never during training, the fold's final
+    # predictions still score it (--preset gpu: a GPU epoch is about as long as a validation).
+    val_every: int = 1
     # last: the final epoch's weights. best: the epoch with the best validation accuracy, chosen on
     # the very rows whose out-of-fold predictions the run reports, so its OOF score flatters it.
     keep: str = "last"
@@ -122,6 +125,10 @@ class RunConfig:
                             f"{', '.join(TRAINED_WHITENING_BIAS)} only; set it to 0")
         if self.ema and self.lookahead:
             raise CompError(f"{source}: ema and lookahead are two ways to average weights; set one of them to 0")
+        for needs, what in ((self.keep == "best", "keep = best picks the epoch"), (self.patience, "patience stops")):
+            if needs and self.val_every != 1:
+                raise CompError(f"{source}: {what} by validation accuracy, which needs validation after every "
+                                f"epoch, and val_every = {self.val_every}; set val_every = 1 (--val-every 1)")
         if self.keep == "best" and self.averages_weights:
             raise CompError(f"{source}: keep = best with {'ema' if self.ema else 'lookahead'}: the averaged weights "
                             "exist only after the last epoch, so there is no best epoch of them; use keep = last")
@@ -251,6 +258,7 @@ FIELD_RULES = {
     "lookahead": Number(float, 0, 1, high_open=True),
     "label_smoothing": Number(float, 0, 1, high_open=True),
     "patience": Number(int, 0),
+    "val_every": Number(int, 0, 100_000),
     "keep": Choice(("best", "last")),
     "image_size": ImageSize(),
     "resize": Choice(("squash", "crop", "pad")),

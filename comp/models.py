@@ -239,10 +239,17 @@ BN_MOMENTUM = 0.6  # short-memory BN statistics: the net changes fast over few e
 OUTPUT_SCALE = 1 / 9  # airbench's logit temperature: lets SGD use a large learning rate
 
 
+STATS_CHUNK = 4096  # images per read: float64 copies of a chunk, never of the whole (memory-mapped) set
+
+
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and variance of 0..1 pixels."""
-    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return pixels.mean(0), pixels.var(0) + 1e-6
+    """Per-channel mean and variance of 0..1 pixels, summed chunk by chunk."""
+    total, squares, count = 0.0, 0.0, 0
+    for start in range(0, len(images), STATS_CHUNK):
+        pixels = np.asarray(images[start:start + STATS_CHUNK]).reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        total, squares, count = total + pixels.sum(0), squares + np.square(pixels).sum(0), count + len(pixels)
+    mean = total / count
+    return mean, np.maximum(squares / count - mean**2, 0.0) + 1e-6
 
 
 def _patches(images: np.ndarray, mean, variance) -> np.ndarray:
@@ -344,9 +351,13 @@ def _whitened_stem(input_shape, sample_images, whitening: Callable, bias_trains:
     if sample_images is None:
         # Without data (e.g. rebuilding for a shape check) the whitening is the identity-ish random init.
         sample_images = np.random.default_rng(0).integers(0, 256, (64, *input_shape), dtype=np.uint8)
+    from .layers import Standardize
+
     mean, variance = channel_stats(sample_images)
     inputs, x = _inputs(input_shape)
-    x = layers.Normalization(mean=mean, variance=variance, name="normalize")(x)
+    normalize = Standardize(name="normalize")  # the fold's statistics as variables: one program for all folds
+    x = normalize(x)
+    normalize.set_weights([mean.astype(np.float32), variance.astype(np.float32)])
     kernel, bias = whitening(sample_images, mean, variance)
     whiten = layers.Conv2D(kernel.shape[-1], WHITEN_PATCH, padding="valid", trainable=bias_trains, name="whiten")
     x = whiten(x)

@@ -2,10 +2,16 @@
 
 Imports keras at module level: import this module only after the backend is chosen.
 
-The step lives in `TrainingModel`, a thin keras.Model around the plain net. Its call takes
-(pixels, one-hot targets), augments and mixes them on the device when training, and returns
-both the logits and the (mixed) targets, so `compute_loss` can use soft targets. Only the
-plain net is saved as model.keras; the wrapper exists for fit().
+The step lives in `TrainingModel`, a thin keras.Model around the plain net. Its call takes a
+batch (pixels and labels, or row numbers into the fold's rows held on the device), augments
+and mixes it on the device when training, and returns the logits, the (mixed) targets and the
+labels, so `compute_loss` can use soft targets. Only the plain net is saved as model.keras;
+the wrapper exists for fit().
+
+Compile once: everything fitted on a fold's rows (normalisation, whitening) is a variable, so
+every fold, seed and trial of one config traces the same programs. `prepare_engine` keeps the
+last config's compiled model in the process and, for the next fold, only loads that fold's
+freshly built initial state into it (the persistent cache covers new processes).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +30,7 @@ import pandas as pd
 from keras import ops
 from rich.markup import escape
 
+from . import layers as _registered_layers  # noqa: F401 -- comp's layers, for load_model
 from .augment import make_augment_layer, make_mix_layer
 from .config import RunConfig
 from .console import warn
@@ -32,9 +39,10 @@ from .fileio import DAMAGED_FILE_ERRORS, atomic_path, load_keras_model, read_jso
 from .keras_private import variable_index
 from .layers import AirbenchBatchNorm
 from .lookahead import LOOKAHEAD_EVERY, lookahead_pull
+from .inference import Predictor, call_rows
 from .models import build_model
 from .scoring import accuracy as score_accuracy, log_loss
-from .tta import average_views, predict_logits
+from .tta import average_views, views_for, view_fill
 
 # A checkpoint (weights + optimizer state, tens of MB for the big nets) is written at an epoch's
 # end once this many seconds passed since the last one: a kill loses at most this much work,
@@ -44,34 +52,153 @@ CHECKPOINT_SECONDS = float(os.environ.get("COMP_CHECKPOINT_SECONDS", "30"))
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
-class TrainingModel(keras.Model):
-    """fit() wrapper: augmentation and mixup inside the compiled train step."""
+def smoothed_cross_entropy(logits, targets, label_smoothing: float, num_classes: int):
+    """Mean cross-entropy of logits against (soft) targets smoothed toward uniform (keras.ops)."""
+    logits, targets = ops.cast(logits, "float32"), ops.cast(targets, "float32")
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return ops.mean(-ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
 
-    def __init__(self, net, augment, mix, num_classes: int, label_smoothing: float, **kwargs):
+
+class TrainingModel(keras.Model):
+    """fit() wrapper: augmentation and mixup inside the compiled train step.
+
+    A batch is {"pixels", "labels"} (uint8 images and class numbers from the host) or {"rows"}:
+    row numbers into `store`, the fold's rows already on the device. On JAX a batch of rows may
+    hold several steps ({"rows": (k, batch), "valid": (k,)}): they run in one dispatch, a scan
+    of the one-step program (see train_step).
+    """
+
+    def __init__(self, net, augment, mix, num_classes: int, label_smoothing: float, store=None, **kwargs):
         super().__init__(**kwargs)
-        self.net, self.augment, self.mix = net, augment, mix
+        self.net, self.augment, self.mix, self.store = net, augment, mix, store
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        # The model's own metric (not compile's): it exists before the first batch, so fit never
+        # has to trace the model on a sample batch to build it.
+        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.built = True  # the net is a built functional model; augment, mix and store build in __init__
 
     def build(self, input_shape=None):
-        self.built = True  # the net is a built functional model; augment and mix have no weights
+        pass  # built in __init__: fit must never trace the model on a sample batch to build it
+
+    def pixels_and_labels(self, batch):
+        if "rows" in batch:
+            return self.store.gather(batch["rows"])
+        return batch["pixels"], batch["labels"]
 
     def call(self, inputs, training=False):
-        pixels, targets = inputs
+        pixels, labels = self.pixels_and_labels(inputs)
         images = ops.cast(pixels, "float32")  # data travels as uint8; cast on the device
+        targets = ops.one_hot(labels, self.num_classes)
         if training:
             images = self.augment(images, training=True)
-            images, targets = self.mix(images, ops.cast(targets, "float32"), training=True)
-        return {"logits": self.net(images, training=training), "targets": targets}
+            images, targets = self.mix(images, targets, training=True)
+        return {"logits": self.net(images, training=training), "targets": targets, "labels": labels}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        logits = ops.cast(y_pred["logits"], "float32")
-        targets = ops.cast(y_pred["targets"], "float32")
-        if self.label_smoothing:
-            targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
-        return ops.mean(-ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
+        return smoothed_cross_entropy(y_pred["logits"], y_pred["targets"], self.label_smoothing, self.num_classes)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        return super().compute_metrics(x, y, y_pred["logits"], sample_weight)
+        self.accuracy_metric.update_state(y_pred["labels"], y_pred["logits"])
+        return self.get_metrics_result()
+
+    def train_step(self, *args):
+        batch, _, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
+        if keras.backend.backend() == "jax" and "valid" in batch:
+            return self._scanned_train_steps(args[0], batch)
+        return super().train_step(*args)
+
+    def _scanned_train_steps(self, state, data):
+        """JAX: the batch's k steps in one dispatch, a scan of Keras's one-step train_step.
+
+        Steps marked not valid (the padding of an epoch's last dispatch) leave the state as it
+        was: lax.cond runs only the branch taken, so they cost nothing. The logs are the metrics
+        after the last step, as Keras's own step returns them.
+        """
+        import jax
+
+        one_step = super().train_step
+
+        def step(state, batch):
+            rows, valid = batch
+            return jax.lax.cond(valid, lambda s: one_step(s, {"rows": rows})[1], lambda s: s, state), None
+
+        state, _ = jax.lax.scan(step, state, (data["rows"], data["valid"]))
+        with keras.StatelessScope(state_mapping=list(zip(self.metrics_variables, state[-1]))):
+            logs = self.get_metrics_result()
+        return logs, state
+
+
+# -- the fold's rows ---------------------------------------------------------------------------
+
+
+class Rows:
+    """Rows `positions` of a (memory-mapped) image array, read only when asked: a slice or a
+    gather reads just those rows, so a fold's rows need not be copied out of the cache whole
+    (np.asarray(rows) still does, for the tf.data pipeline). What train_fold takes as images."""
+
+    def __init__(self, array, positions):
+        self.array, self.positions = array, np.asarray(positions)
+        self.shape, self.dtype = (len(self.positions), *array.shape[1:]), array.dtype
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, index):
+        return self.array[self.positions[index]]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.array[self.positions], dtype=dtype)
+
+
+
+STORE_ROWS_MULTIPLE = 1024  # the device store's rows, rounded up: folds of a split differ by a row or so
+FILL_CHUNK = 8192  # rows read from the cache and sent to the device at a time (75 MB of 32x32 RGB)
+# Steps per dispatch on JAX: the host then speaks to the device once per this many steps. A scan
+# compiles one step whatever the count; 8 keeps a short epoch's padding (skipped steps) small.
+JAX_STEPS_PER_DISPATCH = 8
+
+
+def store_capacity(rows: int) -> int:
+    return -(-rows // STORE_ROWS_MULTIPLE) * STORE_ROWS_MULTIPLE
+
+
+class FoldStore(keras.layers.Layer):
+    """The fold's training images (uint8) and labels as device variables, filled once per fold.
+
+    The train step gathers its batch from here by row number, so no pixel crosses from the host
+    during an epoch. The capacity (rows, rounded up) is part of the compiled program's shapes,
+    hence the rounding: every fold of a split fits the same program. Never in a checkpoint: the
+    rows are the fold's data, not training state.
+    """
+
+    def __init__(self, capacity: int, image_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.images = self.add_weight(shape=(capacity, *image_shape), dtype="uint8", initializer="zeros",
+                                      trainable=False, name="images")
+        self.labels = self.add_weight(shape=(capacity,), dtype="int32", initializer="zeros", trainable=False,
+                                      name="labels")
+        self.built = True
+
+    def fill(self, images, labels: np.ndarray) -> None:
+        """The rows to the device, FILL_CHUNK at a time (the host never holds them all); the rows
+        past len(labels) keep whatever they held (never read)."""
+        rows = len(labels)
+        if rows > self.labels.shape[0]:
+            raise ValueError(f"{rows} rows do not fit a store of {self.labels.shape[0]}")
+        for start in range(0, rows, FILL_CHUNK):
+            chunk = ops.convert_to_tensor(np.asarray(images[start:start + FILL_CHUNK]), "uint8")
+            self.images.assign(ops.slice_update(self.images.value, [start] + [0] * (len(self.images.shape) - 1), chunk))
+        self.labels.assign(ops.slice_update(self.labels.value, [0], ops.convert_to_tensor(labels, "int32")))
+
+    def gather(self, rows):
+        return ops.take(self.images, rows, axis=0), ops.take(self.labels, rows, axis=0)
+
+    def save_own_variables(self, store):
+        pass
+
+    def load_own_variables(self, store):
+        pass
 
 
 class BatchOrder(keras.callbacks.Callback):
@@ -82,6 +209,7 @@ class BatchOrder(keras.callbacks.Callback):
     epoch's first batch is read. Full batches only: equal batch shapes mean one compiled step
     (a ragged last batch would compile a second one on JAX), and the rows left over differ from
     epoch to epoch, so every row is still seen. Rows are sorted within a batch (faster reads).
+    Every input path (device rows, tf.data, ShuffledBatches) reads its batches from here.
     """
 
     def __init__(self, rows: int, batch_size: int, seed: int):
@@ -104,13 +232,36 @@ class BatchOrder(keras.callbacks.Callback):
         return self._batches[1]
 
 
-class ShuffledBatches(keras.utils.PyDataset):
-    """Batches of (pixels, one-hot), label in the order of `self.order` (pass it to fit as a callback)."""
+class RowBatches(keras.utils.PyDataset):
+    """The epoch's batches as row numbers into a FoldStore, `steps_per_dispatch` steps a batch.
 
-    def __init__(self, images, labels, num_classes: int, batch_size: int, seed: int):
+    With one step a batch is {"rows": (batch,)}; with k, {"rows": (k, batch), "valid": (k,)},
+    the epoch's last one padded with repeats of a real batch marked not valid (skipped).
+    """
+
+    def __init__(self, order: BatchOrder, steps_per_dispatch: int):
+        super().__init__()
+        self.order, self.per_dispatch = order, max(1, min(steps_per_dispatch, order.steps))
+
+    def __len__(self):
+        return -(-self.order.steps // self.per_dispatch)
+
+    def __getitem__(self, index):
+        rows = self.order.batch_rows()[index * self.per_dispatch:(index + 1) * self.per_dispatch].astype(np.int32)
+        if self.per_dispatch == 1:
+            return ({"rows": rows[0]},)
+        valid = np.arange(self.per_dispatch) < len(rows)
+        rows = np.concatenate([rows, np.repeat(rows[:1], self.per_dispatch - len(rows), axis=0)])
+        return ({"rows": rows, "valid": valid},)
+
+
+class ShuffledBatches(keras.utils.PyDataset):
+    """Batches of {pixels, labels} gathered on the host, in the order of `self.order` (pass it to
+    fit as a callback)."""
+
+    def __init__(self, images, labels, batch_size: int, seed: int):
         super().__init__()
         self.images, self.labels = images, labels
-        self.onehot = np.eye(num_classes, dtype=np.float32)[labels]
         self.order = BatchOrder(len(labels), batch_size, seed)
 
     def __len__(self):
@@ -118,10 +269,10 @@ class ShuffledBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rows = self.order.batch_rows()[index]
-        return (self.images[rows], self.onehot[rows]), self.labels[rows]
+        return ({"pixels": self.images[rows], "labels": self.labels[rows].astype(np.int32)},)
 
 
-def tf_batches(images, labels, num_classes: int, order: BatchOrder):
+def tf_batches(images, labels, order: BatchOrder):
     """The same batches as ShuffledBatches as a tf.data pipeline: Keras's own for arrays (the
     arrays held as one tensor, each batch gathered in C++), with BatchOrder's rows in place of its
     tf.random.shuffle, which a resumed fit cannot replay.
@@ -131,34 +282,48 @@ def tf_batches(images, labels, num_classes: int, order: BatchOrder):
     """
     import tensorflow as tf
 
-    onehot = np.eye(num_classes, dtype=np.float32)[labels]
     epoch_rows = tf.data.Dataset.from_generator(
         lambda: iter([order.batch_rows()]),  # called as each epoch's iteration starts
         output_signature=tf.TensorSpec((order.steps, order.batch_size), tf.int64))
     rows = epoch_rows.unbatch().apply(tf.data.experimental.assert_cardinality(order.steps))
-    arrays = tf.data.Dataset.from_tensors((images, onehot, labels)).repeat()
+    arrays = tf.data.Dataset.from_tensors((images, labels.astype(np.int32))).repeat()
 
     def gather(batch_rows, data):
-        pixels, targets, classes = (tf.gather(array, batch_rows) for array in data)
-        return (pixels, targets), classes
+        pixels, classes = (tf.gather(array, batch_rows) for array in data)
+        return ({"pixels": pixels, "labels": classes},)
 
     return tf.data.Dataset.zip((rows, arrays)).map(gather, num_parallel_calls=tf.data.AUTOTUNE) \
         .prefetch(tf.data.AUTOTUNE)
 
 
-def training_inputs(images, labels, num_classes: int, batch_size: int, seed: int) -> tuple[dict, int]:
-    """fit() arguments for the training rows (their BatchOrder among the callbacks), and the steps per epoch.
+def uses_device_rows() -> bool:
+    """Whether training reads its batches from a FoldStore (JAX) or from the host (TensorFlow:
+    its tf.data pipeline measured faster on a CPU, bench/RESULTS.md; torch: ShuffledBatches)."""
+    return keras.backend.backend() == "jax"
 
-    TensorFlow gets a tf.data pipeline (C++, no Python per batch); the other backends get
-    ShuffledBatches. Both draw the same batches.
+
+def steps_per_dispatch() -> int:
+    return JAX_STEPS_PER_DISPATCH if keras.backend.backend() == "jax" else 1
+
+
+def training_inputs(images, labels, batch_size: int, seed: int, store: FoldStore | None = None) -> tuple[dict, int]:
+    """fit() arguments for the training rows (their BatchOrder among the callbacks), and the
+    optimizer steps per epoch.
+
+    With a store: the rows go to the device once and batches are row numbers (RowBatches).
+    Else TensorFlow gets a tf.data pipeline (C++, no Python per batch) and the other backends
+    ShuffledBatches. Every path draws the same batches.
     """
-    if keras.backend.backend() == "tensorflow":
-        order = BatchOrder(len(labels), batch_size, seed)
-        return {"x": tf_batches(images, labels, num_classes, order), "shuffle": False, "callbacks": [order]}, \
-            order.steps
-    batches = ShuffledBatches(images, labels, num_classes, batch_size, seed)
-    return {"x": batches, "shuffle": False, "callbacks": [batches.order]}, len(batches)
-
+    order = BatchOrder(len(labels), batch_size, seed)
+    if store is not None:
+        store.fill(images, labels)
+        x = RowBatches(order, steps_per_dispatch())
+    elif keras.backend.backend() == "tensorflow":
+        x = tf_batches(np.asarray(images), labels, order)
+    else:
+        x = ShuffledBatches(images, labels, batch_size, seed)
+        order = x.order
+    return {"x": x, "shuffle": False, "callbacks": [order]}, order.steps
 
 # -- optimiser and schedule --------------------------------------------------------------------
 
@@ -364,11 +529,15 @@ TF_STEPS_PER_EXECUTION = 8
 
 
 def compile_training_model(model: TrainingModel, config: RunConfig, steps_per_epoch: int) -> None:
-    """The one compile call for training (train_fold and the throughput benchmark share it)."""
+    """The one compile call for training (train_fold and the throughput benchmark share it).
+
+    The optimizer's variables are made here, not by fit's first step: a checkpoint can be loaded
+    into them, and fit then has nothing left to build by tracing the model on a sample batch.
+    """
     steps_per_execution = TF_STEPS_PER_EXECUTION if keras.backend.backend() == "tensorflow" else 1
-    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  jit_compile=jit_compile_setting(config), steps_per_execution=steps_per_execution)
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=jit_compile_setting(config),
+                  steps_per_execution=steps_per_execution)
+    model.optimizer.build(model.trainable_variables)
 
 
 # -- BatchNorm statistics of averaged weights -----------------------------------------------------
@@ -383,32 +552,62 @@ def batch_norm_layers(layer) -> list:
     return [norm for child in getattr(layer, "layers", []) for norm in batch_norm_layers(child)]
 
 
-def recalibrate_batchnorm(model: TrainingModel, images, labels, num_classes: int, batch_size: int, seed: int) -> None:
+class BatchStatistics(keras.Model):
+    """Per BatchNorm layer of the net: the mean and variance of its input over one training batch,
+    augmented and mixed as in training. What the layer's running statistics estimate, in one
+    compiled call per batch (the same program for every fold)."""
+
+    def __init__(self, model: TrainingModel, norms: list, **kwargs):
+        super().__init__(**kwargs)
+        self.training_model = model
+        # The net's own graph, cut at the BatchNorm inputs: layers shared, nothing copied.
+        self.features = keras.Model(model.net.inputs, [norm.input for norm in norms])
+        self.built = True
+
+    def call(self, batch):
+        model = self.training_model
+        pixels, labels = model.pixels_and_labels(batch)
+        images = model.augment(ops.cast(pixels, "float32"), training=True)
+        images, _ = model.mix(images, ops.one_hot(labels, model.num_classes), training=True)
+        features = self.features(images, training=True)  # BatchNorm normalises with batch statistics
+        moments = []
+        for x in features if isinstance(features, (list, tuple)) else [features]:
+            x = ops.cast(x, "float32")
+            axes = tuple(range(len(x.shape) - 1))
+            moments.append(ops.stack([ops.mean(x, axis=axes), ops.var(x, axis=axes)]))
+        return moments
+
+
+def recalibrate_batchnorm(model: TrainingModel, images, labels, batch_size: int, seed: int,
+                          statistics: BatchStatistics | None = None) -> BatchStatistics | None:
     """Re-estimate the BatchNorm running statistics for the averaged weights a fold ends on.
 
     BN's running statistics were collected step by step from the raw weights, but lookahead
     and EMA end on an average of them that never produced those statistics (airbench averages
     the statistics along with the weights). A few training batches, augmented and mixed as in
-    training, averaged with equal weight (momentum i/(i+1)) give statistics of the kept weights.
-    Clean images would be wrong: the net learned to normalise augmented batches. On a CPU check
-    (bench/RESULTS.md) this added 0.2 to 0.4 points of validation accuracy to `fast`.
+    training, averaged with equal weight give statistics of the kept weights. Clean images would
+    be wrong: the net learned to normalise augmented batches. On a CPU check (bench/RESULTS.md)
+    this added 0.2 to 0.4 points of validation accuracy to `fast`.
+
+    Returns the compiled `statistics` model, for the next fold of the same engine to reuse.
     """
     norms = [norm for norm in batch_norm_layers(model.net) if not isinstance(norm, AirbenchBatchNorm)]  # averaged already
     batch = min(batch_size, len(labels))
     if not norms or batch < 2:
-        return
-    momenta = [norm.momentum for norm in norms]
+        return statistics
+    statistics = statistics or BatchStatistics(model, norms)
     order = np.random.default_rng(seed).permutation(len(labels))
-    onehot = np.eye(num_classes, dtype=np.float32)
-    try:
-        for i in range(min(RECALIBRATION_BATCHES, len(labels) // batch)):
-            for norm in norms:
-                norm.momentum = i / (i + 1)  # the first batch replaces the statistics, later ones average in
-            rows = np.sort(order[i * batch:(i + 1) * batch])
-            model((images[rows], onehot[labels[rows]]), training=True)
-    finally:
-        for norm, momentum in zip(norms, momenta):
-            norm.momentum = momentum
+    sums = None
+    batches = min(RECALIBRATION_BATCHES, len(labels) // batch)
+    for i in range(batches):
+        rows = np.sort(order[i * batch:(i + 1) * batch])
+        moments = statistics.predict_on_batch({"pixels": images[rows], "labels": labels[rows].astype(np.int32)})
+        moments = [np.asarray(m, np.float64) for m in (moments if isinstance(moments, (list, tuple)) else [moments])]
+        sums = moments if sums is None else [s + m for s, m in zip(sums, moments)]
+    for norm, total in zip(norms, sums):
+        norm.moving_mean.assign((total[0] / batches).astype(np.float32))
+        norm.moving_variance.assign((total[1] / batches).astype(np.float32))
+    return statistics
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -474,7 +673,6 @@ def _checkpoint_damage(checkpoint: Path) -> str | None:
 
 
 def _load_checkpoint(checkpoint: Path, model: TrainingModel) -> dict:
-    model.optimizer.build(model.trainable_variables)  # before load_weights, which also fills the optimizer
     model.load_weights(checkpoint / "model.weights.h5")
     _load_arrays(checkpoint / "optimizer.npz", model.optimizer.variables)
     _load_arrays(checkpoint / "random.npz", random_state_variables(model))
@@ -511,6 +709,7 @@ def _resume(fold_dir: Path, model: TrainingModel, fold: int) -> dict | None:
     return None
 
 
+
 # -- callbacks ---------------------------------------------------------------------------------
 
 
@@ -545,18 +744,46 @@ def check_finite_probs(probs: dict[str, np.ndarray], rows: str, fold: int, lr: f
                                    f"(TTA {policy}); {_lower_lr_fix(lr)}")
 
 
+@dataclass
+class Validation:
+    """The per-epoch validation: the plain (no TTA) logits of the validation rows from the
+    compiled predict program, scored on the host like the training loss (label smoothing too)."""
+
+    predict: Predictor
+    images: np.ndarray
+    labels: np.ndarray
+    label_smoothing: float
+    every: int  # RunConfig.val_every: after every this many epochs and the last; 0 = never
+    last_epoch: int
+
+    def due(self, epoch: int) -> bool:
+        return bool(self.every) and ((epoch + 1) % self.every == 0 or epoch + 1 == self.last_epoch)
+
+    def __call__(self) -> dict:
+        logits = self.predict(self.images)[0].astype(np.float64)
+        # smoothed_cross_entropy in NumPy: on the host, eager device ops would each compile a program.
+        num_classes = logits.shape[-1]
+        targets = np.eye(num_classes)[self.labels] * (1.0 - self.label_smoothing) + self.label_smoothing / num_classes
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        loss = float(np.mean(-np.sum(targets * log_probs, axis=-1)))
+        return {"val_loss": loss, "val_accuracy": float(np.mean(logits.argmax(axis=-1) == self.labels))}
+
+
 class FoldCallback(keras.callbacks.Callback):
-    """Per epoch: divergence check, history, best-model snapshot, checkpoint, early stopping,
-    progress, tune hook."""
+    """Per epoch: validation (when due), divergence check, history, best-model snapshot,
+    checkpoint, early stopping, progress, tune hook."""
 
     # The batch hook only moves a progress bar and never reads the logs, so Keras may keep
     # dispatching steps asynchronously (reading logs every batch would sync a GPU each step).
     async_safe = True
 
-    def __init__(self, fold, fold_dir, net, state, config, on_epoch, progress):
+    def __init__(self, fold, fold_dir, net, state, config, on_epoch, progress, validation: Validation,
+                 steps_per_batch: int = 1):
         super().__init__()
         self.fold, self.fold_dir, self.net, self.state, self.config = fold, fold_dir, net, state, config
-        self.on_epoch, self.progress = on_epoch, progress
+        self.on_epoch, self.progress, self.validation = on_epoch, progress, validation
+        self.steps_per_batch = steps_per_batch  # optimizer steps in one of fit's batches (JAX: a scan)
         self.started = self.last_checkpoint = time.time()
         self.best_weights = None  # keep=best: the best epoch's weights, if that epoch ran in this process
 
@@ -567,10 +794,12 @@ class FoldCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.progress:
-            self.progress.batch_end(batch)
+            self.progress.batch_end(min((batch + 1) * self.steps_per_batch, self.progress.steps) - 1)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
+        if self.validation.due(epoch):
+            logs |= self.validation()
         check_finite_loss(logs, self.fold, epoch, self.config.lr)  # before anything of this epoch is kept
         row = {"epoch": epoch + 1, **logs, "lr": _current_lr(self.model.optimizer),
                "seconds": round(time.time() - self.started, 3)}
@@ -601,18 +830,6 @@ class FoldCallback(keras.callbacks.Callback):
             self.on_epoch(epoch, row)  # may raise (e.g. optuna.TrialPruned) to stop the fold
 
 
-class SyncEvaluation(keras.callbacks.Callback):
-    """Keep the per-epoch validation loop synchronous.
-
-    Keras hands each batch's logs to a thread pool unless a callback overrides a batch hook;
-    on JAX that pool was seen to stall for minutes in predict(). Validation is a few dozen
-    batches an epoch, so running it synchronously costs nothing measurable.
-    """
-
-    def on_test_batch_end(self, batch, logs=None):
-        pass
-
-
 def _current_lr(optimizer) -> float:
     lr = optimizer.learning_rate
     return float(keras.ops.convert_to_numpy(lr))
@@ -630,6 +847,7 @@ class FoldResult:
     epochs_run: int
     seconds: float
     val_probs: np.ndarray | None = None
+    phases: dict = field(default_factory=dict)  # seconds by phase (fold_phases), and compile counts on JAX
 
 
 def set_precision(precision: str) -> None:
@@ -637,14 +855,131 @@ def set_precision(precision: str) -> None:
 
 
 def build_training_model(config: RunConfig, image_shape, num_classes: int, sample_images, fold: int,
-                         steps_per_epoch: int = 1):
+                         steps_per_epoch: int = 1, store: FoldStore | None = None):
     seed = config.seed * 1000 + fold  # distinct but reproducible random streams per fold
     net = build_model(config, image_shape, num_classes, sample_images, steps_per_epoch)
     augment = make_augment_layer(config.augment, seed, steps_per_epoch)
     mix = make_mix_layer(config.mixup, config.cutmix, seed + 1)
     augment.dtype_policy = keras.DTypePolicy("float32")  # augment in float32 even under bf16
     mix.dtype_policy = keras.DTypePolicy("float32")
-    return TrainingModel(net, augment, mix, num_classes, config.label_smoothing), net
+    return TrainingModel(net, augment, mix, num_classes, config.label_smoothing, store), net
+
+
+# -- the engine: one compiled model per config, reused by its folds ---------------------------------
+
+# RunConfig fields no compiled program depends on: folds, seeds and trials that differ only in
+# these share an engine. (Their data's shapes and steps per epoch are part of the key too.)
+NOT_COMPILED = ("name", "seed", "folds", "limit", "tta", "patience", "keep", "val_every")
+
+
+@dataclass
+class Engine:
+    """A compiled TrainingModel and the predict programs of its net, for one program key."""
+
+    key: tuple
+    model: TrainingModel
+    net: keras.Model
+    predictors: dict = field(default_factory=dict)  # (policy, rows per call) -> Predictor
+    statistics: BatchStatistics | None = None  # BatchNorm recalibration's compiled call
+
+    def predictor(self, policy: str, rows_per_call: int) -> Predictor:
+        if (policy, rows_per_call) not in self.predictors:
+            self.predictors[policy, rows_per_call] = Predictor(self.net, views_for(policy), view_fill(policy),
+                                                               rows_per_call)
+        return self.predictors[policy, rows_per_call]
+
+
+_engine: Engine | None = None  # the last config's engine in this process
+
+
+def program_key(config: RunConfig, image_shape, num_classes: int, steps_per_epoch: int, store_rows: int) -> tuple:
+    compiled = {k: v for k, v in config.to_dict().items() if k not in NOT_COMPILED}
+    return (keras.backend.backend(), repr(sorted(compiled.items())), tuple(image_shape), num_classes,
+            steps_per_epoch, store_capacity(store_rows) if store_rows else 0)
+
+
+def copy_initial_state(source: TrainingModel, target: TrainingModel) -> None:
+    """Every variable of a freshly built and compiled model into `target`, a model of the same
+    program: weights (whitening and normalisation included), random streams, counters and the
+    optimizer's slots. Not the store, which holds data."""
+    pairs = [pair for part in ("net", "augment", "mix")
+             for pair in zip(getattr(source, part).variables, getattr(target, part).variables, strict=True)]
+    pairs += zip(source.optimizer.variables, target.optimizer.variables, strict=True)
+    for fresh, kept in pairs:
+        if tuple(fresh.shape) != tuple(kept.shape):
+            raise RuntimeError(f"engine reuse: {fresh.path} {fresh.shape} does not match {kept.path} {kept.shape}")
+        kept.assign(fresh.value)
+    target.reset_metrics()
+
+
+def prepare_engine(config: RunConfig, image_shape, num_classes: int, sample_images, fold: int,
+                   steps_per_epoch: int, store_rows: int = 0) -> Engine:
+    """The compiled model for this fold, holding the fold's initial state: the weights its seed
+    draws, whitening and normalisation fitted on `sample_images`, fresh optimizer slots and
+    random streams. `store_rows`: the rows a FoldStore must hold (0: no store).
+
+    The last fold's engine when the program key is the same (a freshly built model's state is
+    copied in; building traces nothing), else a new one, after clearing the old session.
+    """
+    global _engine
+    key = program_key(config, image_shape, num_classes, steps_per_epoch, store_rows)
+    reuse = _engine is not None and _engine.key == key
+    if not reuse:
+        _engine = None
+        keras.backend.clear_session()  # memory stays flat across configs
+    keras.utils.set_random_seed(config.seed + fold)
+    set_precision(config.precision)
+    store = FoldStore(store_capacity(store_rows), image_shape, name="store") if store_rows and not reuse else None
+    model, net = build_training_model(config, image_shape, num_classes, sample_images, fold, steps_per_epoch, store)
+    compile_training_model(model, config, steps_per_epoch)
+    if reuse:
+        copy_initial_state(model, _engine.model)
+    else:
+        _engine = Engine(key, model, net)
+    return _engine
+
+
+# -- compile counts (JAX) --------------------------------------------------------------------------
+
+# JAX's events: a program not compiled in this process yet (XLA compiles it, or reads it from
+# the persistent cache), and a persistent-cache read. XLA compiled programs - cache hits.
+COMPILE_EVENTS = {"/jax/core/compile/backend_compile_duration": "programs",
+                  "/jax/compilation_cache/cache_hits": "cache_hits"}
+_compile_counts = {name: 0 for name in COMPILE_EVENTS.values()}
+_listening = False
+
+
+def compile_counts() -> dict[str, int]:
+    """Programs made and persistent-cache hits so far in this process (JAX; {} elsewhere)."""
+    global _listening
+    if keras.backend.backend() != "jax":
+        return {}
+    if not _listening:
+        import jax
+
+        def count(event, *args, **kwargs):
+            if event in COMPILE_EVENTS:
+                _compile_counts[COMPILE_EVENTS[event]] += 1
+
+        jax.monitoring.register_event_listener(count)
+        jax.monitoring.register_event_duration_secs_listener(count)
+        _listening = True
+    return dict(_compile_counts)
+
+
+def fold_phases(started: float, fit_started: float, fit_ended: float, history: list[dict], epochs_before: int,
+                compiles_before: dict) -> dict:
+    """Where a fold's seconds went: setup (engine, store, resume), the first epoch this process
+    ran (compiling included), the later epochs, after fit (recalibration, predictions, files) and
+    in all, from the start to the written predictions; on JAX also the programs made during the
+    fold (see COMPILE_EVENTS) and how many of them the persistent cache gave."""
+    epochs = [row["seconds"] for row in history[epochs_before:]]
+    now = time.time()
+    phases = {"setup": fit_started - started, "first_epoch": epochs[0] if epochs else 0.0,
+              "later_epochs": float(sum(epochs[1:])), "later_epoch_count": max(0, len(epochs) - 1),
+              "after_fit": now - fit_ended, "total": now - started}
+    phases = {k: round(v, 3) if isinstance(v, float) else v for k, v in phases.items()}
+    return phases | {k: v - compiles_before.get(k, 0) for k, v in compile_counts().items()}
 
 
 def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: int, fold: int,
@@ -655,73 +990,86 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
     Returns the validation accuracy and loss of the kept model (best epoch or last).
     `on_epoch(epoch, logs)` is called after every epoch and may raise to stop (pruning).
     """
-    keras.backend.clear_session()  # memory stays flat across folds and trials
-    keras.utils.set_random_seed(config.seed + fold)
-    set_precision(config.precision)
     started = time.time()
+    compiles_before = compile_counts()
     try:
-        training_data, steps = training_inputs(train_x, train_y, num_classes, config.batch_size, config.seed + fold)
-        model, net = build_training_model(config, train_x.shape[1:], num_classes, train_x, fold, steps)
-        compile_training_model(model, config, steps)
-        val_onehot = np.eye(num_classes, dtype=np.float32)[val_y]
-        model((val_x[:2], val_onehot[:2]))  # build every variable before loading a checkpoint
+        device_rows = len(train_y) if uses_device_rows() else 0
+        steps = BatchOrder(len(train_y), config.batch_size, 0).steps
+        engine = prepare_engine(config, train_x.shape[1:], num_classes, train_x, fold, steps, device_rows)
+        model, net = engine.model, engine.net
+        training_data, steps = training_inputs(train_x, train_y, config.batch_size, config.seed + fold, model.store)
         state = _resume(fold_dir, model, fold) if fold_dir else None
         resumed = state is not None
         if resumed and progress:
             progress.note(f"fold {fold}: resuming after epoch {state['epoch']}")
         state = state or {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "wait": 0, "history": []}
+        epochs_before = len(state["history"])
         total_epochs = epochs or config.fit_epochs
-        callback = FoldCallback(fold, fold_dir, net, state, config, on_epoch, progress)
+        rows_per_call = call_rows(max(config.batch_size, 256))
+        validation = Validation(engine.predictor("none", rows_per_call), val_x, val_y, config.label_smoothing,
+                                config.val_every, total_epochs)
+        callback = FoldCallback(fold, fold_dir, net, state, config, on_epoch, progress, validation,
+                                steps_per_dispatch() if model.store is not None else 1)
         if progress:
             progress.fold_begin(fold, total_epochs, steps, state["epoch"])
+        fit_started = time.time()
         if state["epoch"] < total_epochs and not (config.patience and state["wait"] >= config.patience):
-            callbacks = [*training_data["callbacks"], callback, SyncEvaluation()]
+            callbacks = [*training_data["callbacks"], callback]
             model.fit(**training_data | {"callbacks": callbacks}, epochs=total_epochs, initial_epoch=state["epoch"],
-                      validation_data=((val_x, val_onehot), val_y), validation_batch_size=max(config.batch_size, 256),
                       verbose=0)
         elif resumed and config.averages_weights:
             # Resumed after the last epoch: fit, which would end on the averaged weights, does not run.
             model.optimizer.finalize_variable_values(model.trainable_variables)
+        fit_ended = time.time()
         if config.keep == "last" and config.averages_weights:
-            recalibrate_batchnorm(model, train_x, train_y, num_classes, config.batch_size, config.seed + fold)
+            engine.statistics = recalibrate_batchnorm(model, train_x, train_y, config.batch_size,
+                                                      config.seed + fold, engine.statistics)
         if config.keep == "best" and callback.best_weights is not None:
             net.set_weights(callback.best_weights)  # with fold_dir, model.keras holds them already
-        elif config.keep == "best" and fold_dir:  # the best epoch ran before a resume
-            net = load_keras_model(fold_dir / "model.keras", fix=retrain_fold_fix(fold_dir.parent, fold))
+        elif config.keep == "best" and fold_dir:  # the best epoch ran before a resume: into the compiled net
+            net.set_weights(load_keras_model(fold_dir / "model.keras",
+                                             fix=retrain_fold_fix(fold_dir.parent, fold)).get_weights())
         elif fold_dir:
             with atomic_path(fold_dir / "model.keras", suffix=".keras") as tmp:
                 net.save(tmp)
-        result = _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, time.time() - started)
+        predictor = engine.predictor(config.tta, rows_per_call)
+        result = _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, time.time() - started,
+                              predictor, lambda: fold_phases(started, fit_started, fit_ended, state["history"],
+                                                             epochs_before, compiles_before))
     finally:
         set_precision("float32")
     return result
 
 
-def _probs_by_policy(net, images, policy: str, batch: int) -> dict[str, np.ndarray]:
+def _probs_by_policy(predictor: Predictor, images, policy: str) -> dict[str, np.ndarray]:
     """Probabilities as is ("none") and with the run's TTA policy, from one pass over the views.
 
     The first view of every policy is the image as is, so the plain prediction is its slice.
     """
-    view_logits = predict_logits(net, images, policy, batch)
+    view_logits = predictor(images)
     probs = {"none": average_views(view_logits[:1])}
     if policy != "none":
         probs[policy] = average_views(view_logits, policy=policy)
     return probs
 
 
-def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, seconds) -> FoldResult:
-    """Predict validation rows (and test) with the kept model; write the artifacts; metrics last."""
-    batch = max(config.batch_size, 256)
-    val_probs = _probs_by_policy(net, val_x, config.tta, batch)
+def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, seconds,
+                 predictor: Predictor | None = None, phases: Callable[[], dict] = dict) -> FoldResult:
+    """Predict validation rows (and test) with the kept model, every TTA view of a batch in one
+    compiled call; write the artifacts, the curves after everything timed; metrics last."""
+    predictor = predictor or Predictor(net, views_for(config.tta), view_fill(config.tta),
+                                       call_rows(max(config.batch_size, 256)))
+    val_probs = _probs_by_policy(predictor, val_x, config.tta)
     check_finite_probs(val_probs, "validation", fold, config.lr)
     plain = val_probs["none"]
     accuracy, loss = score_accuracy(plain, val_y), log_loss(plain, val_y)
     result = FoldResult(fold, accuracy, loss, state["best_epoch"], state["epoch"], seconds, val_probs.get(config.tta))
     if fold_dir is None:
+        result.phases = phases()
         return result
     metrics = {"fold": fold, "val_accuracy": accuracy, "val_loss": loss, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"], "seconds": round(seconds, 2), "val_rows": len(val_y)}
-    test_probs = _probs_by_policy(net, test_x, config.tta, batch) if test_x is not None else {}
+    test_probs = _probs_by_policy(predictor, test_x, config.tta) if test_x is not None else {}
     check_finite_probs(test_probs, "test", fold, config.lr)
     for policy, probs in val_probs.items():
         suffix = "" if policy == "none" else f".{policy}"
@@ -729,6 +1077,7 @@ def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, secon
         metrics[f"val_accuracy{suffix}"] = score_accuracy(probs, val_y)
         if policy in test_probs:
             save_npy(fold_dir / f"test_probs{suffix}.npy", test_probs[policy].astype(np.float32))
+    result.phases = metrics["phases"] = phases()  # the curves below are not part of training's time
     plot_curves(state["history"], fold_dir / "curves.png", f"fold {fold}")
     write_json(fold_dir / "metrics.json", metrics)  # written last: its presence means "fold done"
     for name in ("checkpoint", "checkpoint.old", "checkpoint.new"):

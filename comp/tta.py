@@ -21,6 +21,9 @@ and both moved one pixel diagonally either way, with mirrors, 1/8 each; borders 
 reflection without repeating the edge pixel, as it pads; and the weighted mean of the logits,
 whatever average is asked for (WEIGHTED_POLICIES): the policy is the reference's, exactly.
 
+Prediction runs every view of a batch in one compiled call (comp.inference); `view` below is
+the NumPy reference of what that call does to each image.
+
 `comp train --tta` takes the named policies only (RunConfig.validate checks TTA_POLICIES);
 lists work in `comp predict` and `comp ensemble`.
 """
@@ -131,6 +134,11 @@ def policy_for_augment(augment: str) -> str:
 # -- views and prediction ------------------------------------------------------------------
 
 
+def view_fill(policy: str) -> str:
+    """What a policy's shifts uncover: "zero", or "reflect" for the weighted policies that say so."""
+    return WEIGHTED_POLICIES[policy].fill if policy in WEIGHTED_POLICIES else "zero"
+
+
 def view(images: np.ndarray, flip: bool, dx: int, dy: int, fill: str = "zero") -> np.ndarray:
     """One TTA view of a uint8 batch (N,H,W,C): mirrored, then moved dx right and dy down, the
     uncovered border zero or (fill="reflect") mirrored without repeating the edge pixel."""
@@ -150,11 +158,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_logits(net, images: np.ndarray, policy: str, batch_size: int = 512) -> np.ndarray:
-    """Logits of every view: (views, N, classes). The net outputs logits (see comp.models)."""
-    from .inference import predict_outputs
+    """Logits of every view: (views, N, classes), every view of a batch in one compiled call of
+    `batch_size` net inputs (more on a GPU). The net outputs logits (see comp.models)."""
+    from .inference import call_rows, predictor_for
 
-    fill = WEIGHTED_POLICIES[policy].fill if policy in WEIGHTED_POLICIES else "zero"
-    return np.stack([predict_outputs(net, view(images, *v, fill=fill), batch_size) for v in views_for(policy)])
+    return predictor_for(net, views_for(policy), view_fill(policy), call_rows(batch_size))(images)
 
 
 def average_probs(view_logits: np.ndarray) -> np.ndarray:

@@ -25,8 +25,8 @@ CHECK = textwrap.dedent("""
     import numpy as np
     import keras
     from comp.config import build_config
-    from comp.trainer import (ShuffledBatches, batch_norm_layers, build_training_model, make_optimizer,
-                              recalibrate_batchnorm)
+    from comp.trainer import (FoldStore, batch_norm_layers, build_training_model, make_optimizer,
+                              recalibrate_batchnorm, store_capacity, training_inputs)
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     rng = np.random.default_rng(0)
@@ -35,20 +35,21 @@ CHECK = textwrap.dedent("""
     results = []
     for case in json.loads(sys.argv[1]):
         config = build_config({}, dict(case, width=0.125, batch_size=16, epochs=1))
-        model, _ = build_training_model(config, x.shape[1:], 3, x, 0)
-        batches = ShuffledBatches(x, y, 3, 16, 0)
-        model.compile(optimizer=make_optimizer(config, len(batches)),
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], jit_compile=True)
+        # What train_fold runs on JAX: the rows on the device, 2 steps a dispatch (a scan).
+        store = FoldStore(store_capacity(len(y)), x.shape[1:])
+        model, _ = build_training_model(config, x.shape[1:], 3, x, 0, 2, store)
+        data, steps = training_inputs(x, y, 16, 0, store)
+        model.compile(optimizer=make_optimizer(config, steps), jit_compile=True)
         printed = io.StringIO()
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(printed), \\
                 contextlib.redirect_stderr(printed):
             warnings.simplefilter("always")
-            history = model.fit(batches, epochs=1, verbose=0)
+            history = model.fit(**data, epochs=1, verbose=0)
         messages = printed.getvalue() + " ".join(str(w.message) for w in caught)
-        # After averaged training the BN statistics are re-estimated by eager calls: they must move.
+        # After averaged training the BN statistics are re-estimated (one compiled call a batch): they must move.
         norms = batch_norm_layers(model.net)
         before = [keras.ops.convert_to_numpy(norm.moving_mean).copy() for norm in norms]
-        recalibrate_batchnorm(model, x, y, 3, 16, 0)
+        recalibrate_batchnorm(model, x, y, 16, 0)
         moved = [not np.allclose(b, keras.ops.convert_to_numpy(norm.moving_mean)) for b, norm in zip(before, norms)]
         results.append({"case": case, "jit": model.jit_compile is True,
                         "fallback": "support jit_compile" in messages,

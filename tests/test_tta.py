@@ -77,21 +77,25 @@ def test_averages():
         average_views(logits, "median")
 
 
-class RecordingNet:
-    """Stands in for a keras model: records what it was shown, answers logits from the pixels."""
-
-    def __init__(self):
-        self.seen = []
-
-    def predict_on_batch(self, images):
-        self.seen.append(images.copy())
-        return np.stack([images[:, 0, 0, 0], images[:, 0, -1, 0]], axis=1).astype(np.float32) / 10
-
-
 def test_predict_probs_sees_every_view_in_order():
-    net = RecordingNet()
+    import keras
+
     x = image()
+    # Logits = the top-left and top-right pixels / 10: a mirrored view swaps them.
+    inputs = keras.Input(x.shape[1:])
+    corners = keras.layers.Lambda(lambda t: keras.ops.stack([t[:, 0, 0, 0], t[:, 0, -1, 0]], axis=1) / 10)(inputs)
+    net = keras.Model(inputs, corners)
     probs = predict_probs(net, x, "flip")
-    assert len(net.seen) == 2
-    assert np.array_equal(net.seen[0], x) and np.array_equal(net.seen[1], x[:, :, ::-1])
+    plain, mirrored = softmax(np.array([[0.1, 0.4]])), softmax(np.array([[0.4, 0.1]]))
+    np.testing.assert_allclose(probs, (plain + mirrored) / 2, rtol=1e-5)
     assert probs.shape == (1, 2) and np.allclose(probs.sum(1), 1)
+
+
+def test_airbench_views_are_weighted_and_reflected():
+    x = image()
+    assert np.array_equal(view(x, False, 1, 1, fill="reflect")[0, 0, :, 0], [6, 5, 6, 7])  # row 1 moved down, mirrored in
+    logits = np.stack([np.full((1, 2), float(v)) * [1, 0] for v in range(6)])  # view v: logit v for class 0
+    weights = np.array([1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8])
+    expected = softmax(np.array([[weights @ np.arange(6), 0.0]]))
+    np.testing.assert_allclose(average_views(logits, "probs", "airbench"), expected)  # its own average, whatever asked
+    assert prediction_tag("airbench", "logits") == ".airbench"

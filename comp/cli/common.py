@@ -28,6 +28,7 @@ CONFIG_FLAGS = [
     ("label_smoothing", float, "label smoothing"),
     ("patience", int, "early stopping patience on val accuracy (0 = off)"),
     ("keep", str, "last | best epoch's model (best is picked on the OOF rows: flatters OOF)"),
+    ("val_every", int, "validate after every N epochs and the last (0: only the fold's final predictions)"),
     ("augment", str, "augmentation presets, comma-separated: " + ", ".join(AUGMENT_PRESETS) + ", crop=N, reflect-crop=N, cutout-inside=N"),
     ("mixup", float, "mixup alpha (0 = off)"),
     ("cutmix", float, "cutmix alpha (0 = off)"),

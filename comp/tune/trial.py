@@ -46,6 +46,8 @@ def make_reporter(trial, fold_index: int, epochs: int, last_fold: bool):
     import optuna
 
     def on_epoch(epoch: int, row: dict) -> None:
+        if "val_accuracy" not in row:  # val_every skipped this epoch: nothing to report
+            return
         step = report_step(fold_index, epoch, epochs)
         trial.report(row["val_accuracy"], step)
         final = last_fold and epoch + 1 >= epochs  # pruning at the very end would only throw the score away
@@ -71,7 +73,7 @@ def objective(trial, search: Search) -> float:
 
     from ..isolate import tell_parent
     from ..progress import TrainingProgress
-    from ..trainer import TrainingDiverged, train_fold
+    from ..trainer import Rows, TrainingDiverged, train_fold
     from .results import format_params
 
     search.current["number"] = trial.number
@@ -87,8 +89,8 @@ def objective(trial, search: Search) -> float:
             for index, fold in enumerate(search.folds):
                 train_pos, val_pos = search.split.rows(fold, dataset.rows)
                 result = train_fold(
-                    config, dataset.train_x[train_pos], dataset.train_y[train_pos],
-                    dataset.train_x[val_pos], dataset.train_y[val_pos], dataset.num_classes, fold,
+                    config, Rows(dataset.train_x, train_pos), dataset.train_y[train_pos],
+                    Rows(dataset.train_x, val_pos), dataset.train_y[val_pos], dataset.num_classes, fold,
                     on_epoch=make_reporter(trial, index, config.fit_epochs, index == len(search.folds) - 1),
                     progress=progress)
                 scores.append(result.val_accuracy)
