@@ -181,15 +181,23 @@ class FoldStore(keras.layers.Layer):
         self.built = True
 
     def fill(self, images, labels: np.ndarray) -> None:
-        """The rows to the device, FILL_CHUNK at a time (the host never holds them all); the rows
-        past len(labels) keep whatever they held (never read)."""
-        rows = len(labels)
-        if rows > self.labels.shape[0]:
-            raise ValueError(f"{rows} rows do not fit a store of {self.labels.shape[0]}")
-        for start in range(0, rows, FILL_CHUNK):
-            chunk = ops.convert_to_tensor(np.asarray(images[start:start + FILL_CHUNK]), "uint8")
-            self.images.assign(ops.slice_update(self.images.value, [start] + [0] * (len(self.images.shape) - 1), chunk))
-        self.labels.assign(ops.slice_update(self.labels.value, [0], ops.convert_to_tensor(labels, "int32")))
+        """The rows to the device, a chunk at a time (the host never holds them all); the rows
+        past len(labels) hold zeros or old rows (never read). Every chunk has one shape and the
+        labels go whole, so a fold of another row count fills with the programs of the last."""
+        rows, capacity = len(labels), self.labels.shape[0]
+        if rows > capacity:
+            raise ValueError(f"{rows} rows do not fit a store of {capacity}")
+        chunk_rows = min(FILL_CHUNK, capacity)
+        corner = [0] * (len(self.images.shape) - 1)
+        for start in range(0, rows, chunk_rows):
+            start = min(start, capacity - chunk_rows)  # the last chunk ends at the capacity
+            chunk = np.asarray(images[start:start + chunk_rows])
+            chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk), *chunk.shape[1:]), np.uint8)])
+            self.images.assign(ops.slice_update(self.images.value, [start] + corner,
+                                                ops.convert_to_tensor(chunk, "uint8")))
+        padded_labels = np.zeros(capacity, np.int32)
+        padded_labels[:rows] = labels
+        self.labels.assign(ops.convert_to_tensor(padded_labels, "int32"))
 
     def gather(self, rows):
         return ops.take(self.images, rows, axis=0), ops.take(self.labels, rows, axis=0)
