@@ -27,6 +27,13 @@ Presets (comma-separated, composable):
                 with the mean colour (airbench's 0 after normalisation)
     airbench94  alt-flip,reflect-crop=2
     airbench96  alt-flip,reflect-crop=4,cutout-inside=12
+    rrc         random-resized-crop (torchvision's RandomResizedCrop): a random box of 25-100% of the
+                area and aspect 3/4-4/3, resized back to the input size (bilinear)
+    trivial     TrivialAugment: one op per image, drawn uniformly from TRIVIAL_OPS, with a uniformly
+                drawn magnitude (see `trivial_augment`)
+    jitter      colour jitter: brightness, contrast and saturation factors in 1 +- 0.4, hue +- 0.1 turn
+    photo       rrc,flip,trivial (torchvision's classification recipe without random erasing): for
+                real photos at 64 px and up, where the whole-pixel presets above barely move anything
 """
 
 from __future__ import annotations
@@ -48,7 +55,38 @@ PRESETS: dict[str, dict] = {
     "reflect": {"fill": "reflect"},
     "airbench94": {"flip": "alternate", "reflect_crop": 2},
     "airbench96": {"flip": "alternate", "reflect_crop": 4, "cutout_px": 12},
+    # torchvision's RandomResizedCrop draws 8-100% of the area for 224-px ImageNet crops; photos at
+    # 64-128 px keep too little of the object below a quarter.
+    "rrc": {"rrc_scale": (0.25, 1.0), "rrc_ratio": (3 / 4, 4 / 3)},
+    "trivial": {"trivial": True},
+    "jitter": {"jitter": (0.4, 0.4, 0.4, 0.1)},  # brightness, contrast, saturation (factor 1 +- x), hue (turns)
+    "photo": {"rrc_scale": (0.25, 1.0), "rrc_ratio": (3 / 4, 4 / 3), "flip": True, "trivial": True},
 }
+
+# TrivialAugment's ops (Mueller & Hutter 2021), each at most this strong at magnitude 1; the magnitude
+# is drawn uniformly in [0, 1] per image, the signed ops' direction by a coin. The ranges are
+# RandAugment's (the paper's "RA" space), not TrivialAugmentWide's 135-degree rotations, which
+# destroy small images. Left out: equalize (a per-image, per-channel 256-bin histogram and its CDF:
+# a scatter that costs more than all the other ops together) and sharpness (a per-image blur
+# convolution); every op here is elementwise, or part of the one affine transform all the
+# geometric ones share.
+TRIVIAL_OPS = ("identity", "brightness", "contrast", "saturation", "posterize", "solarize", "autocontrast",
+               "rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+TRIVIAL_MAX = {
+    "brightness": 0.9,  # factor 1 +- 0.9
+    "contrast": 0.9,
+    "saturation": 0.9,
+    "posterize": 4,  # bits dropped: 8 -> 4 bits per channel
+    "solarize": 256.0,  # threshold 256 (nothing) -> 0 (every pixel inverted)
+    "rotate": 30.0,  # degrees
+    "shear": 0.3,  # x += 0.3 y
+    "translate": 0.3,  # fraction of the side
+}
+# ITU-R 601 luma (what PIL and torchvision call grayscale), and the YIQ transform hue rotates in.
+LUMA = (0.299, 0.587, 0.114)
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+# A preview cell names the classes weighing at least this much (below: mixing noise).
+LABEL_MIN_WEIGHT = 0.005
 
 
 MAX_CROP_PAD = 8  # px; a pad-8 crop already hides a quarter of a 32-px image
@@ -107,8 +145,155 @@ def crop_and_flip(images, offset_y, offset_x, flip, pad: int, mode: str = "const
     return ops.reshape(pixels, (batch, height, width, channels))
 
 
-def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
-    """A Keras layer applying the preset to float images (0..255) when training=True.
+def _affine_rows(a0, a1, b0, b1, shift_x, shift_y, height: int, width: int):
+    """The (batch, 8) transforms of ops.image.affine_transform for a per-image 2x2 matrix about the
+    image centre plus a shift: output pixel (x, y) samples the input at centre + M (x, y) - centre
+    + shift."""
+    from keras import ops
+
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    a2 = cx - a0 * cx - a1 * cy + shift_x
+    b2 = cy - b0 * cx - b1 * cy + shift_y
+    zeros = ops.zeros_like(a0)
+    return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def _transform(images, transform, fill: str = "constant"):
+    from keras import ops
+
+    return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode=fill,
+                                      fill_value=0.0, data_format="channels_last")
+
+
+def resized_crop(images, top, left, crop_height, crop_width):
+    """Per image: the box (top, left, crop_height, crop_width) in pixels, resized (bilinear) to the
+    whole image. Output pixel centres map to evenly spaced points of the box, so the whole image as
+    the box is the identity; the half pixel outside the image that the edge samples reach repeats
+    the edge (fill "nearest"), as resizing a cut-out crop would. One affine transform for the
+    batch: jittable, no per-image shapes."""
+    from keras import ops
+
+    height, width = images.shape[1], images.shape[2]
+    scale_x, scale_y = crop_width / width, crop_height / height
+    zeros = ops.zeros_like(scale_x)
+    # input x = left + (x + 0.5) * scale_x - 0.5, written about the centre as _affine_rows wants it
+    shift_x = left + crop_width / 2.0 - width / 2.0
+    shift_y = top + crop_height / 2.0 - height / 2.0
+    return _transform(images, _affine_rows(scale_x, zeros, zeros, scale_y, shift_x, shift_y, height, width), "nearest")
+
+
+def grayscale(images):
+    """(batch, H, W, 1) luma of RGB images; 1-channel images as they are."""
+    from keras import ops
+
+    if images.shape[-1] != 3:
+        return images
+    return ops.sum(images * ops.convert_to_tensor(LUMA, images.dtype), axis=-1, keepdims=True)
+
+
+def _per_image(values):
+    from keras import ops
+
+    return ops.reshape(values, (-1, 1, 1, 1))
+
+
+def adjust_colour(images, brightness, contrast, saturation, hue=None):
+    """Per-image colour changes as torchvision's ColorJitter makes them (in this fixed order),
+    clipped to 0..255: brightness scales the pixels, contrast blends with the image's mean luma,
+    saturation with its grayscale (factor 1: unchanged, 0: gray), hue rotates the colours about the
+    gray axis by `hue` turns (in YIQ space: one 3x3 matrix per image, cheap). Saturation and hue
+    leave 1-channel images alone."""
+    from keras import ops
+
+    images = images * _per_image(brightness)
+    mean = ops.mean(grayscale(images), axis=(1, 2, 3), keepdims=True)
+    images = mean + (images - mean) * _per_image(contrast)
+    if images.shape[-1] == 3:
+        gray = grayscale(images)
+        images = gray + (images - gray) * _per_image(saturation)
+        if hue is not None:
+            images = rotate_hue(images, hue)
+    return ops.clip(images, 0.0, 255.0)
+
+
+def rotate_hue(images, turns):
+    """Rotate each RGB image's colours by `turns` (per image) of a full turn about the gray axis."""
+    from keras import ops
+
+    to_yiq = RGB_TO_YIQ
+    to_rgb = np.linalg.inv(to_yiq)
+    # M = to_rgb @ R(angle) @ to_yiq with R rotating (I, Q): M = fixed + cos * turning + sin * across.
+    fixed = np.outer(to_rgb[:, 0], to_yiq[0])
+    turning = np.outer(to_rgb[:, 1], to_yiq[1]) + np.outer(to_rgb[:, 2], to_yiq[2])
+    across = np.outer(to_rgb[:, 2], to_yiq[1]) - np.outer(to_rgb[:, 1], to_yiq[2])
+    angle = ops.reshape(turns * (2 * math.pi), (-1, 1, 1))
+    matrices = (ops.convert_to_tensor(fixed, images.dtype) + ops.cos(angle) * ops.convert_to_tensor(turning, images.dtype)
+                + ops.sin(angle) * ops.convert_to_tensor(across, images.dtype))  # (batch, 3 out, 3 in)
+    return ops.einsum("bhwc,bdc->bhwd", images, matrices)
+
+
+def posterize(images, bits):
+    """Keep the top `bits` (per image, 1..8) bits of every channel value."""
+    from keras import ops
+
+    step = _per_image(ops.power(2.0, 8.0 - bits))
+    return ops.floor(images / step) * step
+
+
+def solarize(images, threshold):
+    """Invert (255 - v) every channel value at or above the per-image threshold."""
+    from keras import ops
+
+    return ops.where(images >= _per_image(threshold), 255.0 - images, images)
+
+
+def autocontrast(images):
+    """Stretch each channel of each image to 0..255 (PIL's autocontrast; a flat channel stays)."""
+    from keras import ops
+
+    low = ops.min(images, axis=(1, 2), keepdims=True)
+    high = ops.max(images, axis=(1, 2), keepdims=True)
+    spread = high - low
+    stretched = (images - low) * (255.0 / ops.maximum(spread, 1e-3))
+    return ops.where(spread > 0, stretched, images)
+
+
+def trivial_augment(images, op, magnitude, sign, fill: str = "constant"):
+    """TrivialAugment with the draws given per image: `op` an index into TRIVIAL_OPS (float or
+    int), `magnitude` in [0, 1], `sign` +-1 for the ops with a direction. Every image gets exactly
+    its op: the colour ops as factors that are 1 elsewhere or selected with where, the geometric
+    ones as one affine transform for the whole batch (the identity for the other images)."""
+    from keras import ops
+
+    op = ops.cast(op, "int32")
+    height, width = images.shape[1], images.shape[2]
+
+    def chosen(name):
+        return ops.equal(op, TRIVIAL_OPS.index(name))
+
+    def signed(name, high):  # the op's signed amount where chosen, else 0
+        return ops.where(chosen(name), sign * magnitude * high, 0.0)
+
+    factors = [1.0 + signed(name, TRIVIAL_MAX[name]) for name in ("brightness", "contrast", "saturation")]
+    images = adjust_colour(images, *factors)
+    posterized = posterize(images, 8.0 - ops.round(magnitude * TRIVIAL_MAX["posterize"]))
+    images = ops.where(_per_image(chosen("posterize")), posterized, images)
+    solarized = solarize(images, TRIVIAL_MAX["solarize"] * (1.0 - magnitude))
+    images = ops.where(_per_image(chosen("solarize")), solarized, images)
+    images = ops.where(_per_image(chosen("autocontrast")), autocontrast(images), images)
+    angle = signed("rotate", TRIVIAL_MAX["rotate"] * math.pi / 180.0)
+    shear_x, shear_y = signed("shear_x", TRIVIAL_MAX["shear"]), signed("shear_y", TRIVIAL_MAX["shear"])
+    # One matrix for all three: only the chosen op's amount is nonzero in any image.
+    cos, sin = ops.cos(angle), ops.sin(angle)
+    transform = _affine_rows(cos, shear_x - sin, sin + shear_y, cos,
+                             signed("translate_x", TRIVIAL_MAX["translate"] * width),
+                             signed("translate_y", TRIVIAL_MAX["translate"] * height), height, width)
+    return _transform(images, transform, fill)
+
+
+def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
+    """A Keras layer applying the preset (or an already parsed parameter dict, as parse_presets
+    returns) to float images (0..255) when training=True.
 
     `steps_per_epoch` tells the alternating flip where epochs end: the layer counts its training
     calls in a variable (saved with checkpoints), so it needs no callback and stays jittable.
@@ -116,7 +301,7 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
     import keras
     from keras import ops
 
-    params = parse_presets(preset)
+    params = dict(preset) if isinstance(preset, dict) else parse_presets(preset)
 
     class Augment(keras.layers.Layer):
         def __init__(self, **kwargs):
@@ -184,18 +369,9 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
             if pad:  # pad-N random crop = an integer translation in [-N, N], black (or reflected) fill
                 shift_x = shift_x + ops.floor(self._uniform((batch,), 0, 2 * pad + 1)) - pad
                 shift_y = shift_y + ops.floor(self._uniform((batch,), 0, 2 * pad + 1)) - pad
-            cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
             cos, sin = ops.cos(angle) * zoom, ops.sin(angle) * zoom
-            # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
-            a0, a1 = cos * flip, -sin
-            b0, b1 = sin * flip, cos
-            a2 = cx - a0 * cx - a1 * cy + shift_x
-            b2 = cy - b0 * cx - b1 * cy + shift_y
-            zeros = ops.zeros((batch,))
-            transform = ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-            return ops.image.affine_transform(images, transform, interpolation="bilinear",
-                                              fill_mode=p.get("fill", "constant"), fill_value=0.0,
-                                              data_format="channels_last")
+            transform = _affine_rows(cos * flip, -sin, sin * flip, cos, shift_x, shift_y, height, width)
+            return _transform(images, transform, p.get("fill", "constant"))
 
         def _cutout(self, images):
             batch = ops.shape(images)[0]
@@ -240,10 +416,41 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
             mean_colour = ops.mean(images, axis=(0, 1, 2), keepdims=True)
             return ops.where(inside[..., None], mean_colour, images)
 
+        def _random_resized_crop(self, images):
+            """torchvision's RandomResizedCrop per image: an area fraction and a log-uniform aspect
+            drawn, the box clipped to the image (where torchvision redraws up to 10 times, then
+            falls back to a centre crop) and placed uniformly where it fits."""
+            batch = ops.shape(images)[0]
+            height, width = images.shape[1], images.shape[2]
+            low, high = self.params["rrc_scale"]
+            ratio_low, ratio_high = self.params["rrc_ratio"]
+            area = self._uniform((batch,), low, high)
+            aspect = ops.exp(self._uniform((batch,), math.log(ratio_low), math.log(ratio_high)))
+            crop_width = ops.minimum(ops.sqrt(area * aspect), 1.0) * width
+            crop_height = ops.minimum(ops.sqrt(area / aspect), 1.0) * height
+            top = self._uniform((batch,), 0, 1) * (height - crop_height)
+            left = self._uniform((batch,), 0, 1) * (width - crop_width)
+            return resized_crop(images, top, left, crop_height, crop_width)
+
+        def _trivial(self, images):
+            batch = ops.shape(images)[0]
+            op = ops.minimum(ops.floor(self._uniform((batch,), 0, len(TRIVIAL_OPS))), len(TRIVIAL_OPS) - 1)
+            sign = ops.where(self._uniform((batch,), 0, 1) < 0.5, -1.0, 1.0)
+            return trivial_augment(images, op, self._uniform((batch,), 0, 1), sign, self.params.get("fill", "constant"))
+
+        def _jitter(self, images):
+            batch = ops.shape(images)[0]
+            brightness, contrast, saturation, hue = self.params["jitter"]
+            factors = [self._uniform((batch,), 1.0 - amount, 1.0 + amount) for amount in (brightness, contrast, saturation)]
+            turns = self._uniform((batch,), -hue, hue) if hue else None
+            return adjust_colour(images, *factors, turns)
+
         def call(self, images, training=False):
             if not training or not self.params:
                 return images
             p = self.params
+            if p.get("rrc_scale"):
+                images = self._random_resized_crop(images)
             if self._whole_pixels(images) and (p.get("flip") or p.get("crop_pad")):
                 images = self._crop_and_flip(images)
             elif any(p.get(k) for k in ("flip", "rotation", "zoom", "shift", "crop_pad")):
@@ -255,6 +462,10 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
             if p.get("brightness"):
                 low, high = p["brightness"]
                 images = images * self._uniform((ops.shape(images)[0], 1, 1, 1), low, high)
+            if p.get("trivial"):
+                images = self._trivial(images)
+            if p.get("jitter"):
+                images = self._jitter(images)
             if p.get("cutout"):
                 images = self._cutout(images)
             if p.get("cutout_px"):
@@ -328,9 +539,20 @@ def make_mix_layer(mixup_alpha: float, cutmix_alpha: float, seed: int):
     return Mix(name="mix")
 
 
+def mix_label(weights, classes: list[str], top: int = 2) -> str:
+    """A cell's label from its (soft) target row: the class name, or under mixup/cutmix the `top`
+    heaviest classes with their weights, heaviest first ("cat .62 / dog .38")."""
+    weights = np.asarray(weights, dtype=float)
+    order = [int(i) for i in np.argsort(-weights, kind="stable")[:top] if weights[i] >= LABEL_MIN_WEIGHT]
+    if len(order) <= 1 or weights[order[0]] >= 1.0 - LABEL_MIN_WEIGHT:
+        return classes[order[0]] if order else classes[int(np.argmax(weights))]
+    return " / ".join(f"{classes[i]} " + f"{weights[i]:.2f}".lstrip("0") for i in order)
+
+
 def preview_grid(dataset, preset: str, mixup: float, cutmix: float, out_path, seed: int = 0,
-                 rows: int = 6, cols: int = 8):
-    """Write a PNG: the first column holds originals, the others augmented (and mixed) copies."""
+                 rows: int = 6, cols: int = 6, title: str = ""):
+    """Write a PNG: the first column holds originals, the others augmented (and mixed) copies, each
+    cell titled with its class, or the classes it was mixed from with their weights."""
     import keras
     import matplotlib
 
@@ -340,23 +562,42 @@ def preview_grid(dataset, preset: str, mixup: float, cutmix: float, out_path, se
     from .fileio import save_figure
 
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(dataset.train_x), size=rows, replace=False)
-    images = dataset.train_x[chosen].astype("float32")
-    targets = keras.ops.one_hot(dataset.train_y[chosen], dataset.num_classes)
+    chosen = rng.choice(len(dataset.train_x), size=min(rows, len(dataset.train_x)), replace=False)
+    rows = len(chosen)
+    images = np.asarray(dataset.train_x[chosen]).astype("float32")
+    targets = np.eye(dataset.num_classes, dtype="float32")[np.asarray(dataset.train_y)[chosen]]
     augment = make_augment_layer(preset, seed)  # one step per "epoch": alternating flips alternate per column
     mix = make_mix_layer(mixup, cutmix, seed)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.25), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.75), squeeze=False)
     for c in range(cols):
-        if c == 0:
-            batch = images
-        else:
-            batch, _ = mix(augment(images, training=True), targets, training=True)
+        batch, soft = (images, targets) if c == 0 else mix(augment(images, training=True), targets, training=True)
         batch = np.clip(keras.ops.convert_to_numpy(batch), 0, 255).astype(np.uint8)
+        soft = keras.ops.convert_to_numpy(soft)
         for r in range(rows):
-            axes[r, c].imshow(batch[r])
+            axes[r, c].imshow(batch[r].squeeze(), cmap="gray" if batch.shape[-1] == 1 else None)
+            label = mix_label(soft[r], dataset.classes)
+            axes[r, c].set_title(f"original: {label}" if c == 0 else label, fontsize=6)
             axes[r, c].axis("off")
-    axes[0, 0].set_title("original", fontsize=8)
-    fig.suptitle(f"augment={preset} mixup={mixup} cutmix={cutmix}", fontsize=9)
+    fig.suptitle(title or f"augment={preset} mixup={mixup} cutmix={cutmix}", fontsize=9)
+    fig.tight_layout()
     save_figure(out_path, fig)
     plt.close(fig)
     return out_path
+
+
+def preview_run(workspace, run_name: str, out_path, seed: int = 0, limit: int = 0):
+    """preview_grid with a run's own augmentation: its augment, mixup and cutmix, on the data at
+    its image size and resize mode. An unknown run is a CompError naming it and `comp report`."""
+    from .runs import run_names
+
+    try:
+        run = workspace.run(run_name)
+    except CompError:
+        known = ", ".join(run_names(workspace)) or "none yet"
+        raise CompError(f"--run {run_name}: no such run under {workspace.folds}; `comp report` lists the runs "
+                        f"(here: {known})") from None
+    config = run.config
+    dataset = workspace.dataset(limit, run.image_size, run.resize)
+    augment, mixup, cutmix = config.get("augment", "none"), config.get("mixup", 0.0), config.get("cutmix", 0.0)
+    title = f"run {run.name}: augment={augment} mixup={mixup} cutmix={cutmix} at {run.image_size}"
+    return preview_grid(dataset, augment, mixup, cutmix, out_path, seed, title=title)
