@@ -165,21 +165,43 @@ def _transform(images, transform, fill: str = "constant"):
                                       fill_value=0.0, data_format="channels_last")
 
 
-def resized_crop(images, top, left, crop_height, crop_width):
-    """Per image: the box (top, left, crop_height, crop_width) in pixels, resized (bilinear) to the
-    whole image. Output pixel centres map to evenly spaced points of the box, so the whole image as
-    the box is the identity; the half pixel outside the image that the edge samples reach repeats
-    the edge (fill "nearest"), as resizing a cut-out crop would. One affine transform for the
-    batch: jittable, no per-image shapes."""
+# A per-image geometric change as _affine_rows takes it: (a0, a1, b0, b1, shift_x, shift_y), output
+# pixel o sampling the input at centre + [[a0, a1], [b0, b1]] (o - centre) + shift.
+
+
+def warp(images, geometry, fill: str = "constant"):
+    """Move the pixels by a geometry (bilinear; `fill` for what lies outside the image)."""
+    return _transform(images, _affine_rows(*geometry, images.shape[1], images.shape[2]), fill)
+
+
+def compose(first, second):
+    """One geometry for warping by `first` and then by `second`: one bilinear pass instead of two
+    (and no blur of a blur). Output o of the second samples first's output at G2(o), which samples
+    the input at G1(G2(o)): the matrices multiply, the second's shift goes through the first's matrix."""
+    a0, a1, b0, b1, x, y = first
+    c0, c1, d0, d1, u, v = second
+    return (a0 * c0 + a1 * d0, a0 * c1 + a1 * d1, b0 * c0 + b1 * d0, b0 * c1 + b1 * d1,
+            a0 * u + a1 * v + x, b0 * u + b1 * v + y)
+
+
+def resized_crop_geometry(top, left, crop_height, crop_width, height: int, width: int):
+    """The geometry resizing the box (top, left, crop_height, crop_width) in pixels, per image, to
+    the whole image. The output's corner pixels sample the box's corner pixels (align-corners), so
+    a box inside the image never samples outside it and the whole image as the box is the identity."""
     from keras import ops
 
-    height, width = images.shape[1], images.shape[2]
-    scale_x, scale_y = crop_width / width, crop_height / height
+    scale_x, scale_y = (crop_width - 1.0) / (width - 1.0), (crop_height - 1.0) / (height - 1.0)
     zeros = ops.zeros_like(scale_x)
-    # input x = left + (x + 0.5) * scale_x - 0.5, written about the centre as _affine_rows wants it
-    shift_x = left + crop_width / 2.0 - width / 2.0
-    shift_y = top + crop_height / 2.0 - height / 2.0
-    return _transform(images, _affine_rows(scale_x, zeros, zeros, scale_y, shift_x, shift_y, height, width), "nearest")
+    # input x = left + scale_x * x, written about the centre cx as centre + scale_x (x - cx) + shift
+    shift_x = left - (1.0 - scale_x) * (width - 1) / 2.0
+    shift_y = top - (1.0 - scale_y) * (height - 1) / 2.0
+    return scale_x, zeros, zeros, scale_y, shift_x, shift_y
+
+
+def resized_crop(images, top, left, crop_height, crop_width):
+    """Per image: the box (top, left, crop_height, crop_width) in pixels, resized (bilinear) to the
+    whole image; one affine transform for the batch: jittable, no per-image shapes."""
+    return warp(images, resized_crop_geometry(top, left, crop_height, crop_width, images.shape[1], images.shape[2]))
 
 
 def grayscale(images):
@@ -258,37 +280,52 @@ def autocontrast(images):
     return ops.where(spread > 0, stretched, images)
 
 
+def _trivial_amount(op, magnitude, sign, name: str, high: float):
+    """The signed amount of op `name` where it is each image's op, else 0."""
+    from keras import ops
+
+    return ops.where(ops.equal(ops.cast(op, "int32"), TRIVIAL_OPS.index(name)), sign * magnitude * high, 0.0)
+
+
+def trivial_colour(images, op, magnitude, sign):
+    """TrivialAugment's colour ops, each image getting exactly its own (see trivial_augment): the
+    factors are 1 and the others are selected away where an image drew another op."""
+    from keras import ops
+
+    def chosen(name):
+        return _per_image(ops.equal(ops.cast(op, "int32"), TRIVIAL_OPS.index(name)))
+
+    factors = [1.0 + _trivial_amount(op, magnitude, sign, name, TRIVIAL_MAX[name])
+               for name in ("brightness", "contrast", "saturation")]
+    images = adjust_colour(images, *factors)
+    images = ops.where(chosen("posterize"), posterize(images, 8.0 - ops.round(magnitude * TRIVIAL_MAX["posterize"])),
+                       images)
+    images = ops.where(chosen("solarize"), solarize(images, TRIVIAL_MAX["solarize"] * (1.0 - magnitude)), images)
+    return ops.where(chosen("autocontrast"), autocontrast(images), images)
+
+
+def trivial_geometry(op, magnitude, sign, height: int, width: int):
+    """TrivialAugment's geometric ops as one geometry: rotation, shear or translation where that is
+    the image's op, the identity elsewhere (only the drawn op's amount is nonzero in any image)."""
+    from keras import ops
+
+    def amount(name, high):
+        return _trivial_amount(op, magnitude, sign, name, high)
+
+    angle = amount("rotate", TRIVIAL_MAX["rotate"] * math.pi / 180.0)
+    shear_x, shear_y = amount("shear_x", TRIVIAL_MAX["shear"]), amount("shear_y", TRIVIAL_MAX["shear"])
+    cos, sin = ops.cos(angle), ops.sin(angle)
+    return (cos, shear_x - sin, sin + shear_y, cos, amount("translate_x", TRIVIAL_MAX["translate"] * width),
+            amount("translate_y", TRIVIAL_MAX["translate"] * height))
+
+
 def trivial_augment(images, op, magnitude, sign, fill: str = "constant"):
     """TrivialAugment with the draws given per image: `op` an index into TRIVIAL_OPS (float or
     int), `magnitude` in [0, 1], `sign` +-1 for the ops with a direction. Every image gets exactly
-    its op: the colour ops as factors that are 1 elsewhere or selected with where, the geometric
-    ones as one affine transform for the whole batch (the identity for the other images)."""
-    from keras import ops
-
-    op = ops.cast(op, "int32")
+    its op: the colour ops elementwise, the geometric ones as one affine transform for the whole
+    batch (the identity for the other images)."""
     height, width = images.shape[1], images.shape[2]
-
-    def chosen(name):
-        return ops.equal(op, TRIVIAL_OPS.index(name))
-
-    def signed(name, high):  # the op's signed amount where chosen, else 0
-        return ops.where(chosen(name), sign * magnitude * high, 0.0)
-
-    factors = [1.0 + signed(name, TRIVIAL_MAX[name]) for name in ("brightness", "contrast", "saturation")]
-    images = adjust_colour(images, *factors)
-    posterized = posterize(images, 8.0 - ops.round(magnitude * TRIVIAL_MAX["posterize"]))
-    images = ops.where(_per_image(chosen("posterize")), posterized, images)
-    solarized = solarize(images, TRIVIAL_MAX["solarize"] * (1.0 - magnitude))
-    images = ops.where(_per_image(chosen("solarize")), solarized, images)
-    images = ops.where(_per_image(chosen("autocontrast")), autocontrast(images), images)
-    angle = signed("rotate", TRIVIAL_MAX["rotate"] * math.pi / 180.0)
-    shear_x, shear_y = signed("shear_x", TRIVIAL_MAX["shear"]), signed("shear_y", TRIVIAL_MAX["shear"])
-    # One matrix for all three: only the chosen op's amount is nonzero in any image.
-    cos, sin = ops.cos(angle), ops.sin(angle)
-    transform = _affine_rows(cos, shear_x - sin, sin + shear_y, cos,
-                             signed("translate_x", TRIVIAL_MAX["translate"] * width),
-                             signed("translate_y", TRIVIAL_MAX["translate"] * height), height, width)
-    return _transform(images, transform, fill)
+    return warp(trivial_colour(images, op, magnitude, sign), trivial_geometry(op, magnitude, sign, height, width), fill)
 
 
 def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
@@ -416,7 +453,7 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
             mean_colour = ops.mean(images, axis=(0, 1, 2), keepdims=True)
             return ops.where(inside[..., None], mean_colour, images)
 
-        def _random_resized_crop(self, images):
+        def _resized_crop_geometry(self, images):
             """torchvision's RandomResizedCrop per image: an area fraction and a log-uniform aspect
             drawn, the box clipped to the image (where torchvision redraws up to 10 times, then
             falls back to a centre crop) and placed uniformly where it fits."""
@@ -426,17 +463,28 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
             ratio_low, ratio_high = self.params["rrc_ratio"]
             area = self._uniform((batch,), low, high)
             aspect = ops.exp(self._uniform((batch,), math.log(ratio_low), math.log(ratio_high)))
-            crop_width = ops.minimum(ops.sqrt(area * aspect), 1.0) * width
-            crop_height = ops.minimum(ops.sqrt(area / aspect), 1.0) * height
+            crop_width = ops.clip(ops.sqrt(area * aspect) * width, 1.0, width)
+            crop_height = ops.clip(ops.sqrt(area / aspect) * height, 1.0, height)
             top = self._uniform((batch,), 0, 1) * (height - crop_height)
             left = self._uniform((batch,), 0, 1) * (width - crop_width)
-            return resized_crop(images, top, left, crop_height, crop_width)
+            return resized_crop_geometry(top, left, crop_height, crop_width, height, width)
 
-        def _trivial(self, images):
-            batch = ops.shape(images)[0]
-            op = ops.minimum(ops.floor(self._uniform((batch,), 0, len(TRIVIAL_OPS))), len(TRIVIAL_OPS) - 1)
-            sign = ops.where(self._uniform((batch,), 0, 1) < 0.5, -1.0, 1.0)
-            return trivial_augment(images, op, self._uniform((batch,), 0, 1), sign, self.params.get("fill", "constant"))
+        def _photo(self, images):
+            """Random-resized-crop and TrivialAugment in one bilinear warp: the colour op first (it
+            is pointwise, so it commutes with moving pixels; contrast and autocontrast then take
+            their statistics over the whole image, not the crop), then the crop and the geometric
+            op composed. The flip comes after; both orders give the same distribution."""
+            p = self.params
+            geometries = [self._resized_crop_geometry(images)] if p.get("rrc_scale") else []
+            if p.get("trivial"):
+                batch = ops.shape(images)[0]
+                op = ops.minimum(ops.floor(self._uniform((batch,), 0, len(TRIVIAL_OPS))), len(TRIVIAL_OPS) - 1)
+                magnitude = self._uniform((batch,), 0, 1)
+                sign = ops.where(self._uniform((batch,), 0, 1) < 0.5, -1.0, 1.0)
+                images = trivial_colour(images, op, magnitude, sign)
+                geometries.append(trivial_geometry(op, magnitude, sign, images.shape[1], images.shape[2]))
+            geometry = geometries[0] if len(geometries) == 1 else compose(*geometries)
+            return warp(images, geometry, p.get("fill", "constant"))
 
         def _jitter(self, images):
             batch = ops.shape(images)[0]
@@ -449,8 +497,8 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
             if not training or not self.params:
                 return images
             p = self.params
-            if p.get("rrc_scale"):
-                images = self._random_resized_crop(images)
+            if p.get("rrc_scale") or p.get("trivial"):
+                images = self._photo(images)
             if self._whole_pixels(images) and (p.get("flip") or p.get("crop_pad")):
                 images = self._crop_and_flip(images)
             elif any(p.get(k) for k in ("flip", "rotation", "zoom", "shift", "crop_pad")):
@@ -462,8 +510,6 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
             if p.get("brightness"):
                 low, high = p["brightness"]
                 images = images * self._uniform((ops.shape(images)[0], 1, 1, 1), low, high)
-            if p.get("trivial"):
-                images = self._trivial(images)
             if p.get("jitter"):
                 images = self._jitter(images)
             if p.get("cutout"):

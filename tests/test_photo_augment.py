@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from comp.augment import (PRESETS, TRIVIAL_OPS, adjust_colour, autocontrast, make_augment_layer, mix_label,
-                          parse_presets, posterize, resized_crop, solarize, trivial_augment)
+from comp.augment import (PRESETS, TRIVIAL_OPS, adjust_colour, autocontrast, compose, make_augment_layer, mix_label,
+                          parse_presets, posterize, resized_crop, solarize, trivial_augment, warp)
 
 PHOTO_PRESETS = ("rrc", "trivial", "jitter", "photo")
 
@@ -62,10 +62,24 @@ def test_resized_crop_fills_the_image_with_the_box():
     images[:, :8, :8] = 200.0  # the top-left quadrant
     images[1, 8:, 8:] = 100.0  # and, in the second image, the bottom-right one
     out = _numpy(resized_crop(images, _full(2, 0), _full(2, 0), _full(2, 8), _full(2, 8)))
-    assert np.allclose(out[:, :14, :14], 200.0, atol=1e-3)  # the quadrant blown up (the last rows blend its edge)
+    assert np.allclose(out, 200.0, atol=1e-3)  # the quadrant blown up, corners on corners: nothing else
     out = _numpy(resized_crop(images, np.array([0, 8], "float32"), np.array([0, 8], "float32"),
                               _full(2, 8), _full(2, 8)))
-    assert np.allclose(out[1, 2:, 2:], 100.0, atol=1e-3)  # a per-image box
+    assert np.allclose(out[1], 100.0, atol=1e-3)  # a per-image box
+    half = _numpy(resized_crop(images, _full(2, 0), _full(2, 0), _full(2, 16), _full(2, 8.5)))
+    # Columns 0..7.5 stretched over 16: output column x samples x / 2, the last one half in the black.
+    assert np.allclose(half[0, :8, :15], 200.0, atol=1e-3) and np.allclose(half[0, :8, 15], 100.0, atol=1e-3)
+    assert np.allclose(half[0, 8:], 0.0, atol=1e-3)
+
+
+def test_composed_geometry_is_the_two_warps_in_one():
+    images = _photos(2)
+    ones, zeros = _full(2, 1.0), _full(2, 0.0)
+    shift = (ones, zeros, zeros, ones, _full(2, 2.0), _full(2, -3.0))  # whole pixels
+    quarter_turn = (zeros, -ones, ones, zeros, zeros, zeros)  # about the centre: pixel centres onto pixel centres
+    one_pass = _numpy(warp(images, compose(shift, quarter_turn)))
+    two_passes = _numpy(warp(warp(images, shift), quarter_turn))
+    assert np.allclose(one_pass, two_passes, atol=1e-3) and not np.allclose(one_pass, images, atol=1.0)
 
 
 def test_random_resized_crop_zooms_in_by_the_drawn_area():
