@@ -55,8 +55,8 @@ PRESETS: dict[str, dict] = {
     "reflect": {"fill": "reflect"},
     "airbench94": {"flip": "alternate", "reflect_crop": 2},
     "airbench96": {"flip": "alternate", "reflect_crop": 4, "cutout_px": 12},
-    # torchvision's RandomResizedCrop draws 8-100% of the area for 224-px ImageNet crops; photos at
-    # 64-128 px keep too little of the object below a quarter.
+    # torchvision's RandomResizedCrop draws 8-100% of the area for 224-px ImageNet crops; we draw
+    # 25-100%, as a 64-128 px photo keeps little of its object below a quarter (a choice, not measured).
     "rrc": {"rrc_scale": (0.25, 1.0), "rrc_ratio": (3 / 4, 4 / 3)},
     "trivial": {"trivial": True},
     "jitter": {"jitter": (0.4, 0.4, 0.4, 0.1)},  # brightness, contrast, saturation (factor 1 +- x), hue (turns)
@@ -147,7 +147,7 @@ def crop_and_flip(images, offset_y, offset_x, flip, pad: int, mode: str = "const
 
 def _affine_rows(a0, a1, b0, b1, shift_x, shift_y, height: int, width: int):
     """The (batch, 8) transforms of ops.image.affine_transform for a per-image 2x2 matrix about the
-    image centre plus a shift: output pixel (x, y) samples the input at centre + M (x, y) - centre
+    image centre plus a shift: output pixel o = (x, y) samples the input at centre + M (o - centre)
     + shift."""
     from keras import ops
 
@@ -158,20 +158,14 @@ def _affine_rows(a0, a1, b0, b1, shift_x, shift_y, height: int, width: int):
     return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
-def _transform(images, transform, fill: str = "constant"):
+def warp(images, geometry, fill: str = "constant"):
+    """Move the pixels by a geometry, a per-image (a0, a1, b0, b1, shift_x, shift_y) as _affine_rows
+    takes it: bilinear, `fill` (affine_transform's fill_mode) for what lies outside the image."""
     from keras import ops
 
+    transform = _affine_rows(*geometry, images.shape[1], images.shape[2])
     return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode=fill,
                                       fill_value=0.0, data_format="channels_last")
-
-
-# A per-image geometric change as _affine_rows takes it: (a0, a1, b0, b1, shift_x, shift_y), output
-# pixel o sampling the input at centre + [[a0, a1], [b0, b1]] (o - centre) + shift.
-
-
-def warp(images, geometry, fill: str = "constant"):
-    """Move the pixels by a geometry (bilinear; `fill` for what lies outside the image)."""
-    return _transform(images, _affine_rows(*geometry, images.shape[1], images.shape[2]), fill)
 
 
 def compose(first, second):
@@ -407,8 +401,7 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
                 shift_x = shift_x + ops.floor(self._uniform((batch,), 0, 2 * pad + 1)) - pad
                 shift_y = shift_y + ops.floor(self._uniform((batch,), 0, 2 * pad + 1)) - pad
             cos, sin = ops.cos(angle) * zoom, ops.sin(angle) * zoom
-            transform = _affine_rows(cos * flip, -sin, sin * flip, cos, shift_x, shift_y, height, width)
-            return _transform(images, transform, p.get("fill", "constant"))
+            return warp(images, (cos * flip, -sin, sin * flip, cos, shift_x, shift_y), p.get("fill", "constant"))
 
         def _cutout(self, images):
             batch = ops.shape(images)[0]

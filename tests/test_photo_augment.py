@@ -208,3 +208,10 @@ def test_unknown_run_is_one_line_naming_it_and_how_to_list_runs(tmp_path):
         preview_run(Workspace(tmp_path / "w"), "nosuch", tmp_path / "p.png")
     message = str(caught.value)
     assert "nosuch" in message and "comp report" in message and "\n" not in message
+
+
+def test_photo_augmentations_keep_one_channel_images_gray():
+    images = _photos(4)[..., :1]
+    for preset in ("photo", "jitter"):
+        out = _numpy(make_augment_layer(preset, seed=1)(images, training=True))
+        assert out.shape == images.shape and 0 <= out.min() and out.max() <= 255.0 + 1e-3
