@@ -27,6 +27,13 @@ Presets (comma-separated, composable):
                 with the mean colour (airbench's 0 after normalisation)
     airbench94  alt-flip,reflect-crop=2
     airbench96  alt-flip,reflect-crop=4,cutout-inside=12
+    rrc         random-resized-crop (torchvision's RandomResizedCrop): a random box of 25-100% of the
+                area and aspect 3/4-4/3, resized back to the input size (bilinear)
+    trivial     TrivialAugment: one op per image, drawn uniformly from TRIVIAL_OPS, with a uniformly
+                drawn magnitude (see `trivial_augment`)
+    jitter      colour jitter: brightness, contrast and saturation factors in 1 +- 0.4, hue +- 0.1 turn
+    photo       rrc,flip,trivial (torchvision's classification recipe without random erasing): for
+                real photos at 64 px and up, where the whole-pixel presets above barely move anything
 """
 
 from __future__ import annotations
@@ -48,7 +55,38 @@ PRESETS: dict[str, dict] = {
     "reflect": {"fill": "reflect"},
     "airbench94": {"flip": "alternate", "reflect_crop": 2},
     "airbench96": {"flip": "alternate", "reflect_crop": 4, "cutout_px": 12},
+    # torchvision's RandomResizedCrop draws 8-100% of the area for 224-px ImageNet crops; we draw
+    # 25-100%, as a 64-128 px photo keeps little of its object below a quarter (a choice, not measured).
+    "rrc": {"rrc_scale": (0.25, 1.0), "rrc_ratio": (3 / 4, 4 / 3)},
+    "trivial": {"trivial": True},
+    "jitter": {"jitter": (0.4, 0.4, 0.4, 0.1)},  # brightness, contrast, saturation (factor 1 +- x), hue (turns)
+    "photo": {"rrc_scale": (0.25, 1.0), "rrc_ratio": (3 / 4, 4 / 3), "flip": True, "trivial": True},
 }
+
+# TrivialAugment's ops (Mueller & Hutter 2021), each at most this strong at magnitude 1; the magnitude
+# is drawn uniformly in [0, 1] per image, the signed ops' direction by a coin. The ranges are
+# RandAugment's (the paper's "RA" space), not TrivialAugmentWide's 135-degree rotations, which
+# destroy small images. Left out: equalize (a per-image, per-channel 256-bin histogram and its CDF:
+# a scatter that costs more than all the other ops together) and sharpness (a per-image blur
+# convolution); every op here is elementwise, or part of the one affine transform all the
+# geometric ones share.
+TRIVIAL_OPS = ("identity", "brightness", "contrast", "saturation", "posterize", "solarize", "autocontrast",
+               "rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+TRIVIAL_MAX = {
+    "brightness": 0.9,  # factor 1 +- 0.9
+    "contrast": 0.9,
+    "saturation": 0.9,
+    "posterize": 4,  # bits dropped: 8 -> 4 bits per channel
+    "solarize": 256.0,  # threshold 256 (nothing) -> 0 (every pixel inverted)
+    "rotate": 30.0,  # degrees
+    "shear": 0.3,  # x += 0.3 y
+    "translate": 0.3,  # fraction of the side
+}
+# ITU-R 601 luma (what PIL and torchvision call grayscale), and the YIQ transform hue rotates in.
+LUMA = (0.299, 0.587, 0.114)
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+# A preview cell names the classes weighing at least this much (below: mixing noise).
+LABEL_MIN_WEIGHT = 0.005
 
 
 MAX_CROP_PAD = 8  # px; a pad-8 crop already hides a quarter of a 32-px image
@@ -107,8 +145,186 @@ def crop_and_flip(images, offset_y, offset_x, flip, pad: int, mode: str = "const
     return ops.reshape(pixels, (batch, height, width, channels))
 
 
-def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
-    """A Keras layer applying the preset to float images (0..255) when training=True.
+def _affine_rows(a0, a1, b0, b1, shift_x, shift_y, height: int, width: int):
+    """The (batch, 8) transforms of ops.image.affine_transform for a per-image 2x2 matrix about the
+    image centre plus a shift: output pixel o = (x, y) samples the input at centre + M (o - centre)
+    + shift."""
+    from keras import ops
+
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    a2 = cx - a0 * cx - a1 * cy + shift_x
+    b2 = cy - b0 * cx - b1 * cy + shift_y
+    zeros = ops.zeros_like(a0)
+    return ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def warp(images, geometry, fill: str = "constant"):
+    """Move the pixels by a geometry, a per-image (a0, a1, b0, b1, shift_x, shift_y) as _affine_rows
+    takes it: bilinear, `fill` (affine_transform's fill_mode) for what lies outside the image."""
+    from keras import ops
+
+    transform = _affine_rows(*geometry, images.shape[1], images.shape[2])
+    return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode=fill,
+                                      fill_value=0.0, data_format="channels_last")
+
+
+def compose(first, second):
+    """One geometry for warping by `first` and then by `second`: one bilinear pass instead of two
+    (and no blur of a blur). Output o of the second samples first's output at G2(o), which samples
+    the input at G1(G2(o)): the matrices multiply, the second's shift goes through the first's matrix."""
+    a0, a1, b0, b1, x, y = first
+    c0, c1, d0, d1, u, v = second
+    return (a0 * c0 + a1 * d0, a0 * c1 + a1 * d1, b0 * c0 + b1 * d0, b0 * c1 + b1 * d1,
+            a0 * u + a1 * v + x, b0 * u + b1 * v + y)
+
+
+def resized_crop_geometry(top, left, crop_height, crop_width, height: int, width: int):
+    """The geometry resizing the box (top, left, crop_height, crop_width) in pixels, per image, to
+    the whole image. The output's corner pixels sample the box's corner pixels (align-corners), so
+    a box inside the image never samples outside it and the whole image as the box is the identity."""
+    from keras import ops
+
+    scale_x, scale_y = (crop_width - 1.0) / (width - 1.0), (crop_height - 1.0) / (height - 1.0)
+    zeros = ops.zeros_like(scale_x)
+    # input x = left + scale_x * x, written about the centre cx as centre + scale_x (x - cx) + shift
+    shift_x = left - (1.0 - scale_x) * (width - 1) / 2.0
+    shift_y = top - (1.0 - scale_y) * (height - 1) / 2.0
+    return scale_x, zeros, zeros, scale_y, shift_x, shift_y
+
+
+def resized_crop(images, top, left, crop_height, crop_width):
+    """Per image: the box (top, left, crop_height, crop_width) in pixels, resized (bilinear) to the
+    whole image; one affine transform for the batch: jittable, no per-image shapes."""
+    return warp(images, resized_crop_geometry(top, left, crop_height, crop_width, images.shape[1], images.shape[2]))
+
+
+def grayscale(images):
+    """(batch, H, W, 1) luma of RGB images; 1-channel images as they are."""
+    from keras import ops
+
+    if images.shape[-1] != 3:
+        return images
+    return ops.sum(images * ops.convert_to_tensor(LUMA, images.dtype), axis=-1, keepdims=True)
+
+
+def _per_image(values):
+    from keras import ops
+
+    return ops.reshape(values, (-1, 1, 1, 1))
+
+
+def adjust_colour(images, brightness, contrast, saturation, hue=None):
+    """Per-image colour changes as torchvision's ColorJitter makes them (in this fixed order),
+    clipped to 0..255: brightness scales the pixels, contrast blends with the image's mean luma,
+    saturation with its grayscale (factor 1: unchanged, 0: gray), hue rotates the colours about the
+    gray axis by `hue` turns (in YIQ space: one 3x3 matrix per image, cheap). Saturation and hue
+    leave 1-channel images alone."""
+    from keras import ops
+
+    images = images * _per_image(brightness)
+    mean = ops.mean(grayscale(images), axis=(1, 2, 3), keepdims=True)
+    images = mean + (images - mean) * _per_image(contrast)
+    if images.shape[-1] == 3:
+        gray = grayscale(images)
+        images = gray + (images - gray) * _per_image(saturation)
+        if hue is not None:
+            images = rotate_hue(images, hue)
+    return ops.clip(images, 0.0, 255.0)
+
+
+def rotate_hue(images, turns):
+    """Rotate each RGB image's colours by `turns` (per image) of a full turn about the gray axis."""
+    from keras import ops
+
+    to_yiq = RGB_TO_YIQ
+    to_rgb = np.linalg.inv(to_yiq)
+    # M = to_rgb @ R(angle) @ to_yiq with R rotating (I, Q): M = fixed + cos * turning + sin * across.
+    fixed = np.outer(to_rgb[:, 0], to_yiq[0])
+    turning = np.outer(to_rgb[:, 1], to_yiq[1]) + np.outer(to_rgb[:, 2], to_yiq[2])
+    across = np.outer(to_rgb[:, 2], to_yiq[1]) - np.outer(to_rgb[:, 1], to_yiq[2])
+    angle = ops.reshape(turns * (2 * math.pi), (-1, 1, 1))
+    matrices = (ops.convert_to_tensor(fixed, images.dtype) + ops.cos(angle) * ops.convert_to_tensor(turning, images.dtype)
+                + ops.sin(angle) * ops.convert_to_tensor(across, images.dtype))  # (batch, 3 out, 3 in)
+    return ops.einsum("bhwc,bdc->bhwd", images, matrices)
+
+
+def posterize(images, bits):
+    """Keep the top `bits` (per image, 1..8) bits of every channel value."""
+    from keras import ops
+
+    step = _per_image(ops.power(2.0, 8.0 - bits))
+    return ops.floor(images / step) * step
+
+
+def solarize(images, threshold):
+    """Invert (255 - v) every channel value at or above the per-image threshold."""
+    from keras import ops
+
+    return ops.where(images >= _per_image(threshold), 255.0 - images, images)
+
+
+def autocontrast(images):
+    """Stretch each channel of each image to 0..255 (PIL's autocontrast; a flat channel stays)."""
+    from keras import ops
+
+    low = ops.min(images, axis=(1, 2), keepdims=True)
+    high = ops.max(images, axis=(1, 2), keepdims=True)
+    spread = high - low
+    stretched = (images - low) * (255.0 / ops.maximum(spread, 1e-3))
+    return ops.where(spread > 0, stretched, images)
+
+
+def _trivial_amount(op, magnitude, sign, name: str, high: float):
+    """The signed amount of op `name` where it is each image's op, else 0."""
+    from keras import ops
+
+    return ops.where(ops.equal(ops.cast(op, "int32"), TRIVIAL_OPS.index(name)), sign * magnitude * high, 0.0)
+
+
+def trivial_colour(images, op, magnitude, sign):
+    """TrivialAugment's colour ops, each image getting exactly its own (see trivial_augment): the
+    factors are 1 and the others are selected away where an image drew another op."""
+    from keras import ops
+
+    def chosen(name):
+        return _per_image(ops.equal(ops.cast(op, "int32"), TRIVIAL_OPS.index(name)))
+
+    factors = [1.0 + _trivial_amount(op, magnitude, sign, name, TRIVIAL_MAX[name])
+               for name in ("brightness", "contrast", "saturation")]
+    images = adjust_colour(images, *factors)
+    images = ops.where(chosen("posterize"), posterize(images, 8.0 - ops.round(magnitude * TRIVIAL_MAX["posterize"])),
+                       images)
+    images = ops.where(chosen("solarize"), solarize(images, TRIVIAL_MAX["solarize"] * (1.0 - magnitude)), images)
+    return ops.where(chosen("autocontrast"), autocontrast(images), images)
+
+
+def trivial_geometry(op, magnitude, sign, height: int, width: int):
+    """TrivialAugment's geometric ops as one geometry: rotation, shear or translation where that is
+    the image's op, the identity elsewhere (only the drawn op's amount is nonzero in any image)."""
+    from keras import ops
+
+    def amount(name, high):
+        return _trivial_amount(op, magnitude, sign, name, high)
+
+    angle = amount("rotate", TRIVIAL_MAX["rotate"] * math.pi / 180.0)
+    shear_x, shear_y = amount("shear_x", TRIVIAL_MAX["shear"]), amount("shear_y", TRIVIAL_MAX["shear"])
+    cos, sin = ops.cos(angle), ops.sin(angle)
+    return (cos, shear_x - sin, sin + shear_y, cos, amount("translate_x", TRIVIAL_MAX["translate"] * width),
+            amount("translate_y", TRIVIAL_MAX["translate"] * height))
+
+
+def trivial_augment(images, op, magnitude, sign, fill: str = "constant"):
+    """TrivialAugment with the draws given per image: `op` an index into TRIVIAL_OPS (float or
+    int), `magnitude` in [0, 1], `sign` +-1 for the ops with a direction. Every image gets exactly
+    its op: the colour ops elementwise, the geometric ones as one affine transform for the whole
+    batch (the identity for the other images)."""
+    height, width = images.shape[1], images.shape[2]
+    return warp(trivial_colour(images, op, magnitude, sign), trivial_geometry(op, magnitude, sign, height, width), fill)
+
+
+def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
+    """A Keras layer applying the preset (or an already parsed parameter dict, as parse_presets
+    returns) to float images (0..255) when training=True.
 
     `steps_per_epoch` tells the alternating flip where epochs end: the layer counts its training
     calls in a variable (saved with checkpoints), so it needs no callback and stays jittable.
@@ -116,7 +332,7 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
     import keras
     from keras import ops
 
-    params = parse_presets(preset)
+    params = dict(preset) if isinstance(preset, dict) else parse_presets(preset)
 
     class Augment(keras.layers.Layer):
         def __init__(self, **kwargs):
@@ -184,18 +400,8 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
             if pad:  # pad-N random crop = an integer translation in [-N, N], black (or reflected) fill
                 shift_x = shift_x + ops.floor(self._uniform((batch,), 0, 2 * pad + 1)) - pad
                 shift_y = shift_y + ops.floor(self._uniform((batch,), 0, 2 * pad + 1)) - pad
-            cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
             cos, sin = ops.cos(angle) * zoom, ops.sin(angle) * zoom
-            # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
-            a0, a1 = cos * flip, -sin
-            b0, b1 = sin * flip, cos
-            a2 = cx - a0 * cx - a1 * cy + shift_x
-            b2 = cy - b0 * cx - b1 * cy + shift_y
-            zeros = ops.zeros((batch,))
-            transform = ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-            return ops.image.affine_transform(images, transform, interpolation="bilinear",
-                                              fill_mode=p.get("fill", "constant"), fill_value=0.0,
-                                              data_format="channels_last")
+            return warp(images, (cos * flip, -sin, sin * flip, cos, shift_x, shift_y), p.get("fill", "constant"))
 
         def _cutout(self, images):
             batch = ops.shape(images)[0]
@@ -240,10 +446,52 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
             mean_colour = ops.mean(images, axis=(0, 1, 2), keepdims=True)
             return ops.where(inside[..., None], mean_colour, images)
 
+        def _resized_crop_geometry(self, images):
+            """torchvision's RandomResizedCrop per image: an area fraction and a log-uniform aspect
+            drawn, the box clipped to the image (where torchvision redraws up to 10 times, then
+            falls back to a centre crop) and placed uniformly where it fits."""
+            batch = ops.shape(images)[0]
+            height, width = images.shape[1], images.shape[2]
+            low, high = self.params["rrc_scale"]
+            ratio_low, ratio_high = self.params["rrc_ratio"]
+            area = self._uniform((batch,), low, high)
+            aspect = ops.exp(self._uniform((batch,), math.log(ratio_low), math.log(ratio_high)))
+            crop_width = ops.clip(ops.sqrt(area * aspect) * width, 1.0, width)
+            crop_height = ops.clip(ops.sqrt(area / aspect) * height, 1.0, height)
+            top = self._uniform((batch,), 0, 1) * (height - crop_height)
+            left = self._uniform((batch,), 0, 1) * (width - crop_width)
+            return resized_crop_geometry(top, left, crop_height, crop_width, height, width)
+
+        def _photo(self, images):
+            """Random-resized-crop and TrivialAugment in one bilinear warp: the colour op first (it
+            is pointwise, so it commutes with moving pixels; contrast and autocontrast then take
+            their statistics over the whole image, not the crop), then the crop and the geometric
+            op composed. The flip comes after; both orders give the same distribution."""
+            p = self.params
+            geometries = [self._resized_crop_geometry(images)] if p.get("rrc_scale") else []
+            if p.get("trivial"):
+                batch = ops.shape(images)[0]
+                op = ops.minimum(ops.floor(self._uniform((batch,), 0, len(TRIVIAL_OPS))), len(TRIVIAL_OPS) - 1)
+                magnitude = self._uniform((batch,), 0, 1)
+                sign = ops.where(self._uniform((batch,), 0, 1) < 0.5, -1.0, 1.0)
+                images = trivial_colour(images, op, magnitude, sign)
+                geometries.append(trivial_geometry(op, magnitude, sign, images.shape[1], images.shape[2]))
+            geometry = geometries[0] if len(geometries) == 1 else compose(*geometries)
+            return warp(images, geometry, p.get("fill", "constant"))
+
+        def _jitter(self, images):
+            batch = ops.shape(images)[0]
+            brightness, contrast, saturation, hue = self.params["jitter"]
+            factors = [self._uniform((batch,), 1.0 - amount, 1.0 + amount) for amount in (brightness, contrast, saturation)]
+            turns = self._uniform((batch,), -hue, hue) if hue else None
+            return adjust_colour(images, *factors, turns)
+
         def call(self, images, training=False):
             if not training or not self.params:
                 return images
             p = self.params
+            if p.get("rrc_scale") or p.get("trivial"):
+                images = self._photo(images)
             if self._whole_pixels(images) and (p.get("flip") or p.get("crop_pad")):
                 images = self._crop_and_flip(images)
             elif any(p.get(k) for k in ("flip", "rotation", "zoom", "shift", "crop_pad")):
@@ -255,6 +503,8 @@ def make_augment_layer(preset: str, seed: int, steps_per_epoch: int = 1):
             if p.get("brightness"):
                 low, high = p["brightness"]
                 images = images * self._uniform((ops.shape(images)[0], 1, 1, 1), low, high)
+            if p.get("jitter"):
+                images = self._jitter(images)
             if p.get("cutout"):
                 images = self._cutout(images)
             if p.get("cutout_px"):
@@ -328,9 +578,20 @@ def make_mix_layer(mixup_alpha: float, cutmix_alpha: float, seed: int):
     return Mix(name="mix")
 
 
+def mix_label(weights, classes: list[str], top: int = 2) -> str:
+    """A cell's label from its (soft) target row: the class name, or under mixup/cutmix the `top`
+    heaviest classes with their weights, heaviest first ("cat .62 / dog .38")."""
+    weights = np.asarray(weights, dtype=float)
+    order = [int(i) for i in np.argsort(-weights, kind="stable")[:top] if weights[i] >= LABEL_MIN_WEIGHT]
+    if len(order) <= 1 or weights[order[0]] >= 1.0 - LABEL_MIN_WEIGHT:
+        return classes[order[0]] if order else classes[int(np.argmax(weights))]
+    return " / ".join(f"{classes[i]} " + f"{weights[i]:.2f}".lstrip("0") for i in order)
+
+
 def preview_grid(dataset, preset: str, mixup: float, cutmix: float, out_path, seed: int = 0,
-                 rows: int = 6, cols: int = 8):
-    """Write a PNG: the first column holds originals, the others augmented (and mixed) copies."""
+                 rows: int = 6, cols: int = 6, title: str = ""):
+    """Write a PNG: the first column holds originals, the others augmented (and mixed) copies, each
+    cell titled with its class, or the classes it was mixed from with their weights."""
     import keras
     import matplotlib
 
@@ -340,23 +601,42 @@ def preview_grid(dataset, preset: str, mixup: float, cutmix: float, out_path, se
     from .fileio import save_figure
 
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(dataset.train_x), size=rows, replace=False)
-    images = dataset.train_x[chosen].astype("float32")
-    targets = keras.ops.one_hot(dataset.train_y[chosen], dataset.num_classes)
+    chosen = rng.choice(len(dataset.train_x), size=min(rows, len(dataset.train_x)), replace=False)
+    rows = len(chosen)
+    images = np.asarray(dataset.train_x[chosen]).astype("float32")
+    targets = np.eye(dataset.num_classes, dtype="float32")[np.asarray(dataset.train_y)[chosen]]
     augment = make_augment_layer(preset, seed)  # one step per "epoch": alternating flips alternate per column
     mix = make_mix_layer(mixup, cutmix, seed)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.25), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.75), squeeze=False)
     for c in range(cols):
-        if c == 0:
-            batch = images
-        else:
-            batch, _ = mix(augment(images, training=True), targets, training=True)
+        batch, soft = (images, targets) if c == 0 else mix(augment(images, training=True), targets, training=True)
         batch = np.clip(keras.ops.convert_to_numpy(batch), 0, 255).astype(np.uint8)
+        soft = keras.ops.convert_to_numpy(soft)
         for r in range(rows):
-            axes[r, c].imshow(batch[r])
+            axes[r, c].imshow(batch[r].squeeze(), cmap="gray" if batch.shape[-1] == 1 else None)
+            label = mix_label(soft[r], dataset.classes)
+            axes[r, c].set_title(f"original: {label}" if c == 0 else label, fontsize=6)
             axes[r, c].axis("off")
-    axes[0, 0].set_title("original", fontsize=8)
-    fig.suptitle(f"augment={preset} mixup={mixup} cutmix={cutmix}", fontsize=9)
+    fig.suptitle(title or f"augment={preset} mixup={mixup} cutmix={cutmix}", fontsize=9)
+    fig.tight_layout()
     save_figure(out_path, fig)
     plt.close(fig)
     return out_path
+
+
+def preview_run(workspace, run_name: str, out_path, seed: int = 0, limit: int = 0):
+    """preview_grid with a run's own augmentation: its augment, mixup and cutmix, on the data at
+    its image size and resize mode. An unknown run is a CompError naming it and `comp report`."""
+    from .runs import run_names
+
+    try:
+        run = workspace.run(run_name)
+    except CompError:
+        known = ", ".join(run_names(workspace)) or "none yet"
+        raise CompError(f"--run {run_name}: no such run under {workspace.folds}; `comp report` lists the runs "
+                        f"(here: {known})") from None
+    config = run.config
+    dataset = workspace.dataset(limit, run.image_size, run.resize)
+    augment, mixup, cutmix = config.get("augment", "none"), config.get("mixup", 0.0), config.get("cutmix", 0.0)
+    title = f"run {run.name}: augment={augment} mixup={mixup} cutmix={cutmix} at {run.image_size}"
+    return preview_grid(dataset, augment, mixup, cutmix, out_path, seed, title=title)

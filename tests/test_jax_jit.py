@@ -68,6 +68,9 @@ CASES = (
     # airbench's exact recipes: sgd-torch (per-variable rules, the whitening bias's freeze), lookahead
     # in the optimizer and in AirbenchBatchNorm, reflect crops and cutout inside the image.
     + [{"model": "airbench94"}, {"model": "airbench96"}]
+    # The photo augmentations together (random-resized-crop, TrivialAugment, colour jitter) under
+    # mixing, on a net with a strided stem; each alone is a PRESETS case above.
+    + [{"model": "resnet", "augment": "photo,jitter,cutout", "mixup": 0.2, "cutmix": 1.0}]
 )
 
 

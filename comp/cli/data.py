@@ -33,9 +33,15 @@ def register(subparsers) -> None:
     cifar.set_defaults(func=lambda args: _write(args, "cifar10"))
 
     preview = verbs.add_parser("augment-preview", parents=[global_parent("workdir", "seed", "backend", "quiet")],
-                               help="PNG grid of augmented training samples")
+                               help="PNG grid of augmented training samples, labelled with their classes",
+                               description="Originals and augmented (and mixed) copies of a few training images, "
+                                           "each labelled with its class, or under mixup/cutmix the classes and "
+                                           "their weights. --run previews a run's own augmentation, mixup, cutmix "
+                                           "and image size.")
     add_data_options(preview)
     add_size_options(preview)
+    preview.add_argument("--run", help="preview this run's augmentation, mixup, cutmix and image size "
+                                       "(the options below are then ignored)")
     preview.add_argument("--augment", default="simple", help="augmentation preset(s), comma-separated (default: simple)")
     preview.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (default: 0 = off)")
     preview.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (default: 0 = off)")
@@ -57,11 +63,14 @@ def _write(args, which: str) -> int:
 
 
 def run_augment_preview(args) -> int:
-    from ..augment import preview_grid
+    from ..augment import preview_grid, preview_run
 
     workspace = workspace_from(args)
-    dataset = workspace.dataset(args.limit, args.image_size, args.resize)
     out = Path(args.out) if args.out else workspace.folds / "augment_preview.png"
-    preview_grid(dataset, args.augment, args.mixup, args.cutmix, out, seed=args.seed or 0)
+    if args.run:
+        preview_run(workspace, args.run, out, seed=args.seed or 0, limit=args.limit)
+    else:
+        dataset = workspace.dataset(args.limit, args.image_size, args.resize)
+        preview_grid(dataset, args.augment, args.mixup, args.cutmix, out, seed=args.seed or 0)
     info(f"augmentation preview: {out}")
     return 0
