@@ -304,6 +304,11 @@ def tf_batches(images, labels, order: BatchOrder):
         .prefetch(tf.data.AUTOTUNE)
 
 
+# tf.data holds the fold's rows as one in-memory tensor; above this many bytes of rows, TensorFlow
+# reads its batches from the (memory-mapped) cache instead (ShuffledBatches), so RAM stays bounded.
+TF_IN_MEMORY_BYTES = 2 * 1024 ** 3
+
+
 def uses_device_rows() -> bool:
     """Whether training reads its batches from a FoldStore (JAX) or from the host (TensorFlow:
     its tf.data pipeline measured faster on a CPU, bench/RESULTS.md; torch: ShuffledBatches)."""
@@ -319,14 +324,16 @@ def training_inputs(images, labels, batch_size: int, seed: int, store: FoldStore
     optimizer steps per epoch.
 
     With a store: the rows go to the device once and batches are row numbers (RowBatches).
-    Else TensorFlow gets a tf.data pipeline (C++, no Python per batch) and the other backends
-    ShuffledBatches. Every path draws the same batches.
+    Else TensorFlow gets a tf.data pipeline (C++, no Python per batch) while the rows fit
+    TF_IN_MEMORY_BYTES, and ShuffledBatches otherwise, as the other backends do (read from the
+    cache batch by batch). Every path draws the same batches.
     """
     order = BatchOrder(len(labels), batch_size, seed)
+    row_bytes = int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize
     if store is not None:
         store.fill(images, labels)
         x = RowBatches(order, steps_per_dispatch())
-    elif keras.backend.backend() == "tensorflow":
+    elif keras.backend.backend() == "tensorflow" and len(labels) * row_bytes <= TF_IN_MEMORY_BYTES:
         x = tf_batches(np.asarray(images), labels, order)
     else:
         x = ShuffledBatches(images, labels, batch_size, seed)

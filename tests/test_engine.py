@@ -124,6 +124,18 @@ def test_device_rows_host_batches_and_tf_data_draw_the_same_rows_each_epoch():
     assert seen_over_epochs == set(range(rows))  # the 5 rows left over differ by epoch
 
 
+def test_rows_larger_than_the_tf_data_limit_are_read_from_the_cache_batch_by_batch(monkeypatch):
+    images = np.arange(24, dtype=np.uint8).reshape(6, 2, 2, 1)
+    rows, labels = trainer.Rows(images, [0, 2, 3, 5]), np.array([0, 1, 2, 0])
+    small, _ = trainer.training_inputs(rows, labels, 2, seed=0)
+    monkeypatch.setattr(trainer, "TF_IN_MEMORY_BYTES", 4 * 4 - 1)  # one byte short of the 4 rows
+    large, steps = trainer.training_inputs(rows, labels, 2, seed=0)
+    assert steps == 2 and isinstance(large["x"], trainer.ShuffledBatches)  # never one tensor of every row
+    assert large["x"].images is rows  # batches gather from the array of the cache, not a copy
+    if keras.backend.backend() == "tensorflow":
+        assert not isinstance(small["x"], trainer.ShuffledBatches)  # fits: tf.data's C++ pipeline
+
+
 def test_rows_read_from_the_array_only_what_is_asked(monkeypatch):
     array = np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1)
     rows = trainer.Rows(array, [1, 3, 4, 8])
