@@ -294,3 +294,24 @@ def test_narrow_resnet_trains_at_64_px_on_tensorflow_cpu():
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", TRAIN_ONE_STEP], env=env, capture_output=True, text=True)
     assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-2000:]
+
+
+def test_whitening_is_fitted_on_as_many_pixels_at_any_size(monkeypatch):
+    from comp import models
+    from comp.models import WHITEN_SAMPLES, airbench_whitening_kernel, whitening_rows
+
+    def rows(count, side):
+        return whitening_rows(np.broadcast_to(np.uint8(0), (count, side, side, 3)))
+
+    # 32 px and less: the 5,000 images as always; larger: fewer images, as many pixels (about 0.5 GB of patches).
+    assert rows(50_000, 32) == rows(50_000, 16) == WHITEN_SAMPLES and rows(100, 32) == WHITEN_SAMPLES
+    assert rows(50_000, 64) == WHITEN_SAMPLES // 4 and rows(50_000, 224) == 102 and rows(50_000, 4000) == 1
+    monkeypatch.setattr(models, "WHITEN_SAMPLES", 8)  # at 64 px: the first 8 * 32 * 32 / 64 / 64 = 2 rows
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    mean, variance = channel_stats(images)
+    kernel = airbench_whitening_kernel(images, mean, variance)[0]
+    changed = images.copy()
+    changed[2:] = 0
+    assert np.array_equal(airbench_whitening_kernel(changed, mean, variance)[0], kernel)
+    changed[1] = 255 - changed[1]
+    assert not np.array_equal(airbench_whitening_kernel(changed, mean, variance)[0], kernel)
