@@ -13,7 +13,7 @@ so a saved `model.keras` is usable on its own: `softmax(model.predict(uint8_imag
     airbench96  airbench96's residual 128/384/512 net and recipe exactly (legacy/airbench96.py)
 
 Sizes: resnet and the whitened nets (fast, fast-large, airbench94/96) follow the input size. Up to
-64x64 pixels they run as built for 32 px (a 64-px image costs 4-4.5x a 32-px one); above, a strided
+64x64 pixels their stem is the 32-px one (a 64-px image costs 4-4.5x a 32-px one); above, a strided
 stem and extra pooling halve the image until the body sees at most 64x64 pixels (`input_halvings`),
 so from 16 to 256 px (any aspect) their forward MACs stay within MAX_MACS_RATIO of the 32-px
 net's: 4x for the body, the rest from the stem's full-resolution conv and from the floors of the
@@ -97,13 +97,12 @@ CLASSIC_SIZES = "any; compute (and baseline's Flatten head) grow with the image 
 
 def input_halvings(input_shape) -> int:
     """How often the stem halves an image so that the body sees at most MAX_BODY_AREA pixels
-    (0 up to 64x64: the nets stay exactly as built for 32 px)."""
+    (0 up to 64x64: no change to the stem)."""
     height, width = input_shape[:2]
     halvings = 0
     while height * width > MAX_BODY_AREA * 4**halvings:
         halvings += 1
     return halvings
-
 
 
 def _inputs(input_shape):
