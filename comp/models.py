@@ -11,6 +11,15 @@ so a saved `model.keras` is usable on its own: `softmax(model.predict(uint8_imag
     fast-large  wider and deeper fast, for the top of the leaderboard
     airbench94  airbench94's net and recipe exactly (KellerJordan/cifar10-airbench, legacy/airbench94.py)
     airbench96  airbench96's residual 128/384/512 net and recipe exactly (legacy/airbench96.py)
+
+Sizes: resnet and the whitened nets (fast, fast-large, airbench94/96) follow the input size. Up to
+64x64 pixels their stem is the 32-px one (a 64-px image costs 4-4.5x a 32-px one); above, a strided
+stem and extra pooling halve the image until the body sees at most 64x64 pixels (`input_halvings`),
+so from 16 to 256 px (any aspect) their forward MACs stay within MAX_MACS_RATIO of the 32-px
+net's: 4x for the body, the rest from the stem's full-resolution conv and from the floors of the
+valid 2x2 whitening and of each pooling, which leave relatively larger maps. Beyond 256 px only
+the stem's one strided conv grows with the area. Their heads pool globally.
+The classic CNNs (baseline, vgg, deep) take any size unchanged: their compute grows with the area.
 """
 
 from __future__ import annotations
@@ -26,14 +35,15 @@ class ModelSpec:
     build: Callable  # (config, input_shape, num_classes, sample_images, steps_per_epoch) -> keras.Model
     defaults: dict = field(default_factory=dict)  # RunConfig values this model is meant to train with
     summary: str = ""
+    sizes: str = ""  # the input sizes the net suits (comp train --list-models)
 
 
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register(name: str, summary: str, **defaults):
+def register(name: str, summary: str, sizes: str, **defaults):
     def wrap(build):
-        MODELS[name] = ModelSpec(build, defaults, summary)
+        MODELS[name] = ModelSpec(build, defaults, summary, sizes)
         return build
 
     return wrap
@@ -75,6 +85,24 @@ def forward_macs(net) -> int:
 
 
 # -- shared pieces ---------------------------------------------------------------------------
+
+# The resolution-following nets run their body on at most this many pixels: 4x a 32-px image's
+# compute, which still buys the accuracy of upscaled inputs (a 64-px image runs at full resolution).
+MAX_BODY_AREA = 64 * 64
+MAX_MACS_RATIO = 5.2  # the most a 16-256 px input costs over a 32-px one (measured; tests/test_models_augment.py)
+FOLLOWS_SIZE = ("any, best 32-256 px: up to 64x64 at full resolution, larger inputs halved by the stem "
+                f"to <=64x64 (forward MACs at most {MAX_MACS_RATIO}x the 32-px net's)")
+CLASSIC_SIZES = "any; compute (and baseline's Flatten head) grow with the image area: <=64 px on a CPU"
+
+
+def input_halvings(input_shape) -> int:
+    """How often the stem halves an image so that the body sees at most MAX_BODY_AREA pixels
+    (0 up to 64x64: no change to the stem)."""
+    height, width = input_shape[:2]
+    halvings = 0
+    while height * width > MAX_BODY_AREA * 4**halvings:
+        halvings += 1
+    return halvings
 
 
 def _inputs(input_shape):
@@ -121,7 +149,8 @@ def _scaled(width: float, channels: int) -> int:
 # -- baseline ----------------------------------------------------------------------------------
 
 
-@register("baseline", "classic small CNN: Conv16-Pool-Drop, 2x Conv32 blocks, Dense 1024", dropout=0.23)
+@register("baseline", "classic small CNN: Conv16-Pool-Drop, 2x Conv32 blocks, Dense 1024", CLASSIC_SIZES,
+          dropout=0.23)
 def build_baseline(config, input_shape, num_classes, sample_images=None, steps_per_epoch=None):
     import keras
     from keras import layers
@@ -162,7 +191,7 @@ def _conv_bn_relu(x, filters: int):
     return layers.Activation("relu")(x)
 
 
-@register("vgg", "VGG-style Conv-BN stages 64/128/256/512; depth = convs per stage",
+@register("vgg", "VGG-style Conv-BN stages 64/128/256/512; depth = convs per stage", CLASSIC_SIZES,
           depth=[2, 2, 2, 2], head=[256], dropout=0.3)
 def build_vgg(config, input_shape, num_classes, sample_images=None, steps_per_epoch=None, name="vgg"):
     import keras
@@ -183,13 +212,17 @@ def build_vgg(config, input_shape, num_classes, sample_images=None, steps_per_ep
     return keras.Model(inputs, _logits(x, num_classes), name=name)
 
 
-@register("deep", "vgg with 3,3,4,4 convs and a 256->64 head (the classic competition model)",
+@register("deep", "vgg with 3,3,4,4 convs and a 256->64 head (the classic competition model)", CLASSIC_SIZES,
           depth=[3, 3, 4, 4], head=[256, 64], dropout=0.3, mixup=0.2)
 def build_deep(config, input_shape, num_classes, sample_images=None, steps_per_epoch=None):
     return build_vgg(config, input_shape, num_classes, sample_images, name="deep")
 
 
 # -- pre-activation ResNet ---------------------------------------------------------------------
+
+
+# Above this many pixels a block's strided 1x1 projection subsamples first (see _preact_block).
+STRIDED_PROJECTION_MAX_AREA = 32 * 32
 
 
 def _preact_block(x, filters: int, stride: int):
@@ -200,7 +233,13 @@ def _preact_block(x, filters: int, stride: int):
     x = layers.Activation("relu")(x)
     if stride != 1 or shortcut.shape[-1] != filters:
         # Project from the pre-activated tensor, as in He et al. (2016), identity mappings.
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x)
+        projected, projection_stride = x, stride
+        if stride != 1 and x.shape[1] * x.shape[2] > STRIDED_PROJECTION_MAX_AREA:
+            # The same convolution as a strided 1x1 conv: TensorFlow 2.21's oneDNN CPU kernels corrupt
+            # memory (a segfault) training a strided 1x1 conv on maps of 48x48 px and more with few
+            # channels (4-8: widths up to 0.5), so every other pixel is taken first.
+            projected, projection_stride = layers.MaxPooling2D(1, strides=stride)(x), 1
+        shortcut = layers.Conv2D(filters, 1, strides=projection_stride, use_bias=False)(projected)
     x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
     x = _bn()(x)
     x = layers.Activation("relu")(x)
@@ -208,7 +247,7 @@ def _preact_block(x, filters: int, stride: int):
     return layers.Add()([x, shortcut])
 
 
-@register("resnet", "small pre-activation ResNet; depth = blocks per stage, width x16/32/64",
+@register("resnet", "small pre-activation ResNet; depth = blocks per stage, width x16/32/64", FOLLOWS_SIZE,
           depth=[2, 2, 2], dropout=0.0, optimizer="sgd", lr=0.05, schedule="onecycle",
           weight_decay=5e-4, augment="flip-crop", batch_size=128)
 def build_resnet(config, input_shape, num_classes, sample_images=None, steps_per_epoch=None):
@@ -217,7 +256,11 @@ def build_resnet(config, input_shape, num_classes, sample_images=None, steps_per
 
     inputs, x = _inputs(input_shape)
     base = _scaled(config.width, 16)
-    x = layers.Conv2D(base, 3, padding="same", use_bias=False)(x)
+    halvings = input_halvings(input_shape)
+    # Above 64x64 an ImageNet-style stem: a strided conv, then max pooling for each further halving.
+    x = layers.Conv2D(base, 3, strides=2 if halvings else 1, padding="same", use_bias=False)(x)
+    for _ in range(halvings - 1):
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     for stage, blocks in enumerate(config.depth or [2, 2, 2]):
         for block in range(blocks):
             stride = 2 if stage > 0 and block == 0 and x.shape[1] > 1 else 1
@@ -234,7 +277,7 @@ def build_resnet(config, input_shape, num_classes, sample_images=None, steps_per
 
 WHITEN_PATCH = 2  # 2x2 patches: 12 dimensions for RGB, whitened by 12 eigenvector filters (+ negatives)
 WHITEN_EPS = 5e-4  # keeps near-zero eigenvalues from blowing the filters up
-WHITEN_SAMPLES = 5000  # images used to estimate the patch covariance; more changes nothing
+WHITEN_SAMPLES = 5000  # 32-px images used to estimate the patch covariance; more changes nothing
 BN_MOMENTUM = 0.6  # short-memory BN statistics: the net changes fast over few epochs
 OUTPUT_SCALE = 1 / 9  # airbench's logit temperature: lets SGD use a large learning rate
 
@@ -271,11 +314,18 @@ def _whitening_filters(eigenvalues: np.ndarray, eigenvectors: np.ndarray, channe
     return filters.reshape(-1, k, k, channels).transpose(1, 2, 3, 0).astype(np.float32)
 
 
+def whitening_rows(images) -> int:
+    """How many images the whitening is fitted on: WHITEN_SAMPLES at 32 px or less, fewer larger
+    images (as many pixels in all), so the float64 patches stay about 0.5 GB at any size."""
+    height, width = images.shape[1:3]
+    return max(1, min(WHITEN_SAMPLES, WHITEN_SAMPLES * 32 * 32 // (height * width)))
+
+
 def whitening_kernel(images: np.ndarray, mean, variance) -> tuple[np.ndarray, np.ndarray]:
     """`fast`'s whitening conv kernel and its zero bias: eigenvectors of the patch covariance of
     WHITEN_SAMPLES random images."""
     rng = np.random.default_rng(0)
-    chosen = images[rng.choice(len(images), size=min(WHITEN_SAMPLES, len(images)), replace=False)]
+    chosen = images[rng.choice(len(images), size=min(whitening_rows(images), len(images)), replace=False)]
     eigenvalues, eigenvectors = np.linalg.eigh(np.cov(_patches(chosen, mean, variance), rowvar=False))
     kernel = _whitening_filters(eigenvalues, eigenvectors, images.shape[-1])
     return kernel, np.zeros(kernel.shape[-1], np.float32)
@@ -284,7 +334,7 @@ def whitening_kernel(images: np.ndarray, mean, variance) -> tuple[np.ndarray, np
 def airbench_whitening_kernel(images: np.ndarray, mean, variance) -> tuple[np.ndarray, np.ndarray]:
     """airbench's whitening exactly: the first WHITEN_SAMPLES rows in stored order, the patches'
     uncentred second moment P'P/n (not a covariance), eigenvectors by descending eigenvalue."""
-    patches = _patches(images[:WHITEN_SAMPLES], mean, variance)
+    patches = _patches(images[:whitening_rows(images)], mean, variance)
     eigenvalues, eigenvectors = np.linalg.eigh(patches.T @ patches / len(patches))
     kernel = _whitening_filters(eigenvalues[::-1], eigenvectors[:, ::-1], images.shape[-1])
     return kernel, np.zeros(kernel.shape[-1], np.float32)
@@ -345,7 +395,10 @@ def _conv_group(x, filters: int, convs: int, norm: Callable = _fast_norm, residu
 
 def _whitened_stem(input_shape, sample_images, whitening: Callable, bias_trains: bool = False):
     """(inputs, features): pixels, normalised by the data's channel statistics, through the 2x2
-    patch-whitening conv (kernel fitted by `whitening`, never trained) and a GELU."""
+    patch-whitening conv (kernel fitted by `whitening`, never trained) and a GELU.
+
+    Above 64x64 pixels the whitening conv strides 2 (non-overlapping patches: an invertible change
+    of basis, so the first halving loses nothing) and max pooling does any further halving."""
     from keras import layers
 
     if sample_images is None:
@@ -359,11 +412,16 @@ def _whitened_stem(input_shape, sample_images, whitening: Callable, bias_trains:
     x = normalize(x)
     normalize.set_weights([mean.astype(np.float32), variance.astype(np.float32)])
     kernel, bias = whitening(sample_images, mean, variance)
-    whiten = layers.Conv2D(kernel.shape[-1], WHITEN_PATCH, padding="valid", trainable=bias_trains, name="whiten")
+    halvings = input_halvings(input_shape)
+    whiten = layers.Conv2D(kernel.shape[-1], WHITEN_PATCH, strides=2 if halvings else 1, padding="valid",
+                           trainable=bias_trains, name="whiten")
     x = whiten(x)
     whiten.set_weights([kernel, bias])
     whiten.kernel.trainable = False  # the bias alone may train (airbench: its first epochs)
-    return inputs, layers.Activation("gelu")(x)
+    x = layers.Activation("gelu")(x)
+    for _ in range(halvings - 1):
+        x = layers.MaxPooling2D()(x)
+    return inputs, x
 
 
 def _max_pooled_logits(inputs, x, config, num_classes: int, name: str):
@@ -397,7 +455,7 @@ FAST_TRAINING = dict(
 
 
 @register("fast", "speedrun net: frozen patch whitening, identity-init Conv-BN-GELU 64/256/256, "
-          "SGD + lookahead, label smoothing, alternating flips",
+          "SGD + lookahead, label smoothing, alternating flips", FOLLOWS_SIZE,
           epochs=16, **FAST_TRAINING)
 def build_fast(config, input_shape, num_classes, sample_images=None, steps_per_epoch=None):
     return _build_fast(config, input_shape, num_classes, sample_images, (64, 256, 256), 2, "fast")
@@ -406,7 +464,7 @@ def build_fast(config, input_shape, num_classes, sample_images=None, steps_per_e
 # 64 epochs with cutout: on an H200, 5-fold OOF 0.9139, 0.9200 with TTA, in 239 s for the 5 folds
 # (bench/RESULTS.md); with the older recipe 64 epochs + cutout beat 32 without (0.9030 vs 0.8990).
 @register("fast-large", "wider, deeper fast (128/384/384, 3 convs per group) for the top of the leaderboard",
-          **(FAST_TRAINING | {"epochs": 64, "augment": "alt-flip-crop,cutout"}))
+          FOLLOWS_SIZE, **(FAST_TRAINING | {"epochs": 64, "augment": "alt-flip-crop,cutout"}))
 def build_fast_large(config, input_shape, num_classes, sample_images=None, steps_per_epoch=None):
     return _build_fast(config, input_shape, num_classes, sample_images, (128, 384, 384), 3, "fast-large")
 
@@ -468,7 +526,7 @@ def _build_airbench(config, input_shape, num_classes, sample_images, steps_per_e
 # 9.9 epochs: ceil(9.9 * 48) = 476 steps on 50,000 rows; the peak at 23%, down to 0.07 of it.
 @register("airbench94", "airbench94 exactly: 64/256/256 net, trained whitening bias, BN eps 1e-12, "
           "PyTorch-style Nesterov SGD, 64x BN-bias lr, lookahead with BN statistics, reflect crops, 6-view TTA",
-          **_airbench_recipe(11.5, 0.0153, 9.9, 0.23, 0.07, "airbench94"))
+          FOLLOWS_SIZE, **_airbench_recipe(11.5, 0.0153, 9.9, 0.23, 0.07, "airbench94"))
 def build_airbench94(config, input_shape, num_classes, sample_images=None, steps_per_epoch=None):
     return _build_airbench(config, input_shape, num_classes, sample_images, steps_per_epoch,
                            (64, 256, 256), 2, bn_momentum=0.6, residual=False, name="airbench94")
@@ -477,7 +535,7 @@ def build_airbench94(config, input_shape, num_classes, sample_images=None, steps
 # 37 epochs: 1,776 steps on 50,000 rows; the peak at 10%, down to 0.
 @register("airbench96", "airbench96 exactly: residual 128/384/512 net, 3 convs a group, BN momentum 0.9, "
           "cutout 12 px inside the image, otherwise airbench94's recipe",
-          **_airbench_recipe(9.0, 0.012, 37.0, 0.1, 0.0, "airbench96"))
+          FOLLOWS_SIZE, **_airbench_recipe(9.0, 0.012, 37.0, 0.1, 0.0, "airbench96"))
 def build_airbench96(config, input_shape, num_classes, sample_images=None, steps_per_epoch=None):
     return _build_airbench(config, input_shape, num_classes, sample_images, steps_per_epoch,
                            (128, 384, 512), 3, bn_momentum=0.9, residual=True, name="airbench96")

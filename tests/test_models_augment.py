@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ import pytest
 from comp.augment import make_augment_layer, make_mix_layer, parse_presets
 from comp.config import build_config
 from comp.errors import CompError
-from comp.models import MODELS, build_model, whitening_kernel, channel_stats
+from comp.models import (MAX_MACS_RATIO, MODELS, build_model, channel_stats, forward_macs, input_halvings,
+                         whitening_kernel)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -174,3 +177,141 @@ def test_fast_convs_start_as_identity_on_their_first_channels():
         rest = kernel[..., n:]
         # The other filters keep PyTorch's default init, U(+-1/sqrt(fan_in)).
         assert rest.size == 0 or 0 < np.abs(rest).max() <= 1 / np.sqrt(9 * kernel.shape[2])
+
+
+# -- sizes: the nets that follow the resolution, the classic ones that take any size ------------
+
+FOLLOW_THE_SIZE = ["resnet", "fast", "fast-large", "airbench94", "airbench96"]
+CLASSIC = ["baseline", "vgg", "deep"]
+
+
+def _forward(name, shape, width=0.25, classes=5):
+    config = build_config({}, {"model": name, "width": width})
+    images = np.random.default_rng(0).integers(0, 256, (2, *shape), dtype=np.uint8)
+    net = build_model(config, images.shape[1:], classes, images)
+    return net, keras.ops.convert_to_numpy(net(images.astype("float32"), training=False))
+
+
+@pytest.mark.parametrize("name", FOLLOW_THE_SIZE)
+@pytest.mark.parametrize("size", [16, 32, 64, 128, 224])
+def test_resolution_following_nets_map_any_size_to_logits(name, size):
+    net, logits = _forward(name, (size, size, 3))
+    assert logits.shape == (2, 5) and np.isfinite(logits).all()
+    # The head pools globally: the classifier's inputs do not grow with the image.
+    assert net.get_layer("logits").kernel.shape[0] == _forward(name, (32, 32, 3))[0].get_layer("logits").kernel.shape[0]
+
+
+@pytest.mark.parametrize("name", CLASSIC)
+@pytest.mark.parametrize("size", [16, 64, 128])
+def test_classic_nets_keep_working_at_any_size(name, size):
+    _, logits = _forward(name, (size, size, 3))
+    assert logits.shape == (2, 5) and np.isfinite(logits).all()
+
+
+# Parameters and forward MACs at width 1, 10 classes, 32x32x3, computed on commit 4dfbc3f (before the
+# nets followed the resolution): at 32 px the nets must stay exactly what they were.
+AT_32_PX_BEFORE = {
+    "resnet": (175994, 26657408, 51),
+    "fast": (1973950, 118147360, 29),
+    "fast-large": (7412670, 411710496, 38),
+}
+
+
+@pytest.mark.parametrize("name", list(AT_32_PX_BEFORE))
+def test_nets_at_32_px_are_unchanged(name):
+    config = build_config({}, {"model": name})
+    net = build_model(config, (32, 32, 3), 10)
+    assert (net.count_params(), forward_macs(net), len(net.layers)) == AT_32_PX_BEFORE[name]
+
+
+def test_the_stem_halves_until_the_body_sees_at_most_64x64():
+    assert [input_halvings((s, s)) for s in (16, 32, 64, 65, 96, 128, 129, 224, 256, 512)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    assert input_halvings((64, 128)) == 1 and input_halvings((32, 128)) == 0  # by area, any aspect
+
+
+@pytest.mark.parametrize("name", FOLLOW_THE_SIZE)
+def test_compute_stays_bounded_as_the_images_grow(name):
+    config = build_config({}, {"model": name, "width": 0.25})
+
+    def macs(height, width):
+        return forward_macs(build_model(config, (height, width, 3), 10))
+
+    at_32 = macs(32, 32)
+    # 64 px runs at full resolution: it buys compute (the upscaling trick), about 4x, never more than the bound.
+    assert 3.5 * at_32 <= macs(64, 64) <= MAX_MACS_RATIO * at_32
+    for height, width in [(96, 96), (128, 128), (160, 160), (224, 224), (256, 256), (96, 224), (224, 64), (400, 128)]:
+        assert macs(height, width) <= MAX_MACS_RATIO * at_32, (height, width)
+
+
+def test_list_models_says_which_sizes_each_model_suits(capsys):
+    from comp.cli import main
+
+    assert main(["train", "--list-models"]) == 0
+    out = capsys.readouterr().out
+    for name, spec in MODELS.items():
+        assert name in out
+    assert out.count("sizes: any, best 32-256 px") == len(FOLLOW_THE_SIZE)
+    assert out.count("sizes: any; compute") == len(CLASSIC)
+
+
+def test_resnet_subsamples_before_a_strided_projection_above_32_px_and_it_is_the_same_conv():
+    def projections(size):
+        net = build_model(build_config({}, {"model": "resnet", "width": 0.25}), (size, size, 3), 5)
+        return [(l.strides, l.input.shape[1]) for l in net.layers if isinstance(l, keras.layers.Conv2D)
+                and l.kernel.shape[:2] == (1, 1)]
+
+    assert projections(32) == [((2, 2), 32), ((2, 2), 16)]  # as it always was
+    assert projections(64) == [((1, 1), 32), ((2, 2), 32)]  # 64x64 -> subsampled, then a 1x1 conv
+    x = np.random.default_rng(0).normal(size=(2, 9, 9, 4)).astype("float32")
+    strided = keras.layers.Conv2D(8, 1, strides=2, use_bias=False)
+    expected = keras.ops.convert_to_numpy(strided(x))
+    plain = keras.layers.Conv2D(8, 1, use_bias=False)
+    plain.build(x.shape)
+    plain.set_weights(strided.get_weights())
+    got = keras.ops.convert_to_numpy(plain(keras.layers.MaxPooling2D(1, strides=2)(x)))
+    assert np.allclose(got, expected, atol=1e-6)
+
+
+TRAIN_ONE_STEP = """
+import numpy as np, keras
+from comp.config import build_config
+from comp.models import build_model
+net = build_model(build_config({}, {"model": "resnet", "width": 0.25}), (64, 64, 3), 3)
+net.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+images = np.random.default_rng(0).integers(0, 256, (32, 64, 64, 3)).astype("float32")
+net.fit(images, np.arange(32) % 3, batch_size=16, epochs=1, verbose=0)
+print("trained")
+"""
+
+
+def test_narrow_resnet_trains_at_64_px_on_tensorflow_cpu():
+    # In a child: the oneDNN bug this guards against kills the process (segfault, glibc abort).
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", TRAIN_ONE_STEP], env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and "trained" in result.stdout, result.stderr[-2000:]
+
+
+def test_whitening_is_fitted_on_as_many_pixels_at_any_size(monkeypatch):
+    from comp import models
+    from comp.models import WHITEN_SAMPLES, airbench_whitening_kernel, whitening_rows
+
+    def rows(count, side):
+        return whitening_rows(np.broadcast_to(np.uint8(0), (count, side, side, 3)))
+
+    # 32 px and less: the 5,000 images as always; larger: fewer images, as many pixels (about 0.5 GB of patches).
+    assert rows(50_000, 32) == rows(50_000, 16) == WHITEN_SAMPLES and rows(100, 32) == WHITEN_SAMPLES
+    assert rows(50_000, 64) == WHITEN_SAMPLES // 4 and rows(50_000, 224) == 102 and rows(50_000, 4000) == 1
+    monkeypatch.setattr(models, "WHITEN_SAMPLES", 8)  # at 64 px: the first 8 * 32 * 32 / 64 / 64 = 2 rows
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    mean, variance = channel_stats(images)
+    kernel = airbench_whitening_kernel(images, mean, variance)[0]
+    changed = images.copy()
+    changed[2:] = 0
+    assert np.array_equal(airbench_whitening_kernel(changed, mean, variance)[0], kernel)
+    changed[1] = 255 - changed[1]
+    assert not np.array_equal(airbench_whitening_kernel(changed, mean, variance)[0], kernel)

@@ -36,6 +36,7 @@ def run(args) -> int:
 
         for name, spec in MODELS.items():
             console.print(f"[bold]{name:<11}[/bold] {spec.summary}")
+            console.print(f"{'':<11} sizes: {spec.sizes}")
         return 0
     if args.list_recipes:
         from ..config import recipe_names
