@@ -25,7 +25,7 @@ NOISE = 30  # pixel noise (std) over the picture: the colour stays visible, the 
 TRAINING = ["--width", "0.25", "--batch-size", "16", "--lr", "0.02", "--epochs", "4"]
 
 
-def _photo(rng, shape: str) -> "Image.Image":
+def _photo(rng, shape: str):
     from PIL import Image, ImageDraw
 
     width, height = (int(v) for v in rng.integers(SIDES[0], SIDES[1] + 1, 2))
