@@ -366,11 +366,11 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
             small_side = min(images.shape[1], images.shape[2])
             return not any(p.get(k) for k in ("rotation", "zoom", "shift")) and p.get("crop_pad", 0) < small_side
 
-        def _crop_and_flip(self, images):
+        def _crop_and_flip(self, images, flip_source):
             p = self.params
             batch = ops.shape(images)[0]
             if p.get("flip") == "alternate":
-                flip = self._alternating_flip(images) < 0
+                flip = self._alternating_flip(flip_source) < 0
             elif p.get("flip"):
                 flip = self._uniform((batch,), 0, 1) < 0.5
             else:
@@ -380,14 +380,14 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
                        for _ in range(2)] if pad else [ops.zeros((batch,), "int32")] * 2
             return crop_and_flip(images, *offsets, flip, pad, CROP_FILL_MODES[p.get("fill", "constant")])
 
-        def _affine(self, images):
+        def _affine(self, images, flip_source):
             """Flip, shift, rotate, zoom and crop in one projective transform per image."""
             p = self.params
             batch = ops.shape(images)[0]
             height, width = images.shape[1], images.shape[2]
             ones = ops.ones((batch,))
             if p.get("flip") == "alternate":
-                flip = self._alternating_flip(images)
+                flip = self._alternating_flip(flip_source)
             elif p.get("flip"):
                 flip = ops.where(self._uniform((batch,), 0, 1) < 0.5, -ones, ones)
             else:
@@ -490,12 +490,13 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
             if not training or not self.params:
                 return images
             p = self.params
+            flip_source = images  # the alternating flip's coin hashes the image as given, before any warp
             if p.get("rrc_scale") or p.get("trivial"):
                 images = self._photo(images)
             if self._whole_pixels(images) and (p.get("flip") or p.get("crop_pad")):
-                images = self._crop_and_flip(images)
+                images = self._crop_and_flip(images, flip_source)
             elif any(p.get(k) for k in ("flip", "rotation", "zoom", "shift", "crop_pad")):
-                images = self._affine(images)
+                images = self._affine(images, flip_source)
             if p.get("reflect_crop"):
                 images = self._reflect_crop(images)
             if p.get("flip") == "alternate":

@@ -643,6 +643,9 @@ def _save_arrays(path: Path, variables) -> None:
 def _load_arrays(path: Path, variables) -> None:
     with np.load(path) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    shapes = [tuple(v.shape) for v in variables]
+    if [tuple(value.shape) for value in values] != shapes:
+        raise ValueError(f"{path.name} holds {len(values)} arrays that do not match the model's {len(shapes)}")
     for variable, value in zip(variables, values):
         variable.assign(value)
 
@@ -687,10 +690,16 @@ def _checkpoint_damage(checkpoint: Path) -> str | None:
     return None
 
 
-def _load_checkpoint(checkpoint: Path, model: TrainingModel) -> dict:
-    model.load_weights(checkpoint / "model.weights.h5")
-    _load_arrays(checkpoint / "optimizer.npz", model.optimizer.variables)
-    _load_arrays(checkpoint / "random.npz", random_state_variables(model))
+def _load_checkpoint(checkpoint: Path, model: TrainingModel, fold: int) -> dict:
+    """The checkpoint into `model`; one line with the fix when it was written for another model
+    (e.g. by an older comp whose net had other variables): loading it partly would be silent damage."""
+    try:
+        model.load_weights(checkpoint / "model.weights.h5")
+        _load_arrays(checkpoint / "optimizer.npz", model.optimizer.variables)
+        _load_arrays(checkpoint / "random.npz", random_state_variables(model))
+    except ValueError as err:
+        raise CompError(f"{checkpoint}: does not fit this run's model ({one_line(err, 160)}); it was written by "
+                        f"another version of comp: {retrain_fold_fix(checkpoint.parent.parent, fold)}") from None
     return read_json(checkpoint / "state.json")
 
 
@@ -715,7 +724,7 @@ def _resume(fold_dir: Path, model: TrainingModel, fold: int) -> dict | None:
             if checkpoint.name != "checkpoint":  # the older buffer becomes the current one again
                 shutil.rmtree(fold_dir / "checkpoint", ignore_errors=True)  # an incomplete one in its way
                 checkpoint = checkpoint.rename(fold_dir / "checkpoint")
-            return _load_checkpoint(checkpoint, model)
+            return _load_checkpoint(checkpoint, model, fold)
         warn(f"{checkpoint}: damaged ({escape(problem)}); removed it")
         shutil.rmtree(checkpoint, ignore_errors=True)
         damaged.append(checkpoint)

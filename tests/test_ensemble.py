@@ -304,9 +304,14 @@ def test_chance_line_is_the_largest_class_plus_two_standard_errors():
 
 
 def spoil(path: Path) -> None:
-    """Shuffle a prediction file's rows: the same probabilities, given to the wrong images."""
+    """Make a run's OOF prediction file certainly wrong: every row's probability on a class other
+    than its own (shuffling rows would not do: a near-chance tiny run scores alike either way)."""
+    from comp.runs import load_run, oof_labels
+    from comp.workspace import Workspace
+
+    labels = oof_labels(load_run(Workspace(path.parents[2]), path.parent.name))
     probs = np.load(path)
-    np.save(path, probs[np.random.default_rng(0).permutation(len(probs))])
+    np.save(path, np.eye(probs.shape[1], dtype=probs.dtype)[(labels + 1) % probs.shape[1]])
 
 
 @pytest.mark.parametrize("spoiled, chosen", [("oof_probs.flip.npy", "none"), ("oof_probs.npy", "flip")])

@@ -215,3 +215,17 @@ def test_photo_augmentations_keep_one_channel_images_gray():
     for preset in ("photo", "jitter"):
         out = _numpy(make_augment_layer(preset, seed=1)(images, training=True))
         assert out.shape == images.shape and 0 <= out.min() and out.max() <= 255.0 + 1e-3
+
+
+@pytest.mark.parametrize("preset", ["alt-flip,trivial", "alt-flip-crop,rrc"])
+def test_the_alternating_flip_coin_hashes_the_image_as_given_not_its_warped_copy(preset):
+    # The coin must be the same for an image every epoch: a warp drawn anew each epoch before the
+    # coin would turn the alternating flip into a random one.
+    layer = make_augment_layer(preset, seed=0, steps_per_epoch=1)
+    hashed = []
+    coin = layer._alternating_flip
+    layer._alternating_flip = lambda images: (hashed.append(_numpy(images)), coin(images))[1]
+    images = _photos()
+    layer(keras.ops.convert_to_tensor(images), training=True)
+    assert len(hashed) == 1
+    np.testing.assert_array_equal(hashed[0], images)

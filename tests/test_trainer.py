@@ -62,10 +62,17 @@ def test_fit_ends_on_the_average_and_a_checkpoint_keeps_the_flip_counter(tmp_pat
     _save_checkpoint(tmp_path, model, {"epoch": 2})
     fresh, _ = build_training_model(config, images.shape[1:], 3, images, 0, steps)
     compile_training_model(fresh, config, steps)  # no eager call: every variable exists after compile
-    assert _load_checkpoint(tmp_path / "checkpoint", fresh)["epoch"] == 2
+    assert _load_checkpoint(tmp_path / "checkpoint", fresh, 0)["epoch"] == 2
     assert int(keras.ops.convert_to_numpy(fresh.augment.steps_seen)) == 2 * steps  # resumes mid-alternation
     assert all(np.array_equal(keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value))
                for a, b in zip(fresh.optimizer.lookahead_averages, averages))
+
+    # A checkpoint of another model (here: an optimizer without lookahead's averages) is refused whole.
+    other = config.replace(lookahead=0.0)
+    plain, _ = build_training_model(other, images.shape[1:], 3, images, 0, steps)
+    compile_training_model(plain, other, steps)
+    with pytest.raises(CompError, match="does not fit this run's model.*--fold 0 --force"):
+        _load_checkpoint(tmp_path / "checkpoint", plain, 0)
 
 
 def test_bias_lr_scale_moves_batchnorm_biases_faster():
