@@ -204,7 +204,7 @@ def build_vgg(config, input_shape, num_classes, sample_images=None, steps_per_ep
         filters = _scaled(config.width, VGG_WIDTHS[min(stage, len(VGG_WIDTHS) - 1)])
         for _ in range(convs):
             x = _conv_bn_relu(x, filters)
-        if x.shape[1] > 1:  # tiny inputs run out of pixels before stages
+        if min(x.shape[1:3]) > 1:  # tiny inputs (or a narrow side) run out of pixels before stages
             x = layers.MaxPooling2D()(x)
         x = layers.Dropout(dropout * 0.5)(x)  # light dropout between stages, full dropout in the head
     x = _flatten_or_pool(x)
@@ -382,7 +382,7 @@ def _conv_group(x, filters: int, convs: int, norm: Callable = _fast_norm, residu
         conv = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=_fan_in_uniform())
         x = conv(x)
         _identity_init(conv)
-        if i == 0 and x.shape[1] > 1:
+        if i == 0 and min(x.shape[1:3]) > 1:  # a narrow side would pool to nothing
             x = layers.MaxPooling2D()(x)  # pool right after the first conv: compute on the smaller map
         x = norm()(x)
         if residual and i == convs - 1 and i > 0:

@@ -878,9 +878,21 @@ def set_precision(precision: str) -> None:
     keras.config.set_dtype_policy(PRECISION_POLICIES[precision])
 
 
+# Folds and full-data fits one seed may have. Fold f of seed s draws every stream (initial weights,
+# batch order, augmentation) from s * FOLDS_PER_SEED + f: with s + f, a run of seed s + 1 (a seed
+# ensemble) repeated seed s's initial weights and batch order one fold later, and its full-data
+# fit i those of seed s's fit i + 1, on the very same rows.
+FOLDS_PER_SEED = 1000
+
+
+def fold_seed(config: RunConfig, fold: int) -> int:
+    """The seed of fold `fold`'s random streams: distinct for every (seed, fold), reproducible."""
+    return config.seed * FOLDS_PER_SEED + fold
+
+
 def build_training_model(config: RunConfig, image_shape, num_classes: int, sample_images, fold: int,
                          steps_per_epoch: int = 1, store: FoldStore | None = None):
-    seed = config.seed * 1000 + fold  # distinct but reproducible random streams per fold
+    seed = fold_seed(config, fold)
     net = build_model(config, image_shape, num_classes, sample_images, steps_per_epoch)
     augment = make_augment_layer(config.augment, seed, steps_per_epoch)
     mix = make_mix_layer(config.mixup, config.cutmix, seed + 1)
@@ -951,7 +963,7 @@ def prepare_engine(config: RunConfig, image_shape, num_classes: int, sample_imag
     if not reuse:
         _engine = None
         keras.backend.clear_session()  # memory stays flat across configs
-    keras.utils.set_random_seed(config.seed + fold)
+    keras.utils.set_random_seed(fold_seed(config, fold))
     set_precision(config.precision)
     store = FoldStore(store_capacity(store_rows), image_shape, name="store") if store_rows and not reuse else None
     model, net = build_training_model(config, image_shape, num_classes, sample_images, fold, steps_per_epoch, store)
@@ -1021,7 +1033,8 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         steps = BatchOrder(len(train_y), config.batch_size, 0).steps
         engine = prepare_engine(config, train_x.shape[1:], num_classes, train_x, fold, steps, device_rows)
         model, net = engine.model, engine.net
-        training_data, steps = training_inputs(train_x, train_y, config.batch_size, config.seed + fold, model.store)
+        training_data, steps = training_inputs(train_x, train_y, config.batch_size, fold_seed(config, fold),
+                                                   model.store)
         state = _resume(fold_dir, model, fold) if fold_dir else None
         resumed = state is not None
         if resumed and progress:
@@ -1047,7 +1060,7 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         fit_ended = time.time()
         if config.keep == "last" and config.averages_weights:
             engine.statistics = recalibrate_batchnorm(model, train_x, train_y, config.batch_size,
-                                                      config.seed + fold, engine.statistics)
+                                                      fold_seed(config, fold), engine.statistics)
         if config.keep == "best" and callback.best_weights is not None:
             net.set_weights(callback.best_weights)  # with fold_dir, model.keras holds them already
         elif config.keep == "best" and fold_dir:  # the best epoch ran before a resume: into the compiled net

@@ -128,7 +128,11 @@ def policy_for_augment(augment: str) -> str:
     params = parse_presets(augment)
     if not params.get("flip"):
         return "none"
-    return "flip-shift" if params.get("crop_pad") or params.get("reflect_crop") or params.get("shift") else "flip"
+    if not (params.get("crop_pad") or params.get("reflect_crop") or params.get("shift")):
+        return "flip"
+    # A shifted view uncovers a border: mirrored, as the net saw it, after mirrored training crops
+    # (zero-filled flip-shift would show it black borders it never saw).
+    return "airbench" if params.get("reflect_crop") or params.get("fill") == "reflect" else "flip-shift"
 
 
 # -- views and prediction ------------------------------------------------------------------

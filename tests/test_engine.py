@@ -203,6 +203,24 @@ def test_another_config_gets_its_own_engine_and_a_fold_its_own_normalisation(mon
                                   images.shape[1:], 3, images, 0, 5) is trainer._engine  # no program reads those
 
 
+def test_a_run_of_the_next_seed_repeats_no_fold_of_this_one(monkeypatch):
+    """A seed ensemble's runs (seed s and s + 1) share no initial weights and no batch order: seed
+    s + 1's full-data fit 0 (fold index k) and seed s's fit 1 (k + 1) train on the very same rows."""
+    images, _ = _fold_rows()
+    config = build_config({}, {"model": "resnet", "width": 0.25, "batch_size": 8, "epochs": 1})
+
+    def initial_weights(seed, fold):
+        monkeypatch.setattr(trainer, "_engine", None)
+        engine = trainer.prepare_engine(config.replace(seed=seed), images.shape[1:], 3, images, fold, 5)
+        return [keras.ops.convert_to_numpy(w).copy() for w in engine.net.trainable_weights]
+
+    first, second = initial_weights(42, 6), initial_weights(43, 5)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second))
+    orders = [trainer.BatchOrder(len(images), 8, trainer.fold_seed(config.replace(seed=seed), fold)).batch_rows()
+              for seed, fold in ((42, 6), (43, 5))]
+    assert not np.array_equal(*orders)
+
+
 # -- validation every N epochs ---------------------------------------------------------------------
 
 

@@ -208,6 +208,15 @@ def test_classic_nets_keep_working_at_any_size(name, size):
     assert logits.shape == (2, 5) and np.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("shape", [(16, 8, 3), (8, 16, 1), (20, 8, 3)])
+def test_every_model_takes_images_with_a_narrow_side(name, shape):
+    """A side that reaches 1 px before the last pooling stops pooling on both sides (a tall 16x8
+    image once pooled its 1-px width to nothing: the whitened nets and vgg raised at build)."""
+    _, logits = _forward(name, shape)
+    assert logits.shape == (2, 5) and np.isfinite(logits).all()
+
+
 # Parameters and forward MACs at width 1, 10 classes, 32x32x3, computed on commit 4dfbc3f (before the
 # nets followed the resolution): at 32 px the nets must stay exactly what they were.
 AT_32_PX_BEFORE = {

@@ -7,7 +7,7 @@ import pytest
 
 from comp.errors import CompError
 from comp.tta import (TTA_POLICIES, average_logits, average_probs, average_views, parse_policy, policy_for_augment,
-                      prediction_tag, predict_probs, softmax, view, views_for)
+                      prediction_tag, predict_probs, softmax, view, view_fill, views_for)
 
 
 def image(h=3, w=4):
@@ -65,6 +65,9 @@ def test_policy_for_augment():
     assert policy_for_augment("none") == "none"
     assert policy_for_augment("flip") == "flip"
     assert policy_for_augment("flip-crop") == "flip-shift"
+    # Crops filled by mirroring get views whose shifts are filled by mirroring too, never black.
+    for augment in ("airbench94", "airbench96", "flip-crop,reflect"):
+        assert view_fill(policy_for_augment(augment)) == "reflect", augment
 
 
 def test_averages():
