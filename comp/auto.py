@@ -269,6 +269,10 @@ def base_config(workspace, dataset):
     preset = GPU_PRESET if accelerator() else None
     overrides = {} if preset else {"model": MODEL}
     config = resolve_config(workspace, dataset.fingerprint, None, overrides, preset, use_latest_best=False)
+    if config.keep == "last" and not config.patience:
+        # Nothing reads per-epoch validation here: a fold's OOF rows are predicted once, at its end
+        # (validating 10,000 rows every epoch cost 15% of a CPU fold's time).
+        config = config.replace(val_every=0)
     return fit_batch(config, len(dataset.train_y) // 2)  # the fewest rows a fold trains on (2 folds)
 
 
