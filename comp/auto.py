@@ -11,8 +11,10 @@
    then lower floors; epochs capped at MAX_EPOCHS; the TTA policy cut back when predictions would
    take too large a share; the time left after the folds goes to full-data fits. Everything must
    end by SAFETY of the budget by the estimate: the rest absorbs a slow step.
-3. Run it, watching the clock: before each full-data fit the plan is re-estimated from the pace the
-   folds actually had, and the fits that would not end in time are dropped (said, never silent).
+3. Run it, watching the clock: each fold trains to a deadline, its share of the time left (a fold
+   whose next epoch would end past it stops after this one, said: measured speeds can be optimistic),
+   and before each full-data fit the plan is re-estimated from the pace the folds actually had; the
+   fits that would not end in time are dropped (said, never silent).
 4. Ensemble into submissions/ as `comp ensemble` does.
 
 The plan and the time spent are kept in folds/auto/plan-<budget>.json: interrupted, the same command
@@ -21,7 +23,9 @@ The plan and the time spent are kept in folds/auto/plan-<budget>.json: interrupt
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,6 +43,7 @@ EPOCH_FLOORS = (12, 8, 4, 2)  # a plan takes the widest net that reaches the fir
 MAX_EPOCHS = 24  # past fast's own 16, epochs buy little (24 vs 16: +0.4 points, bench/RESULTS.md)
 MAX_FULL_FITS = 3  # full-data fits beyond the folds; each later one adds less to the submission
 SAFETY = 0.85  # plans end by this share of the budget by their estimate
+FOLDS_END_BY = 0.97  # whatever the estimate, fold training stops in time to end by this share (trainer deadlines)
 ENSEMBLE_SECONDS = 20.0  # loading the runs, blending, writing and checking the CSV (measured: seconds)
 PREDICT_SHARE = 0.15  # TTA may take at most this share of a fold's time, else fewer views
 PROBE_ROWS = 2048  # rows a probe trains on (fewer when the data has fewer)
@@ -294,6 +299,7 @@ def fit_batch(config, train_rows: int):
 def run_auto(workspace, budget, out=None, force: bool = False):
     """Measure, plan, train and ensemble within `budget` ('60m', seconds...). -> Submission."""
     from .folds import existing_k
+    from .trainer import DEADLINES_ENV
 
     budget_seconds = parse_duration(budget)
     state_path = workspace.folds / "auto" / f"plan-{budget_seconds:.0f}s.json"
@@ -327,7 +333,11 @@ def run_auto(workspace, budget, out=None, force: bool = False):
     config = base.replace(width=plan.width, epochs=plan.epochs, folds=plan.folds, tta=plan.tta)
 
     started = time.time()
-    run = workspace.train(config, folds="all")
+    os.environ[DEADLINES_ENV] = json.dumps(fold_deadlines(started, clock, plan))
+    try:
+        run = workspace.train(config, folds="all")
+    finally:
+        os.environ.pop(DEADLINES_ENV, None)
     record("train folds", started)
     fits = full_fits_that_fit(plan, run, clock)
     started = time.time()
@@ -347,6 +357,16 @@ def run_auto(workspace, budget, out=None, force: bool = False):
     write_json(state_path, state)
     console.print(stages_table(state, budget_seconds))
     return submission
+
+
+def fold_deadlines(now: float, clock: Clock, plan: Plan) -> dict[str, float]:
+    """Each fold's training deadline (unix seconds): the folds share the time left before
+    FOLDS_END_BY of the budget (less the ensemble) in equal slots, one after the other, and each
+    slot keeps PREDICT_SHARE of itself for the fold's predictions. A fold that finishes early
+    leaves its time to the next."""
+    left = clock.left() - (1 - FOLDS_END_BY) * clock.budget - ENSEMBLE_SECONDS
+    slot = max(0.0, left) / max(1, plan.folds)
+    return {str(fold): now + (fold + 1 - PREDICT_SHARE) * slot for fold in range(plan.folds)}
 
 
 def full_fits_that_fit(plan: Plan, run, clock: Clock, done: int = 0) -> int:

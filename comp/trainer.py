@@ -48,6 +48,10 @@ from .tta import average_views, views_for, view_fill
 # end once this many seconds passed since the last one: a kill loses at most this much work,
 # and GPU epochs of a second or two do not spend their time writing files.
 CHECKPOINT_SECONDS = float(os.environ.get("COMP_CHECKPOINT_SECONDS", "30"))
+# Training deadlines per fold, {"fold": unix seconds} as JSON (comp auto sets it for its folds): a
+# fold whose next epoch would end past its deadline stops after this one, said, so a plan that runs
+# slower than measured still keeps its time budget.
+DEADLINES_ENV = "COMP_FOLD_DEADLINES"
 
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -794,6 +798,14 @@ class Validation:
         return {"val_loss": loss, "val_accuracy": float(np.mean(logits.argmax(axis=-1) == self.labels))}
 
 
+def training_deadline(fold: int) -> float | None:
+    """Fold `fold`'s training deadline from DEADLINES_ENV, or None."""
+    import json
+
+    text = os.environ.get(DEADLINES_ENV)
+    return json.loads(text).get(str(fold)) if text else None
+
+
 class FoldCallback(keras.callbacks.Callback):
     """Per epoch: validation (when due), divergence check, history, best-model snapshot,
     checkpoint, early stopping, progress, tune hook."""
@@ -810,6 +822,7 @@ class FoldCallback(keras.callbacks.Callback):
         self.steps_per_batch = steps_per_batch  # optimizer steps in one of fit's batches (JAX: a scan)
         self.started = self.last_checkpoint = time.time()
         self.best_weights = None  # keep=best: the best epoch's weights, if that epoch ran in this process
+        self.deadline = training_deadline(fold)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
@@ -841,6 +854,12 @@ class FoldCallback(keras.callbacks.Callback):
             if self.fold_dir:  # for a resume that outlives this process
                 with atomic_path(self.fold_dir / "model.keras", suffix=".keras") as tmp:
                     self.net.save(tmp)
+        last = self.validation.last_epoch
+        if self.deadline and epoch + 1 < last and time.time() + row["seconds"] > self.deadline:
+            self.model.stop_training = True  # fit still ends as usual: averaged weights, predictions
+            state["stopped_for_time"] = epoch + 1
+            warn(f"fold {self.fold}: stopped after epoch {epoch + 1} of {last}: another would end past its "
+                 f"time budget")
         if self.fold_dir:
             save_csv(self.fold_dir / "history.csv", pd.DataFrame(state["history"]))
             if time.time() - self.last_checkpoint >= CHECKPOINT_SECONDS:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from comp import auto
-from comp.auto import Clock, Plan, Probe, full_fits_that_fit, make_plan, parse_duration
+from comp.auto import Clock, Plan, Probe, fold_deadlines, full_fits_that_fit, make_plan, parse_duration
 from comp.cli import main
 from comp.errors import CompError
 from comp.fileio import read_json
@@ -83,6 +85,21 @@ def test_full_fits_shrink_when_the_folds_ran_slower_than_planned():
     late.spent = lambda: 4400.0  # the folds took twice as long: only what fits in the 1,600 s left
     assert full_fits_that_fit(plan, FakeRun(3600), late) == 0
     assert full_fits_that_fit(plan, FakeRun(1800), late) == 1
+
+
+def test_fold_deadlines_share_the_time_left_and_end_inside_the_budget():
+    plan = Plan(1.0, 2, 12, "flip", 0, fold_seconds=600, full_fit_seconds=0, total_seconds=1200,
+                budget_seconds=3600)
+    clock = SimpleNamespace(budget=3600.0, left=lambda: 3000.0)  # a Clock 600 s into its hour
+    now = 1000.0
+    deadlines = fold_deadlines(now, clock, plan)
+    left = clock.left() - (1 - auto.FOLDS_END_BY) * 3600 - auto.ENSEMBLE_SECONDS
+    slot = left / 2
+    assert list(deadlines) == ["0", "1"]
+    assert deadlines["0"] == pytest.approx(now + (1 - auto.PREDICT_SHARE) * slot)
+    assert deadlines["1"] == pytest.approx(now + (2 - auto.PREDICT_SHARE) * slot)
+    assert deadlines["1"] + auto.PREDICT_SHARE * slot == pytest.approx(now + left)  # predictions fit before the end
+    assert now + left + auto.ENSEMBLE_SECONDS <= now + clock.left()
 
 
 @pytest.mark.slow

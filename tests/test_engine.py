@@ -236,6 +236,23 @@ def test_validation_runs_every_n_epochs_and_after_the_last(monkeypatch):
     assert not any("val_accuracy" in row for row in rows[5:]) and 0 <= never.val_accuracy <= 1
 
 
+def test_a_fold_past_its_deadline_stops_after_the_epoch_and_still_predicts(monkeypatch, tmp_path):
+    import json
+    import time
+
+    images, labels = _fold_rows()
+    config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 4})
+    monkeypatch.setenv(trainer.DEADLINES_ENV, json.dumps({"0": time.time() - 1, "1": time.time() + 3600}))
+    rows = []
+    late = trainer.train_fold(config, images[:56], labels[:56], images[56:], labels[56:], 3, 0,
+                              fold_dir=tmp_path / "fold0", test_x=images[:4], on_epoch=lambda e, row: rows.append(row))
+    assert len(rows) == 1 and 0 <= late.val_accuracy <= 1  # one epoch, then the usual end of the fold
+    assert (tmp_path / "fold0" / "val_probs.npy").exists() and (tmp_path / "fold0" / "test_probs.npy").exists()
+    on_time = trainer.train_fold(config, images[:56], labels[:56], images[56:], labels[56:], 3, 1,
+                                 on_epoch=lambda e, row: rows.append(row))
+    assert len(rows) == 1 + 4 and 0 <= on_time.val_accuracy <= 1  # its deadline is an hour away
+
+
 def test_keep_best_and_patience_need_validation_every_epoch():
     with pytest.raises(CompError, match=r"keep = best .* val_every = 0; set val_every = 1 \(--val-every 1\)"):
         build_config({}, {"model": "baseline", "keep": "best", "val_every": 0})
