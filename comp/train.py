@@ -29,8 +29,11 @@ from .scoring import accuracy, log_loss
 
 # Machine presets: RunConfig defaults for a kind of machine, under the model's own and a file's.
 MACHINE_PRESETS = {
-    # 2 CPU cores: a small ResNet that reaches a useful score in minutes.
-    "cpu": {"model": "resnet", "width": 1.0, "batch_size": 128, "epochs": 15, "precision": "float32", "jit": "auto"},
+    # 2 CPU cores: what `comp auto --time 60m` planned for the 50,000-image CIFAR-10 here (airbench94, full
+    # width, 15 epochs, 2 folds, flip TTA; OOF 0.88 with TTA in about an hour, bench/RESULTS.md). The
+    # fold count applies only where the data has no split yet: every run shares the split.
+    "cpu": {"model": "airbench94", "width": 1.0, "epochs": 15, "folds": 2, "tta": "flip", "val_every": 0,
+            "precision": "float32", "jit": "auto"},
     # One GPU (JAX, chosen by the CLI): the wide speedrun net, bf16, a large batch; on an H200 its
     # 5 folds reach OOF 0.92 with TTA in about 4 minutes (bench/RESULTS.md). No validation inside
     # training: a GPU epoch takes about as long as predicting the validation rows.
@@ -93,11 +96,12 @@ def resolve_config(workspace, fingerprint: str, config=None, overrides: dict | N
             info(describe_tuned(file_values, source))
     if file_values and "tuned" in file_values:  # a tune result: its budget stays with the study
         file_values = {k: v for k, v in file_values.items() if k not in TUNING_BUDGET}
+    folds_said = "folds" in overrides or "folds" in (file_values or {})
     if preset:
         if preset not in MACHINE_PRESETS:
             raise CompError(f"preset {preset!r}: choose one of {', '.join(MACHINE_PRESETS)}")
         file_values = {**MACHINE_PRESETS[preset], **(file_values or {})}
-    if "folds" not in overrides and "folds" not in (file_values or {}):
+    if not folds_said:
         # Unsaid, the fold count is the one this data's split already has: every run shares one split.
         from .folds import existing_k
 

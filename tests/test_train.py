@@ -121,7 +121,7 @@ def test_resume_after_kill_9(tmp_path):
     assert (run / "oof_probs.npy").exists()
 
 
-def test_machine_presets_set_defaults_that_flags_override(tmp_path):
+def test_machine_presets_set_defaults_that_flags_override(tmp_path, monkeypatch):
     from comp.train import resolve_config
     from comp.workspace import Workspace
 
@@ -129,7 +129,13 @@ def test_machine_presets_set_defaults_that_flags_override(tmp_path):
         return resolve_config(Workspace(tmp_path), "none", None, overrides, preset)
 
     cpu = resolve("cpu")
-    assert (cpu.model, cpu.batch_size, cpu.epochs, cpu.precision) == ("resnet", 128, 15, "float32")
+    assert (cpu.model, cpu.width, cpu.epochs, cpu.folds, cpu.precision, cpu.val_every) == \
+        ("airbench94", 1.0, 15, 2, "float32", 0)
+    # Where the data already has a split, the preset's fold count gives way to it (every run shares it).
+    from comp import folds
+
+    monkeypatch.setattr(folds, "existing_k", lambda workspace, fingerprint: 5)
+    assert resolve("cpu").folds == 5 and resolve("cpu", folds=3).folds == 3
     gpu = resolve("gpu", epochs=3)
     assert (gpu.model, gpu.precision, gpu.jit, gpu.batch_size) == ("fast-large", "bfloat16", "on", 512)
     assert gpu.epochs == 3 and gpu.augment == "alt-flip-crop,cutout"  # override, then the model's default
