@@ -25,11 +25,11 @@ from comp.workspace import Workspace  # noqa: E402
 
 def shared_oof(runs) -> tuple[np.ndarray, np.ndarray]:
     """(runs, rows, classes) OOF probabilities on the rows every run predicted, and their labels."""
-    common = set.intersection(*(set(run.oof_rows().tolist()) for run in runs))
-    rows = np.array(sorted(common))
+    run_rows = [run.oof_rows().tolist() for run in runs]  # each run's file read once
+    rows = np.array(sorted(set.intersection(*map(set, run_rows))))
     probs, labels = [], None
-    for run in runs:
-        position = {row: i for i, row in enumerate(run.oof_rows().tolist())}
+    for run, own_rows in zip(runs, run_rows):
+        position = {row: i for i, row in enumerate(own_rows)}
         take = [position[row] for row in rows]
         probs.append(run.read_oof(run.own_tag)[take])
         labels = oof_labels(run)[take] if labels is None else labels

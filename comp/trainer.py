@@ -196,7 +196,8 @@ class FoldStore(keras.layers.Layer):
         for start in range(0, rows, chunk_rows):
             start = min(start, capacity - chunk_rows)  # the last chunk ends at the capacity
             chunk = np.asarray(images[start:start + chunk_rows])
-            chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk), *chunk.shape[1:]), np.uint8)])
+            if len(chunk) < chunk_rows:  # the rows end inside this chunk: padded to the one shape
+                chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk), *chunk.shape[1:]), np.uint8)])
             self.images.assign(ops.slice_update(self.images.value, [start] + corner,
                                                 ops.convert_to_tensor(chunk, "uint8")))
         padded_labels = np.zeros(capacity, np.int32)
