@@ -6,7 +6,9 @@ turn, `--rounds` times: the machine's other load hits both alike. Per run it rea
 history.csv (seconds of every epoch, validation included) and metrics.json, and prints the
 epochs' seconds (first epoch: compiling included), the fold's seconds (to its predictions), the
 command's wall time (start-up and predictions included) and the ratios old / new of the best and
-of the median round. Environment variables pass through (KERAS_BACKEND, JAX_PLATFORMS, ...).
+of the median round. Environment variables pass through (KERAS_BACKEND, JAX_PLATFORMS, ...);
+--old-env / --new-env add some to one side only, so one revision can be timed against itself under
+two settings (e.g. `--old HEAD --new HEAD --new-env TF_NUM_INTEROP_THREADS=1`).
 
     python bench/alternate.py --old main --new HEAD --data /tmp/cifar10-dacon --rounds 3 \\
         -- --model fast --width 0.5 --epochs 2 --limit 10000
@@ -43,8 +45,9 @@ def export(revision: str, into: Path) -> tuple[str, Path]:
     return commit, folder
 
 
-def train_once(code: Path, name: str, data: str, workdir: Path, train_args: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(code)}
+def train_once(code: Path, name: str, data: str, workdir: Path, train_args: list[str],
+               extra_env: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, **(extra_env or {}), "PYTHONPATH": str(code)}
     command = [sys.executable, "-m", "comp", "train", "--data", data, "--workdir", str(workdir), "--fold", "0",
                "--force", "--quiet", "--name", name, *train_args]
     started = time.perf_counter()
@@ -65,17 +68,23 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--workdir", default="/tmp/comp-alternate")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--old-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the old side's runs only (repeatable)")
+    parser.add_argument("--new-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the new side's runs only (repeatable)")
     parser.add_argument("--json", help="also write every run here")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: the `comp train` arguments")
     args = parser.parse_args(argv)
     train_args = [a for a in args.train_args if a != "--"]
     workdir = Path(args.workdir)
+    envs = {"old": dict(pair.split("=", 1) for pair in args.old_env),
+            "new": dict(pair.split("=", 1) for pair in args.new_env)}
     runs = []
     with tempfile.TemporaryDirectory() as exports:
         codes = dict(export(revision, Path(exports)) for revision in (args.old, args.new))
         for round_ in range(args.rounds):
             for label, commit in (("old", list(codes)[0]), ("new", list(codes)[-1])):
-                result = train_once(codes[commit], f"alt-{label}", args.data, workdir, train_args)
+                result = train_once(codes[commit], f"alt-{label}", args.data, workdir, train_args, envs[label])
                 runs.append({"round": round_, "code": label, "commit": commit, **result})
                 print(json.dumps(runs[-1]), flush=True)
     frame = pd.DataFrame(runs)
@@ -85,7 +94,8 @@ def main(argv=None) -> int:
         print(f"{column:>13}: old/new best {min(old) / min(new):.2f}x ({min(old):.1f} s / {min(new):.1f} s), "
               f"median {statistics.median(old) / statistics.median(new):.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"old": args.old, "new": args.new, "args": train_args, "runs": runs},
+        Path(args.json).write_text(json.dumps({"old": args.old, "new": args.new, "envs": envs, "args": train_args,
+                                               "runs": runs},
                                               indent=2) + "\n")
     return 0
 

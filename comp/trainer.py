@@ -305,8 +305,16 @@ def tf_batches(images, labels, order: BatchOrder):
         pixels, classes = (tf.gather(array, batch_rows) for array in data)
         return ({"pixels": pixels, "labels": classes},)
 
-    return tf.data.Dataset.zip((rows, arrays)).map(gather, num_parallel_calls=tf.data.AUTOTUNE) \
-        .prefetch(tf.data.AUTOTUNE)
+    # No AUTOTUNE: its tuning thread sleeps up to a minute between rounds, and fit's end-of-epoch
+    # deletion of the iterator waits for it. Epochs of ~90 s took ~141 s one time in two on this
+    # CPU (bench/tf_data_teardown.py). A gather of one batch costs microseconds: one call at a
+    # time, a few batches ahead, keeps the step fed.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return tf.data.Dataset.zip((rows, arrays)).map(gather).prefetch(TF_PREFETCH_BATCHES).with_options(options)
+
+
+TF_PREFETCH_BATCHES = 16  # two executions of TF_STEPS_PER_EXECUTION steps ahead, ~50 MB at batch 1024
 
 
 # tf.data holds the fold's rows as one in-memory tensor; above this many bytes of rows, TensorFlow

@@ -124,6 +124,17 @@ def test_device_rows_host_batches_and_tf_data_draw_the_same_rows_each_epoch():
     assert seen_over_epochs == set(range(rows))  # the 5 rows left over differ by epoch
 
 
+def test_tf_data_pipeline_runs_without_autotune():
+    # With AUTOTUNE on, deleting the iterator at each epoch's end waited up to a minute for the
+    # tuning thread (bench/tf_data_teardown.py): 90-s epochs took 141 s one time in two.
+    pytest.importorskip("tensorflow")
+    images, labels = np.zeros((20, 2, 2, 1), np.uint8), np.arange(20) % 2
+    order = trainer.BatchOrder(20, 4, seed=0)
+    dataset = trainer.tf_batches(images, labels, order)
+    assert dataset.options().autotune.enabled is False
+    assert len(list(dataset)) == order.steps == 5
+
+
 def test_rows_larger_than_the_tf_data_limit_are_read_from_the_cache_batch_by_batch(monkeypatch):
     images = np.arange(24, dtype=np.uint8).reshape(6, 2, 2, 1)
     rows, labels = trainer.Rows(images, [0, 2, 3, 5]), np.array([0, 1, 2, 0])
