@@ -312,7 +312,7 @@ JAX_FOLDS = textwrap.dedent("""
     x = rng.integers(0, 256, (91, 16, 16, 3), dtype=np.uint8)  # fold 0 trains on 60 rows, folds 1-2 on 61
     y = rng.integers(0, 3, 91)
     config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 16, "epochs": 2})
-    trainer.JAX_STEPS_PER_DISPATCH = 2  # 3 steps an epoch: a dispatch of 2, then 1 and a skipped one
+    trainer.JAX_CPU_STEPS_PER_DISPATCH = 2  # 3 steps an epoch: a dispatch of 2, then 1 and a skipped one
 
     def fold(k):
         val = np.arange(91) % 3 == k
@@ -326,7 +326,7 @@ JAX_FOLDS = textwrap.dedent("""
     trainer._engine = None  # fold 2 again, in a fresh engine
     out["fresh2"] = fold(2).val_probs.tolist()
     trainer._engine = None
-    trainer.JAX_STEPS_PER_DISPATCH = 1  # one step a dispatch: no scan
+    trainer.JAX_CPU_STEPS_PER_DISPATCH = 1  # one step a dispatch: no scan
     out["unscanned2"] = fold(2).val_probs.tolist()
     print("RESULT" + json.dumps(out))
 """)
