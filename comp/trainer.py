@@ -317,9 +317,6 @@ def tf_batches(images, labels, order: BatchOrder):
     return tf.data.Dataset.zip((rows, arrays)).map(gather).prefetch(TF_PREFETCH_BATCHES).with_options(options)
 
 
-TF_PREFETCH_BATCHES = 16  # two executions of TF_STEPS_PER_EXECUTION steps ahead, ~50 MB at batch 1024
-
-
 # tf.data holds the fold's rows as one in-memory tensor; above this many bytes of rows, TensorFlow
 # reads its batches from the (memory-mapped) cache instead (ShuffledBatches), so RAM stays bounded.
 TF_IN_MEMORY_BYTES = 2 * 1024 ** 3
@@ -561,6 +558,7 @@ def jit_compile_setting(config: RunConfig):
 # steps per call amortises that overhead, worth ~10% for the small CNN. Callbacks then see every
 # 8th batch (only the progress bar uses batch hooks). JAX keeps 1: its GPU numbers were measured so.
 TF_STEPS_PER_EXECUTION = 8
+TF_PREFETCH_BATCHES = 2 * TF_STEPS_PER_EXECUTION  # tf_batches: two executions ahead, ~50 MB at batch 1024
 
 
 def compile_training_model(model: TrainingModel, config: RunConfig, steps_per_epoch: int) -> None:
