@@ -12,11 +12,12 @@ from pathlib import Path
 
 import keras
 
-from comp.config import RunConfig
-from comp.data import apply_limit
-from comp.predict import load_net
-from comp.train import split_for
-from comp.tta import AVERAGES, average_views, predict_logits
+from comp.config.run_config import RunConfig
+from comp.data.sources import apply_limit
+from comp.stages.predict import load_net
+from comp.stages.train import split_for
+from comp.config.tta_policy import AVERAGES
+from comp.engine.tta import average_views, predict_logits
 from comp.workspace import Workspace
 
 POLICIES = ("flip-shift", "airbench")

@@ -6,7 +6,7 @@
 The current code is timed in two steps: reading every header for the native sizes (what
 --image-size auto costs on a first load) and decoding into a fresh cache. Under
 COMP_DECODE_WORKERS=1 the decode stays in one process. A checkout from before the process
-workers (comp.data.decode_layout) is timed with its thread pool instead.
+workers (comp.data.sources.decode_layout) is timed with its thread pool instead.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 if not os.environ.get("PYTHONPATH"):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp import data  # noqa: E402
-from comp.console import set_quiet  # noqa: E402
+from comp.data import sources as data  # noqa: E402
+from comp.core.console import set_quiet  # noqa: E402
 
 
 def cpu_seconds() -> float:

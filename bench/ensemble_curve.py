@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comp.runs import finished_runs, load_run, oof_labels  # noqa: E402
+from comp.store.runs import finished_runs, load_run, oof_labels  # noqa: E402
 from comp.workspace import Workspace  # noqa: E402
 
 

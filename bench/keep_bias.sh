@@ -35,7 +35,7 @@ done
 
 "$PYTHON" - "$WORK" "$DEMO/answers.csv" $SEEDS <<'PY'
 import json, pathlib, statistics, sys
-from comp.submission import score_submission
+from comp.stages.submission import score_submission
 
 work, answers, seeds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3:]
 print(f"{'seed':>4} {'keep':>4} {'OOF':>7} {'held-back':>9} {'OOF - held':>10} {'kept epochs':>18}")

@@ -1,16 +1,16 @@
 """Peak memory of a decoded cache larger than memory: load it and read one epoch of batches (issue 17).
 
 For each image count: a synthetic cache of that many images at --size px is written with
-comp.cache's own writer (the arrays directly: 200,000 image files would take an hour to write and
+comp.data.cache's own writer (the arrays directly: 200,000 image files would take an hour to write and
 to decode, and decoding is not what is measured), then a fresh process per variant
 
-    loads it with comp.cache.read_cache (what every load after the first does),
+    loads it with comp.data.cache.read_cache (what every load after the first does),
     takes fold 0's train rows of a 5-fold split (80% of the rows, a --limit-free run),
     reads one epoch of shuffled batches from the mapped file, the rows of each batch sorted
-    (as comp.trainer.ShuffledBatches does), and reports its peak RSS (VmHWM).
+    (as comp.engine.trainer.ShuffledBatches does), and reports its peak RSS (VmHWM).
 
-Two variants: `release` gives the pages read back every comp.cache.RELEASE_BYTES
-(comp.cache.release_pages, what a batch reader over the mapping should do); `keep` does not, so
+Two variants: `release` gives the pages read back every comp.data.cache.RELEASE_BYTES
+(comp.data.cache.release_pages, what a batch reader over the mapping should do); `keep` does not, so
 every page read stays in the process's RSS (file-backed and reclaimable by the kernel, but counted).
 
     python bench/memory.py --images 50000 200000 --size 128 --dir /tmp/comp-memory-bench
@@ -34,8 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from comp.cache import (IMAGES, RELEASE_BYTES, cache_folder, create_mapped, gigabytes, read_cache,  # noqa: E402
-                        release_pages, write_meta)
+from comp.data.cache import (
+    IMAGES,
+    RELEASE_BYTES,
+    cache_folder,
+    create_mapped,
+    gigabytes,
+    read_cache,
+    release_pages,
+    write_meta,
+)
 
 BATCH = 256  # rows per training batch
 FOLDS = 5  # fold 0's train rows: every row whose index is not 0 mod FOLDS

@@ -35,7 +35,8 @@ COLUMNS = ("fold", "setup", "first epoch", "later epochs (mean)", "after fit", "
 def count_traces(counts: collections.Counter) -> None:
     """Count the Python calls that trace comp's programs: TrainingModel.train_step runs once per
     trace of the train step; a new Predictor or BatchStatistics is a new predict program."""
-    from comp import inference, trainer
+    from comp.engine import inference
+    from comp.engine import trainer
 
     def counted(name, function):
         def wrapper(*args, **kwargs):
@@ -64,8 +65,8 @@ def synthetic_folds(rows: int, folds: int, seed: int = 0):
 def data_folds(data: str, workdir: str, limit: int, folds: int, config):
     """The folds of a competition folder as `comp train` splits it (stratified, seeded)."""
     from comp import Workspace
-    from comp.data import apply_limit
-    from comp.train import split_for
+    from comp.data.sources import apply_limit
+    from comp.stages.train import split_for
 
     workspace = Workspace(workdir, data=data, remember=False)
     dataset = workspace.dataset(0, config.image_size, config.resize)
@@ -92,12 +93,12 @@ def main(argv=None) -> int:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
     args = parser.parse_args(argv)
 
-    from comp.context import accelerator, import_keras, set_backend
+    from comp.core.backend import accelerator, import_keras, set_backend
 
     set_backend(args.backend)
     keras = import_keras()
-    from comp import trainer
-    from comp.config import build_config
+    from comp.engine import trainer
+    from comp.config.run_config import build_config
 
     fields = {k: getattr(args, k) for k in ("model", "width", "epochs", "batch_size", "precision", "augment", "tta",
                                             "val_every") if getattr(args, k) is not None}

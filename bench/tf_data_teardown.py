@@ -49,10 +49,10 @@ def autotuned(images, labels, order):
 def time_pipeline(pipeline: str, epoch_seconds: float, epochs: int, rows: int, batch_size: int) -> list[dict]:
     import numpy as np
 
-    from comp.context import import_keras
+    from comp.core.backend import import_keras
 
     import_keras()  # TensorFlow's start-up lines kept off the output
-    from comp.trainer import BatchOrder, tf_batches
+    from comp.engine.trainer import BatchOrder, tf_batches
 
     images = np.zeros((rows, 32, 32, 3), np.uint8)
     labels = np.zeros(rows, np.int64)

@@ -27,15 +27,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from comp.context import accelerator, import_keras  # noqa: E402
+from comp.core.backend import accelerator, import_keras  # noqa: E402
 
 keras = import_keras()
 import numpy as np  # noqa: E402
 
-from comp.config import build_config  # noqa: E402
-from comp import trainer  # noqa: E402
-from comp.trainer import (FoldStore, build_training_model, compile_training_model, jit_compile_setting,  # noqa: E402
-                          make_optimizer, set_precision, store_capacity, training_inputs)
+from comp.config.run_config import build_config  # noqa: E402
+from comp.engine import trainer  # noqa: E402
+from comp.engine.trainer import (
+    FoldStore,
+    build_training_model,
+    compile_training_model,
+    jit_compile_setting,
+    make_optimizer,
+    set_precision,
+    store_capacity,
+    training_inputs,
+)
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
@@ -67,7 +75,7 @@ def pipeline_timer(config, images, labels, steps: int, device_rows: bool):
 
 def bare_timer(config, images, labels, steps: int, warmup: int):
     """A function timing the plain net's train step on one batch already on the device."""
-    from comp.models import build_model
+    from comp.nets.models import build_model
 
     net = build_model(config, IMAGE_SHAPE, NUM_CLASSES, images)
     net.compile(optimizer=make_optimizer(config, steps),

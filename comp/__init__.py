@@ -16,17 +16,17 @@ train; each stage is a module with one entry function taking typed values. Error
 fix raise `comp.CompError`, whose message is the one line the CLI prints.
 """
 
-__version__ = "0.1.0"
+from comp.core.version import __version__  # noqa: F401  (one place for the version)
 
 # Public names, imported on first use so that `import comp` stays light and chooses no backend.
 _PUBLIC = {
     "Workspace": "comp.workspace",
-    "RunConfig": "comp.config",
-    "CompError": "comp.errors",
-    "Run": "comp.runs",
-    "Study": "comp.tune",
-    "Submission": "comp.ensemble",
-    "set_backend": "comp.context",
+    "RunConfig": "comp.config.run_config",
+    "CompError": "comp.core.errors",
+    "Run": "comp.store.runs",
+    "Study": "comp.stages.tune",
+    "Submission": "comp.stages.ensemble",
+    "set_backend": "comp.core.backend",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -1,117 +1,42 @@
-"""The workspace: where a competition's work lives, and the verbs a notebook calls on it
-(tune, train, predict, label, ensemble, runs, report, score; the package docstring shows them
-end to end). The CLI (comp.cli) only parses arguments into these calls. Layout under the root:
-
-    <root>/comp.toml          remembers the data folder the first `--data` named
-    <root>/folds/             split, cache, runs and studies of the Optuna search
-    <root>/submissions/       leaderboard CSVs and their index
-    <root>/studies/           the transfer-learning track (never feeds submissions)
+"""The workspace: where a competition's work lives (comp.core.paths.Workdir: its layout and data
+folder), and the verbs a notebook calls on it (tune, train, predict, label, ensemble, runs, report,
+score; the package docstring shows them end to end). Each verb calls one stage with typed values;
+the CLI (comp.cli) only parses arguments into these calls. Stages never import this module.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from .errors import CompError
-from .fileio import write_text
-
-import tomllib
-
-PROJECT_FILE = "comp.toml"
-DATA_ENV = "COMP_DATA"
+from comp.core.paths import DATA_ENV, PROJECT_FILE, Workdir, resolve_data_dir  # noqa: F401  (public names)
 
 
-class Workspace:
-    """A workdir (`root`) and the competition data it works on (`data`, else remembered or found)."""
-
-    def __init__(self, root: str | os.PathLike = ".", data: str | os.PathLike | None = None, *,
-                 skip_bad: bool = False, remember: bool = True):
-        self.root = Path(root).expanduser().resolve()
-        self.data = data  # as given; resolved lazily by data_dir
-        self.skip_bad = skip_bad  # damaged images are skipped instead of stopping every command
-        self.remember = remember  # an explicit data folder is written into comp.toml for later commands
-
-    def __repr__(self) -> str:
-        return f"Workspace({str(self.root)!r}, data={None if self.data is None else str(self.data)!r})"
-
-    # -- the layout -------------------------------------------------------------------------
-
-    @property
-    def folds(self) -> Path:
-        return self.root / "folds"
-
-    @property
-    def cache(self) -> Path:
-        return self.folds / "cache"
-
-    @property
-    def submissions(self) -> Path:
-        return self.root / "submissions"
-
-    @property
-    def studies(self) -> Path:
-        return self.root / "studies"
-
-    @property
-    def project_file(self) -> Path:
-        return self.root / PROJECT_FILE
-
-    def run_dir(self, run_name: str) -> Path:
-        return self.folds / run_name
-
-    def submission_path(self, out: str | os.PathLike) -> Path:
-        """A bare file name lands in submissions/; a path with a folder is taken as given."""
-        out = Path(out)
-        if out.parent == Path(".") and not out.is_absolute():
-            return self.submissions / out
-        return out
-
-    # -- the data -----------------------------------------------------------------------------
-
-    def read_project(self) -> dict:
-        if not self.project_file.exists():
-            return {}
-        try:
-            return tomllib.loads(self.project_file.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            raise CompError(f"{self.project_file}: not valid TOML ({err}); fix or delete it") from None
-
-    def remember_data(self, data_dir: Path) -> None:
-        """Write comp.toml the first time a command is given --data, so later commands can be bare."""
-        project = self.read_project()
-        if project.get("data") == str(data_dir):
-            return
-        project["data"] = str(data_dir)
-        # A JSON string is a valid TOML basic string: quotes, backslashes and control characters escaped.
-        lines = [f"{key} = {json.dumps(value)}" for key, value in project.items() if isinstance(value, str)]
-        write_text(self.project_file, "# written by comp: the data folder bare commands use\n" + "\n".join(lines) + "\n")
-
-    @property
-    def data_dir(self) -> Path:
-        """The data folder: `data`, else $COMP_DATA, else comp.toml, else <root>/data."""
-        return resolve_data_dir(self, None if self.data is None else str(self.data), self.remember)
+class Workspace(Workdir):
+    """A workdir (`root`) and the competition data it works on (`data`, else remembered or found),
+    with the verbs a notebook calls; each verb calls one stage with typed values."""
 
     def source(self):
-        """The data folder scanned and fingerprinted, nothing decoded yet (comp.data.Source):
+        """The data folder scanned and fingerprinted, nothing decoded yet (comp.data.sources.Source):
         `.fingerprint`, and `.load(image_size, resize, limit)` for the images."""
-        from .data import open_source
+        from comp.data.sources import workdir_source
 
-        return open_source(self.data_dir, self.cache, skip_bad=self.skip_bad)
+        return workdir_source(self)
 
     def dataset(self, limit: int = 0, image_size="auto", resize: str = "squash"):
         """The decoded competition data at `image_size` (N, "HxW" or "auto"), images of another
         aspect fitted by `resize` (squash, crop, pad); cached per size under folds/cache/, read
         through a memory mapping; optionally a stratified subsample."""
-        return self.source().load(image_size, resize, limit)
+        from comp.data.sources import workdir_dataset
+
+        return workdir_dataset(self, limit, image_size, resize)
 
     def check(self, grid: str | os.PathLike | None = None, limit: int = 0, image_size="auto",
               resize: str = "squash") -> dict:
         """`comp data check`: every problem of the data (CompError if any is an error), then class
         counts, sizes, modes and duplicates, the disk and memory the chosen image size needs, and a
         sample grid PNG."""
-        from .check import check_data
+        from comp.stages.check import check_data
 
         return check_data(self, Path(grid) if grid else self.folds / "data_samples.png", limit, image_size, resize)
 
@@ -119,7 +44,7 @@ class Workspace:
 
     def config(self, config=None, *, preset: str | None = None, **overrides):
         """The RunConfig `train` would use for these arguments (nothing is trained or written)."""
-        from .train import resolve_config
+        from comp.stages.train import resolve_config
 
         return resolve_config(self, self.source().fingerprint, config, overrides, preset)
 
@@ -132,22 +57,10 @@ class Workspace:
         of folds, N full-data fits (every train row, different seeds): ensemble submits their test
         predictions, scored and weighted by the folds' OOF predictions of the same run.
         Finished folds are kept unless `force`. -> Run."""
-        from .data import apply_limit
-        from .folds import parse_fold_selection
-        from .train import resolve_config, split_for, train_run, warn_gpu_settings_on_cpu
+        from comp.stages.train import train_config
 
-        config = getattr(config, "best_config", config)  # a Study trains its best trial
-        if k is not None:
-            overrides["folds"] = k
-        source = self.source()
-        run_config = resolve_config(self, source.fingerprint, config, overrides, preset)
-        warn_gpu_settings_on_cpu(run_config)
-        dataset = source.load(run_config.image_size, run_config.resize)
-        split = split_for(self, dataset, run_config, resplit)
-        chosen = parse_fold_selection(folds if isinstance(folds, str) else ",".join(map(str, _as_list(folds))),
-                                      split.k)
-        return train_run(self, run_config, apply_limit(dataset, run_config.limit), split, chosen, force=force,
-                         isolate=isolate, full_seeds=full)
+        return train_config(self, config, folds=folds, k=k, force=force, resplit=resplit, preset=preset,
+                            isolate=isolate, full=full, **overrides)
 
     def tune(self, config=None, *, trials: int = 20, timeout: float | None = None, cv_folds: int = 1,
              k: int | None = None, pruner: str = "median", space=None, storage: str | None = None,
@@ -155,7 +68,7 @@ class Workspace:
         """An Optuna search around `config` (as for train; keyword arguments given here are fixed,
         not searched). Trials score the first `cv_folds` folds of the k-fold split. Resumable: the
         same call continues the study. -> Study."""
-        from .tune import tune
+        from comp.stages.tune import tune
 
         if k is not None:
             overrides["folds"] = k
@@ -165,20 +78,20 @@ class Workspace:
     def auto(self, time, *, out: str | os.PathLike | None = None, force: bool = False):
         """The best leaderboard CSV this machine can make in `time` ('10m', '1h', seconds): measures the
         machine, plans models, epochs, folds and full-data fits, trains, ensembles. -> Submission."""
-        from .auto import run_auto
+        from comp.stages.auto import run_auto
 
         return run_auto(self, time, out, force)
 
     def predict(self, run, tta: str | None = None, average: str = "probs") -> dict:
         """Re-predict a finished run with a TTA policy: val, test and OOF files; OOF scores per variant."""
-        from .predict import repredict
+        from comp.stages.predict import repredict
 
         return repredict(self, self.run(run), tta, average)
 
     def label(self, run, images: str | os.PathLike, out: str | os.PathLike | None = None,
               tta: str | None = None, average: str = "probs"):
         """Label a folder of new images with a finished run: a CSV of file,label,confidence. -> its path."""
-        from .predict import label_images
+        from comp.stages.predict import label_images
 
         return label_images(self, self.run(run), Path(images), out, tta, average)
 
@@ -188,7 +101,7 @@ class Workspace:
         """Blend finished runs (Run objects or names; None: every run that fits) into a leaderboard CSV
         under submissions/, scored and weighted on out-of-fold rows. -> Submission (with .oof_interval
         and .gain_over_best: 95% bootstrap intervals of its OOF accuracy and of its gain over .best_run)."""
-        from .ensemble import ensemble
+        from comp.stages.ensemble import ensemble
 
         names = None if runs is None else [getattr(r, "name", r) for r in _as_list(runs)]
         return ensemble(self, names, out=out, method=method, tta=tta, average=average, force=force,
@@ -196,7 +109,7 @@ class Workspace:
 
     def run(self, name):
         """A run by name under folds/ (or a path, or a Run). -> Run."""
-        from .runs import Run, load_run
+        from comp.store.runs import Run, load_run
 
         return name if isinstance(name, Run) else load_run(self, str(name))
 
@@ -204,20 +117,20 @@ class Workspace:
         """The leaderboard of finished runs as a pandas DataFrame, best first, with error bars: ci_low/ci_high
         (95% bootstrap interval of the OOF accuracy with TTA) and gain/gain_low/gain_high (the paired
         interval of the difference from best_run, the best run on the same rows)."""
-        from .report import leaderboard
-        from .runs import finished_runs
+        from comp.stages.report import leaderboard
+        from comp.store.runs import finished_runs
 
         return leaderboard(finished_runs(self))
 
     def report(self, run=None, out: str | os.PathLike | None = None, mistakes: int | None = None) -> dict:
         """Leaderboard CSV, confusion matrix and confident mistakes (PNGs) under folds/report/."""
-        from .report import report
+        from comp.stages.report import report
 
         return report(self, run, Path(out) if out else None, mistakes)
 
     def score(self, submission, answers: str | os.PathLike | None = None) -> dict:
         """Accuracy of a submission CSV against an answers CSV (default: answers.csv in the data folder)."""
-        from .submission import score_submission
+        from comp.stages.submission import score_submission
 
         path = Path(getattr(submission, "path", submission))
         return score_submission(path, Path(answers) if answers else self.data_dir / "answers.csv")
@@ -225,33 +138,3 @@ class Workspace:
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple, set)) else [value]
-
-
-def resolve_data_dir(workspace: Workspace, data_arg: str | None, remember: bool = True) -> Path:
-    """--data, else $COMP_DATA, else comp.toml in the workdir, else ./data."""
-    if data_arg:
-        data_dir = Path(data_arg).expanduser().resolve()
-        if not data_dir.is_dir():
-            raise CompError(f"{data_arg}: no such folder; pass --data with the competition's unpacked download")
-        if remember:
-            workspace.root.mkdir(parents=True, exist_ok=True)
-            workspace.remember_data(data_dir)
-        return data_dir
-    if os.environ.get(DATA_ENV):
-        data_dir = Path(os.environ[DATA_ENV]).expanduser().resolve()
-        if not data_dir.is_dir():
-            raise CompError(f"${DATA_ENV}={os.environ[DATA_ENV]}: no such folder; fix the variable or pass --data")
-        return data_dir
-    remembered = workspace.read_project().get("data")
-    if remembered:
-        data_dir = Path(remembered)
-        if not data_dir.is_dir():
-            raise CompError(f"{workspace.project_file} names data = {remembered}, which is gone; pass --data DIR")
-        return data_dir
-    default = (workspace.root / "data").resolve()
-    if default.is_dir():
-        return default
-    raise CompError(
-        "no data folder: pass --data DIR, or set $COMP_DATA, or run once with --data so "
-        f"{workspace.project_file} remembers it, or put the download in {default}"
-    )

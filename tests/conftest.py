@@ -41,7 +41,7 @@ def learnable_images(num_classes: int, per_class: int, size: int = 16, seed: int
 
 def make_competition(root: Path, num_classes=3, per_class=20, test_count=12, size=16, target_kind="name",
                      ext=".png", id_with_ext=False, seed=0) -> Path:
-    from comp.demo import write_competition
+    from comp.data.demo import write_competition
 
     train_x, train_y = learnable_images(num_classes, per_class, size, seed)
     pool_x, pool_y = learnable_images(num_classes, test_count, size, seed + 1)
@@ -78,7 +78,7 @@ def shared(tmp_path_factory) -> Path:
     import shutil
 
     from comp.cli import main
-    from comp.demo import write_demo
+    from comp.data.demo import write_demo
 
     root = tmp_path_factory.getbasetemp() / "shared-runs"
     if not (root / "done").exists():

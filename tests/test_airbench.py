@@ -10,12 +10,20 @@ import keras
 import numpy as np
 import pytest
 
-from comp.augment import make_augment_layer, parse_presets
-from comp.config import build_config
-from comp.errors import CompError
-from comp.models import (AIRBENCH_BN_EPSILON, _conv_group, airbench_whitening_kernel, build_model, channel_stats,
-                         forward_macs)
-from comp.tta import TTA_POLICIES, average_views, prediction_tag, predict_probs, softmax, view, views_for
+from comp.engine.augment import make_augment_layer
+from comp.config.augment_presets import parse_presets
+from comp.config.run_config import build_config
+from comp.core.errors import CompError
+from comp.nets.models import (
+    AIRBENCH_BN_EPSILON,
+    _conv_group,
+    airbench_whitening_kernel,
+    build_model,
+    channel_stats,
+    forward_macs,
+)
+from comp.config.tta_policy import TTA_POLICIES, prediction_tag, views_for
+from comp.engine.tta import average_views, predict_probs, softmax, view
 
 LOOKAHEAD_BASE = 0.95
 
@@ -157,7 +165,7 @@ def airbench_lr(step, total, peak_at, end):
                     1776: 0.0}),
 ])
 def test_learning_rate_schedule_equals_airbenchs(name, table):
-    from comp.trainer import make_schedule
+    from comp.engine.trainer import make_schedule
 
     config = build_config({}, {"model": name})
     schedule = make_schedule(config, steps_per_epoch=48)
@@ -208,7 +216,7 @@ def torch_sgd(params, grads, lrs, groups, momentum, stop):
 def test_torch_sgd_equals_pytorchs_update_per_group():
     """Nesterov with the lr outside the buffer, coupled L2, 64x lr (same decay per step) for BN biases,
     the whitening bias frozen after its epochs, and nothing after the last step of 2.5 epochs."""
-    from comp.trainer import make_optimizer
+    from comp.engine.trainer import make_optimizer
 
     config = build_config({}, {"model": "airbench94", "lr": 0.5, "weight_decay": 0.02, "epochs": 2.5,
                                "whiten_bias_epochs": 1, "lookahead": 0.0, "lr_peak_at": 0.4})
@@ -233,7 +241,7 @@ def test_torch_sgd_equals_pytorchs_update_per_group():
 def test_keras_sgd_would_differ_while_the_lr_changes():
     """Why TorchSGD exists: Keras's SGD puts the lr into the buffer, so under a moving schedule its
     steps are not PyTorch's (the comparison above would fail with it)."""
-    from comp.trainer import make_optimizer
+    from comp.engine.trainer import make_optimizer
 
     common = {"model": "airbench94", "lr": 0.5, "weight_decay": 0.0, "bias_lr_scale": 1, "epochs": 4,
               "lookahead": 0.0, "whiten_bias_epochs": 0}
@@ -260,7 +268,7 @@ def airbench_lookahead(values, total, every=5):
 
 
 def test_lookahead_with_torch_sgd_ends_on_the_average_of_the_last_sync():
-    from comp.trainer import make_optimizer
+    from comp.engine.trainer import make_optimizer
 
     config = build_config({}, {"model": "airbench94", "lr": 0.1, "weight_decay": 0.0, "bias_lr_scale": 1,
                                "schedule": "constant", "momentum": 0.0, "epochs": 3.25, "whiten_bias_epochs": 0})
@@ -281,7 +289,7 @@ def test_lookahead_with_torch_sgd_ends_on_the_average_of_the_last_sync():
 
 
 def test_batchnorm_statistics_follow_the_lookahead():
-    from comp.layers import AirbenchBatchNorm
+    from comp.nets.layers import AirbenchBatchNorm
 
     total, momentum = 7, 0.6
     layer = AirbenchBatchNorm(lookahead=LOOKAHEAD_BASE, total_steps=total, momentum=momentum, scale=False,
@@ -387,8 +395,8 @@ def test_airbench_tta_is_the_weighted_mean_of_logits():
 
 
 def test_a_fold_ends_on_averaged_weights_and_statistics(tmp_path):
-    from comp import trainer
-    from comp.layers import AirbenchBatchNorm
+    from comp.engine import trainer
+    from comp.nets.layers import AirbenchBatchNorm
 
     config = build_config({}, {"model": "airbench96", "width": 0.0625, "batch_size": 16, "epochs": 2.5})
     rng = np.random.default_rng(0)
@@ -410,7 +418,7 @@ def test_a_fold_ends_on_averaged_weights_and_statistics(tmp_path):
                                 test_x=images[:8])
     assert np.isfinite(result.val_loss)
     assert (tmp_path / "val_probs.airbench.npy").exists() and (tmp_path / "test_probs.airbench.npy").exists()
-    from comp.fileio import load_keras_model  # a saved net with AirbenchBatchNorm loads in a fresh session
+    from comp.nets.saving import load_keras_model  # a saved net with AirbenchBatchNorm loads in a fresh session
 
     keras.backend.clear_session()
     assert load_keras_model(tmp_path / "model.keras", fix="retrain it").count_params() > 0

@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 
-from comp.fileio import atomic_path, save_csv
+from comp.core.fileio import atomic_path, save_csv
 
 from .conftest import REPO
 
@@ -17,7 +17,7 @@ from .conftest import REPO
 # stdin (so the test controls how long it lives) and kills itself with SIGKILL when the line comes.
 WRITER = """
 import os, signal, sys
-from comp.fileio import atomic_path
+from comp.core.fileio import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     tmp.write_text("half")
     print(tmp, flush=True)

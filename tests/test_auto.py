@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from comp import auto
-from comp.auto import Clock, Plan, Probe, fold_deadlines, full_fits_that_fit, make_plan, parse_duration
+from comp.stages import auto
+from comp.stages.auto import Clock, Plan, Probe, fold_deadlines, full_fits_that_fit, make_plan, parse_duration
 from comp.cli import main
-from comp.errors import CompError
-from comp.fileio import read_json
+from comp.core.errors import CompError
+from comp.core.fileio import read_json
 
 from .conftest import make_competition
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from comp.cli import main
-from comp.config import FIELD_RULES, RunConfig, build_config
-from comp.errors import CompError
-from comp.fileio import remove_tree
+from comp.config.run_config import FIELD_RULES, RunConfig, build_config
+from comp.core.errors import CompError
+from comp.core.fileio import remove_tree
 
 from .conftest import make_competition
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from comp import decode as decode_module
-from comp.data import limit_rows, load_dataset, scan
-from comp.errors import CompError
+from comp.data import decode as decode_module
+from comp.data.sources import limit_rows, load_dataset, scan
+from comp.core.errors import CompError
 
 from .conftest import make_competition, run_comp
 
@@ -217,7 +217,7 @@ def test_scan_reports_layout(tmp_path):
 
 
 def test_error_text_is_made_one_line():
-    from comp.errors import one_line
+    from comp.core.errors import one_line
 
     assert one_line(ValueError("cannot open\n\tIs the server running?")) == "cannot open Is the server running?"
     assert one_line("x" * 10, limit=6) == "xxx..."

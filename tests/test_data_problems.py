@@ -10,12 +10,26 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from comp import data as data_module
-from comp import decode as decode_module
-from comp.check import check_folder, size_summary
-from comp.data import (BAD_CSV, BAD_LINK, DAMAGED, EMPTY_CLASS, ERROR, ID_WITHOUT_IMAGE, IMAGE_WITHOUT_ID,
-                       LABEL_WITHOUT_IMAGE, NON_IMAGE, ONE_CLASS, UNLABELED, WARNING, find_problems, load_dataset)
-from comp.errors import CompError
+from comp.data import sources as data_module
+from comp.data import decode as decode_module
+from comp.stages.check import check_folder, size_summary
+from comp.data.sources import (
+    BAD_CSV,
+    BAD_LINK,
+    DAMAGED,
+    EMPTY_CLASS,
+    ERROR,
+    ID_WITHOUT_IMAGE,
+    IMAGE_WITHOUT_ID,
+    LABEL_WITHOUT_IMAGE,
+    NON_IMAGE,
+    ONE_CLASS,
+    UNLABELED,
+    WARNING,
+    find_problems,
+    load_dataset,
+)
+from comp.core.errors import CompError
 
 from .conftest import make_competition, run_comp
 
@@ -267,7 +281,7 @@ def test_size_summary_is_one_short_line():
 def test_problem_table_shows_a_few_per_kind_and_counts_the_rest(tmp_path):
     from rich.console import Console
 
-    from comp.check import ROWS_PER_KIND, problems_table
+    from comp.stages.check import ROWS_PER_KIND, problems_table
 
     root = make_competition(tmp_path / "d", per_class=3)
     for i in range(ROWS_PER_KIND + 3):

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from comp import cache as cache_module
-from comp import data as data_module
-from comp import decode as decode_module
-from comp.cache import JOURNAL, Rows
-from comp.config import RunConfig
-from comp.data import auto_size, load_dataset
-from comp.errors import CompError
+from comp.data import cache as cache_module
+from comp.data import sources as data_module
+from comp.data import decode as decode_module
+from comp.data.cache import JOURNAL, Rows
+from comp.config.run_config import RunConfig
+from comp.data.sources import auto_size, load_dataset
+from comp.core.errors import CompError
 
 STRIPES = "stripes"  # a 120x40 image of three vertical stripes: red, green, blue
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -19,12 +19,13 @@ import keras
 import numpy as np
 import pytest
 
-from comp import trainer
-from comp.augment import crop_and_flip, make_augment_layer
-from comp.config import build_config
-from comp.errors import CompError
-from comp.inference import Predictor
-from comp.tta import view, view_fill, views_for
+from comp.engine import trainer
+from comp.engine.augment import crop_and_flip, make_augment_layer
+from comp.config.run_config import build_config
+from comp.core.errors import CompError
+from comp.engine.inference import Predictor
+from comp.engine.tta import view, view_fill
+from comp.config.tta_policy import views_for
 
 from .conftest import REPO, learnable_images
 
@@ -33,7 +34,7 @@ from .conftest import REPO, learnable_images
 
 
 def _affine_shift(images, shift_y, shift_x, flip, fill):
-    """The bilinear path's transform for a whole-pixel shift (comp.augment's _affine, no rotation)."""
+    """The bilinear path's transform for a whole-pixel shift (comp.engine.augment's _affine, no rotation)."""
     ops = keras.ops
     batch, height, width = images.shape[:3]
     ones, zeros = np.ones(batch, np.float32), np.zeros(batch, np.float32)
@@ -47,7 +48,7 @@ def _affine_shift(images, shift_y, shift_x, flip, fill):
 
 @pytest.mark.parametrize("fill", ["constant", "reflect"])
 def test_a_pad_and_slice_crop_equals_the_integer_affine_shift(fill):
-    from comp.augment import CROP_FILL_MODES
+    from comp.config.augment_presets import CROP_FILL_MODES
 
     rng = np.random.default_rng(0)
     pad = 3
@@ -273,14 +274,14 @@ def test_keep_best_and_patience_need_validation_every_epoch():
 
 
 def test_the_gpu_preset_validates_only_at_the_end():
-    from comp.train import MACHINE_PRESETS
+    from comp.stages.train import MACHINE_PRESETS
 
     config = build_config(MACHINE_PRESETS["gpu"], {})
     assert config.val_every == 0 and config.keep == "last"
 
 
 def test_a_tune_trial_reports_only_the_epochs_that_were_validated():
-    from comp.tune.trial import make_reporter
+    from comp.stages.tune.trial import make_reporter
 
     class Trial:
         reported = []
@@ -304,8 +305,8 @@ JAX_FOLDS = textwrap.dedent("""
     import json, sys
     import numpy as np
     import keras
-    from comp.config import build_config
-    from comp import trainer
+    from comp.config.run_config import build_config
+    from comp.engine import trainer
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     rng = np.random.default_rng(0)

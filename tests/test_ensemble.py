@@ -81,7 +81,7 @@ def test_every_method_writes_a_valid_csv(work, method):
 def test_class_name_targets(tmp_path):
     from sklearn.datasets import load_digits
 
-    from comp.demo import write_competition
+    from comp.data.demo import write_competition
 
     digits = load_digits()
     images = np.repeat(np.repeat((digits.images * 15).astype(np.uint8), 4, 1), 4, 2)  # 32x32 grey
@@ -100,7 +100,7 @@ def test_class_name_targets(tmp_path):
 
 
 def test_int_targets_use_the_class_name_when_numeric():
-    from comp.submission import target_values
+    from comp.stages.submission import target_values
 
     assert target_values(["3", "10", "7"], "int") == [3, 10, 7]  # folder 10 means target 10
     assert target_values(["cat", "dog"], "int") == [0, 1]
@@ -162,8 +162,8 @@ def test_unknown_run_and_missing_tta_say_what_to_do(work, capsys):
 
 
 def test_fitted_weights_favour_better_runs_and_help_on_rows_they_were_not_fitted_on():
-    from comp.ensemble import blend_mean, fit_weights
-    from comp.scoring import accuracy
+    from comp.stages.ensemble import blend_mean, fit_weights
+    from comp.core.scoring import accuracy
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 4000)
@@ -181,15 +181,15 @@ def test_fitted_weights_favour_better_runs_and_help_on_rows_they_were_not_fitted
 
 
 def test_weights_on_real_runs_beat_the_best_single(shared):
-    from comp.ensemble import blend_mean, fit_weights
-    from comp.runs import load_run
-    from comp.scoring import accuracy
+    from comp.stages.ensemble import blend_mean, fit_weights
+    from comp.store.runs import load_run
+    from comp.core.scoring import accuracy
     from comp.workspace import Workspace
 
     workspace = Workspace(shared / "work")
     runs = [load_run(workspace, n) for n in ("a", "b")]
     labels = np.load(shared / "work" / "folds" / "a" / "oof_rows.npy")  # rows; labels come next
-    from comp.data import load_dataset
+    from comp.data.sources import load_dataset
 
     dataset = load_dataset(shared / "demo", workspace.cache)
     labels = dataset.train_y[labels]
@@ -200,7 +200,7 @@ def test_weights_on_real_runs_beat_the_best_single(shared):
 
 
 def test_geomean_and_vote():
-    from comp.ensemble import blend_geomean, blend_vote
+    from comp.stages.ensemble import blend_geomean, blend_vote
 
     p = [np.array([[0.6, 0.4]]), np.array([[0.6, 0.4]]), np.array([[0.1, 0.9]])]
     assert blend_vote(p).argmax(1).tolist() == [0]  # two votes beat one confident vote
@@ -265,7 +265,7 @@ def test_keep_best_runs_are_named_and_get_no_fitted_weights(work, capsys):
 
 
 def test_auto_never_fits_weights_on_keep_best_runs():
-    from comp.ensemble import choose_method
+    from comp.stages.ensemble import choose_method
 
     assert choose_method(0.80, 0.85, []) == "weights"
     assert choose_method(0.80, 0.85, ["a"]) == "mean"
@@ -293,7 +293,7 @@ def test_warns_on_a_run_at_chance_and_a_constant_submission(work, capsys):
 
 
 def test_chance_line_is_the_largest_class_plus_two_standard_errors():
-    from comp.ensemble import chance_line
+    from comp.stages.ensemble import chance_line
 
     labels = np.array([0] * 75 + [1] * 25)  # 75% is what always answering 0 scores
     chance, line = chance_line(labels)
@@ -306,7 +306,7 @@ def test_chance_line_is_the_largest_class_plus_two_standard_errors():
 def spoil(path: Path) -> None:
     """Make a run's OOF prediction file certainly wrong: every row's probability on a class other
     than its own (shuffling rows would not do: a near-chance tiny run scores alike either way)."""
-    from comp.runs import load_run, oof_labels
+    from comp.store.runs import load_run, oof_labels
     from comp.workspace import Workspace
 
     labels = oof_labels(load_run(Workspace(path.parents[2]), path.parent.name))
@@ -349,7 +349,7 @@ def test_ensemble_shows_and_logs_its_error_bars(work, capsys):
 
 
 def test_submission_object_carries_the_intervals(work):
-    from comp.stats import Interval
+    from comp.core.stats import Interval
     from comp.workspace import Workspace
 
     sub = Workspace(work).ensemble(["a", "b"], out="api.csv", method="vote")
@@ -369,8 +369,8 @@ def test_a_blend_of_one_run_twice_gains_exactly_nothing(work):
 
 
 def test_weights_are_given_error_bars_on_the_checked_blend(work, capsys):
-    from comp.ensemble import checked_weights_blend
-    from comp.scoring import accuracy
+    from comp.stages.ensemble import checked_weights_blend
+    from comp.core.scoring import accuracy
     from comp.workspace import Workspace
 
     code, out = ensemble_out(work, capsys, "--runs", "a,b", "--method", "weights", "--tta", "none", "--out", "w.csv")
@@ -401,13 +401,13 @@ def oof_member(name: str, oof: np.ndarray, tag: str = ""):
     """An ensemble member from OOF probabilities alone (a run that trained with keep=last)."""
     from types import SimpleNamespace
 
-    from comp.ensemble import Member
+    from comp.stages.ensemble import Member
 
     return Member(SimpleNamespace(name=name, kind="kfold", config={"keep": "last"}), tag, oof, oof[:0])
 
 
 def test_error_bars_of_a_blend_that_beats_its_best_member():
-    from comp.ensemble import blend_error_bars, decide_blend
+    from comp.stages.ensemble import blend_error_bars, decide_blend
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 4000)
@@ -421,7 +421,7 @@ def test_error_bars_of_a_blend_that_beats_its_best_member():
 
 
 def test_no_error_bars_when_the_weights_cannot_be_checked():
-    from comp.ensemble import blend_error_bars, decide_blend
+    from comp.stages.ensemble import blend_error_bars, decide_blend
 
     labels = np.array([0, 0, 0, 1, 1, 2])  # class 2 has one row: nothing to hold out
     oofs = [np.eye(3)[labels] * 0.5 + 0.1, np.full((6, 3), 1 / 3)]
@@ -437,7 +437,7 @@ def test_the_runs_table_fits_80_columns_with_its_error_bars():
 
     from rich.console import Console
 
-    from comp.ensemble import blend_error_bars, decide_blend, members_table
+    from comp.stages.ensemble import blend_error_bars, decide_blend, members_table
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 1000)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from comp.cli import main
-from comp.fileio import read_json
+from comp.core.fileio import read_json
 
 from .conftest import make_competition
 

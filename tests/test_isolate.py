@@ -1,4 +1,4 @@
-"""Process isolation (comp.isolate): a fold or trial runs as a function call in a child interpreter.
+"""Process isolation (comp.core.isolate): a fold or trial runs as a function call in a child interpreter.
 
 The child imports the parent's `comp`, never one in the folder it was started from; a child killed
 by a signal is named with it, and the folds or trials after it go on.
@@ -17,8 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from comp.errors import CompError
-from comp.isolate import ChildDied, call_in_child, tell_parent
+from comp.core.errors import CompError
+from comp.core.isolate import ChildDied, call_in_child, tell_parent
 
 from .conftest import make_competition
 

@@ -15,8 +15,8 @@ import textwrap
 
 import pytest
 
-from comp.augment import PRESETS
-from comp.models import MODELS
+from comp.config.augment_presets import PRESETS
+from comp.nets.models import MODELS
 
 from .conftest import REPO
 
@@ -24,9 +24,16 @@ CHECK = textwrap.dedent("""
     import contextlib, io, json, sys, warnings
     import numpy as np
     import keras
-    from comp.config import build_config
-    from comp.trainer import (FoldStore, batch_norm_layers, build_training_model, make_optimizer,
-                              recalibrate_batchnorm, store_capacity, training_inputs)
+    from comp.config.run_config import build_config
+    from comp.engine.trainer import (
+        FoldStore,
+        batch_norm_layers,
+        build_training_model,
+        make_optimizer,
+        recalibrate_batchnorm,
+        store_capacity,
+        training_inputs,
+    )
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     rng = np.random.default_rng(0)

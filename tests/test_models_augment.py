@@ -8,11 +8,19 @@ import keras
 import numpy as np
 import pytest
 
-from comp.augment import make_augment_layer, make_mix_layer, parse_presets
-from comp.config import build_config
-from comp.errors import CompError
-from comp.models import (MAX_MACS_RATIO, MODELS, build_model, channel_stats, forward_macs, input_halvings,
-                         whitening_kernel)
+from comp.engine.augment import make_augment_layer, make_mix_layer
+from comp.config.augment_presets import parse_presets
+from comp.config.run_config import build_config
+from comp.core.errors import CompError
+from comp.nets.models import (
+    MAX_MACS_RATIO,
+    MODELS,
+    build_model,
+    channel_stats,
+    forward_macs,
+    input_halvings,
+    whitening_kernel,
+)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -283,8 +291,8 @@ def test_resnet_subsamples_before_a_strided_projection_above_32_px_and_it_is_the
 
 TRAIN_ONE_STEP = """
 import numpy as np, keras
-from comp.config import build_config
-from comp.models import build_model
+from comp.config.run_config import build_config
+from comp.nets.models import build_model
 net = build_model(build_config({}, {"model": "resnet", "width": 0.25}), (64, 64, 3), 3)
 net.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 images = np.random.default_rng(0).integers(0, 256, (32, 64, 64, 3)).astype("float32")
@@ -306,8 +314,8 @@ def test_narrow_resnet_trains_at_64_px_on_tensorflow_cpu():
 
 
 def test_whitening_is_fitted_on_as_many_pixels_at_any_size(monkeypatch):
-    from comp import models
-    from comp.models import WHITEN_SAMPLES, airbench_whitening_kernel, whitening_rows
+    from comp.nets import models
+    from comp.nets.models import WHITEN_SAMPLES, airbench_whitening_kernel, whitening_rows
 
     def rows(count, side):
         return whitening_rows(np.broadcast_to(np.uint8(0), (count, side, side, 3)))

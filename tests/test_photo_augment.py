@@ -7,8 +7,19 @@ import keras
 import numpy as np
 import pytest
 
-from comp.augment import (PRESETS, TRIVIAL_OPS, adjust_colour, autocontrast, compose, make_augment_layer, mix_label,
-                          parse_presets, posterize, resized_crop, solarize, trivial_augment, warp)
+from comp.config.augment_presets import PRESETS, TRIVIAL_OPS, parse_presets
+from comp.engine.augment import (
+    adjust_colour,
+    autocontrast,
+    compose,
+    make_augment_layer,
+    posterize,
+    resized_crop,
+    solarize,
+    trivial_augment,
+    warp,
+)
+from comp.stages.preview import mix_label
 
 PHOTO_PRESETS = ("rrc", "trivial", "jitter", "photo")
 
@@ -169,7 +180,7 @@ def test_mix_label_names_the_classes_and_their_weights():
 
 
 def test_augment_preview_of_a_run_uses_its_augmentation_and_names_unknown_runs(tmp_path, monkeypatch):
-    import comp.augment
+    import comp.stages.preview
     from comp.cli import main
 
     from .conftest import make_competition
@@ -180,13 +191,13 @@ def test_augment_preview_of_a_run_uses_its_augmentation_and_names_unknown_runs(t
                  "--epochs", "1", "--folds", "2", "--fold", "0", "--augment", "photo", "--mixup", "0.4",
                  "--image-size", "24", "--name", "photos", "--quiet"]) == 0
     seen = {}
-    real_grid = comp.augment.preview_grid
+    real_grid = comp.stages.preview.preview_grid
 
     def spy(dataset, preset, mixup, cutmix, out_path, seed=0, **kwargs):
         seen.update(preset=preset, mixup=mixup, cutmix=cutmix, shape=dataset.train_x.shape[1:])
         return real_grid(dataset, preset, mixup, cutmix, out_path, seed, **kwargs)
 
-    monkeypatch.setattr(comp.augment, "preview_grid", spy)
+    monkeypatch.setattr(comp.stages.preview, "preview_grid", spy)
     out = tmp_path / "preview.png"
     # --augment is ignored: the run's own settings win.
     assert main(["data", "augment-preview", "--workdir", str(workdir), "--run", "photos", "--augment", "none",
@@ -201,8 +212,8 @@ def test_augment_preview_of_a_run_uses_its_augmentation_and_names_unknown_runs(t
 
 def test_unknown_run_is_one_line_naming_it_and_how_to_list_runs(tmp_path):
     from comp import Workspace
-    from comp.augment import preview_run
-    from comp.errors import CompError
+    from comp.stages.preview import preview_run
+    from comp.core.errors import CompError
 
     with pytest.raises(CompError) as caught:
         preview_run(Workspace(tmp_path / "w"), "nosuch", tmp_path / "p.png")

@@ -21,7 +21,7 @@ COLOURS = {"circle": (210, 60, 50), "square": (60, 190, 70), "triangle": (60, 80
 NOISE = 30  # pixel noise (std) over the picture: the colour stays visible, the pixels vary
 
 # A small net and few epochs: the point is the pipeline at photo sizes, on 2 CPU cores.
-# resnet: at 96 px its strided stem halves the images (comp.models.input_halvings).
+# resnet: at 96 px its strided stem halves the images (comp.nets.models.input_halvings).
 TRAINING = ["--width", "0.25", "--batch-size", "16", "--lr", "0.02", "--epochs", "4"]
 
 

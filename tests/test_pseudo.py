@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from comp.cli import main
-from comp.errors import CompError
-from comp.fileio import read_json, save_npy
-from comp.pseudo import fold_pseudo_labels, with_pseudo_rows
+from comp.core.errors import CompError
+from comp.core.fileio import read_json, save_npy
+from comp.stages.pseudo import fold_pseudo_labels, with_pseudo_rows
 from comp.workspace import Workspace
 
 from .conftest import make_competition
@@ -71,7 +71,7 @@ def test_a_pseudo_labelled_run_records_what_it_took_and_refuses_bad_teachers(tmp
     teacher = Workspace(work, data).run("teacher")
     manifest = read_json(teacher.path / "config.json")
     manifest["split"]["hash"] = "another"
-    from comp.fileio import write_json
+    from comp.core.fileio import write_json
 
     write_json(teacher.path / "config.json", manifest)
     with pytest.raises(CompError, match="another fold split"):

@@ -40,7 +40,7 @@ def test_report_without_runs_says_so(tmp_path, capsys):
 
 
 def test_confusion_counts_and_confident_mistakes():
-    from comp.report import confident_mistakes, confusion
+    from comp.stages.report import confident_mistakes, confusion
 
     labels = np.array([0, 0, 1, 2, 2])
     predicted = np.array([0, 1, 1, 2, 0])
@@ -56,7 +56,7 @@ def test_the_leaderboard_table_fits_80_columns():
     import pandas as pd
     from rich.console import Console
 
-    from comp.report import leaderboard_table
+    from comp.stages.report import leaderboard_table
 
     rows = [{"run": name, "model": model, "epochs": 64, "cv_accuracy": 0.91234567, "cv_accuracy_tta": 0.92,
              "fold_std": 0.00234, "seconds": 1234.5, "fingerprint": "f", "ci_low": 0.9176, "ci_high": 0.9224,
@@ -75,7 +75,7 @@ def test_the_leaderboard_table_fits_80_columns():
 def test_confusion_plot_titles_do_not_overlap(classes):
     import matplotlib.pyplot as plt
 
-    from comp.report import confusion_figure
+    from comp.stages.report import confusion_figure
 
     counts = np.arange(len(classes) ** 2).reshape(len(classes), -1) + 1
     fig = confusion_figure(counts, classes, "a-long-run-name-1a2b3c4d (TTA flip-shift, OOF accuracy 0.9123, 50,000 rows)")
@@ -93,7 +93,7 @@ def test_confusion_plot_titles_do_not_overlap(classes):
 
 def own_correct(work, name):
     """Which OOF rows the run gets right with its own TTA, labels from the decoded data."""
-    from comp.data import load_dataset
+    from comp.data.sources import load_dataset
     from comp.workspace import Workspace
 
     workspace = Workspace(work)
@@ -103,7 +103,7 @@ def own_correct(work, name):
 
 
 def test_report_shows_intervals_and_paired_differences_from_the_best(work, capsys):
-    from comp.stats import ErrorBars
+    from comp.core.stats import ErrorBars
 
     assert main(["report", "--workdir", str(work)]) == 0
     out = " ".join(capsys.readouterr().out.split())
@@ -136,7 +136,7 @@ def test_runs_dataframe_has_the_error_bars_and_survives_a_lost_split(work):
 
 
 def test_runs_on_other_rows_are_compared_with_their_own_best(work):
-    from comp.report import comparable_groups
+    from comp.stages.report import comparable_groups
     from comp.workspace import Workspace
 
     fewer = work / "folds" / "fewer"

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from comp.config import build_config
-from comp.trainer import BatchOrder, train_fold
+from comp.config.run_config import build_config
+from comp.engine.trainer import BatchOrder, train_fold
 
 from .conftest import learnable_images
 

@@ -1,11 +1,11 @@
-"""comp.stats: bootstrap intervals of OOF accuracies and paired intervals of their differences."""
+"""comp.core.stats: bootstrap intervals of OOF accuracies and paired intervals of their differences."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from comp.stats import (CHUNK, ErrorBars, Interval, format_difference, format_interval, resampled_accuracies)
+from comp.core.stats import CHUNK, ErrorBars, Interval, format_difference, format_interval, resampled_accuracies
 
 
 def right_rows(rows: int, accuracy: float, seed: int = 0) -> np.ndarray:

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from comp.cli import main
-from comp.data import read_submission_format
-from comp.errors import CompError
-from comp.submission import check_format
+from comp.data.sources import read_submission_format
+from comp.core.errors import CompError
+from comp.stages.submission import check_format
 
 from .conftest import make_competition
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from comp.cli import main
-from comp.config import RunConfig, build_config, load_config_file, recipe_names
-from comp.errors import CompError
-from comp.fileio import read_json
+from comp.config.run_config import RunConfig, build_config, load_config_file, recipe_names
+from comp.core.errors import CompError
+from comp.core.fileio import read_json
 
 from .conftest import REPO, make_competition, run_comp
 
@@ -107,7 +107,7 @@ def test_resume_after_kill_9(tmp_path):
     time.sleep(1.0)  # the fold worker dies with its parent (PR_SET_PDEATHSIG); let it go first
     run = state.parents[2]
     fold0_stamp = (run / "fold0" / "metrics.json").stat().st_mtime_ns
-    from comp.trainer import _find_checkpoint
+    from comp.engine.trainer import _find_checkpoint
 
     killed_at = read_json(_find_checkpoint(run / "fold1") / "state.json")["epoch"]  # what a resume uses
     assert 2 <= killed_at < 6
@@ -122,7 +122,7 @@ def test_resume_after_kill_9(tmp_path):
 
 
 def test_machine_presets_set_defaults_that_flags_override(tmp_path, monkeypatch):
-    from comp.train import resolve_config
+    from comp.stages.train import resolve_config
     from comp.workspace import Workspace
 
     def resolve(preset, **overrides):
@@ -132,7 +132,7 @@ def test_machine_presets_set_defaults_that_flags_override(tmp_path, monkeypatch)
     assert (cpu.model, cpu.width, cpu.epochs, cpu.folds, cpu.precision, cpu.val_every) == \
         ("airbench94", 1.0, 15, 2, "float32", 0)
     # Where the data already has a split, the preset's fold count gives way to it (every run shares it).
-    from comp import folds
+    from comp.data import folds
 
     monkeypatch.setattr(folds, "existing_k", lambda workspace, fingerprint: 5)
     assert resolve("cpu").folds == 5 and resolve("cpu", folds=3).folds == 3
@@ -143,7 +143,7 @@ def test_machine_presets_set_defaults_that_flags_override(tmp_path, monkeypatch)
 
 
 def test_gpu_settings_on_this_cpu_are_warned_about(capsys):
-    from comp.train import warn_gpu_settings_on_cpu
+    from comp.stages.train import warn_gpu_settings_on_cpu
 
     for flags in ({"jit": "on"}, {"precision": "bfloat16"}):
         warn_gpu_settings_on_cpu(build_config({}, flags))

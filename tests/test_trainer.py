@@ -6,10 +6,17 @@ import keras
 import numpy as np
 import pytest
 
-from comp.config import build_config
-from comp.errors import CompError
-from comp.trainer import (LOOKAHEAD_EVERY, _load_checkpoint, _save_checkpoint, build_training_model,
-                          compile_training_model, make_optimizer, training_inputs)
+from comp.config.run_config import build_config
+from comp.core.errors import CompError
+from comp.engine.trainer import (
+    LOOKAHEAD_EVERY,
+    _load_checkpoint,
+    _save_checkpoint,
+    build_training_model,
+    compile_training_model,
+    make_optimizer,
+    training_inputs,
+)
 
 
 def _apply_constant_gradient(optimizer, variable, steps: int) -> list[float]:
@@ -90,8 +97,8 @@ def test_bias_lr_scale_moves_batchnorm_biases_faster():
 
 
 def test_batchnorm_statistics_are_recalibrated_to_equal_weight_batch_averages():
-    from comp.augment import make_augment_layer, make_mix_layer
-    from comp.trainer import RECALIBRATION_BATCHES, TrainingModel, recalibrate_batchnorm
+    from comp.engine.augment import make_augment_layer, make_mix_layer
+    from comp.engine.trainer import RECALIBRATION_BATCHES, TrainingModel, recalibrate_batchnorm
 
     inputs = keras.Input((4, 4, 2))
     norm = keras.layers.BatchNormalization(momentum=0.6)
@@ -115,7 +122,7 @@ def test_batchnorm_statistics_are_recalibrated_to_equal_weight_batch_averages():
 def test_a_fold_resumed_after_its_last_epoch_ends_on_the_average(tmp_path, monkeypatch):
     """Killed between the last epoch's checkpoint and the fold's artifacts: the resume skips fit,
     so it must finalize the average itself; its kept weights equal an uninterrupted run's."""
-    from comp import trainer
+    from comp.engine import trainer
 
     config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 16, "epochs": 2})
     rng = np.random.default_rng(0)
@@ -155,7 +162,7 @@ def _tiny_fold(seed: int = 0):
 
 
 def test_a_diverging_fold_stops_in_the_epoch_it_diverged_and_writes_no_probabilities(tmp_path):
-    from comp.trainer import TrainingDiverged, train_fold
+    from comp.engine.trainer import TrainingDiverged, train_fold
 
     config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 3, "keep": "last",
                                "optimizer": "sgd", "momentum": 0.9, "lr": 1e4, "schedule": "constant"})
@@ -170,7 +177,7 @@ def test_a_diverging_fold_stops_in_the_epoch_it_diverged_and_writes_no_probabili
 
 
 def test_a_nan_learning_rate_stops_the_fold_too(tmp_path):
-    from comp.trainer import TrainingDiverged, train_fold
+    from comp.engine.trainer import TrainingDiverged, train_fold
 
     config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 2, "keep": "last"})
     config.lr = float("nan")  # what RunConfig validation refuses at the door; the trainer holds anyway
@@ -181,7 +188,7 @@ def test_a_nan_learning_rate_stops_the_fold_too(tmp_path):
 
 
 def test_non_finite_probabilities_are_never_written(tmp_path):
-    from comp.trainer import TrainingDiverged, _finish_fold
+    from comp.engine.trainer import TrainingDiverged, _finish_fold
 
     net = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
     net.layers[-1].kernel.assign(np.full((48, 3), np.nan, np.float32))  # e.g. broken by a last step
@@ -195,7 +202,7 @@ def test_non_finite_probabilities_are_never_written(tmp_path):
 
 def test_keep_best_keeps_the_same_epoch_with_or_without_a_fold_dir(tmp_path, monkeypatch):
     """tune trains without a fold_dir, comp train with one: the same config must score the same."""
-    from comp import trainer
+    from comp.engine import trainer
 
     config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 3, "keep": "best",
                                "augment": "none", "tta": "none"})
@@ -232,7 +239,7 @@ def test_a_diverging_tune_trial_fails_alone_and_the_study_goes_on(tiny_data, tmp
     """A learning rate too high for one trial is that trial's failure, not bad input that ends the study."""
     import optuna
 
-    from comp import trainer
+    from comp.engine import trainer
     from comp.cli import main
 
     def diverges(config, *args, **kwargs):

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from comp.cli import main
-from comp.demo import write_competition
-from comp.errors import CompError
-from comp.folds import parse_fold_selection
-from comp.transfer import (
+from comp.data.demo import write_competition
+from comp.core.errors import CompError
+from comp.data.folds import parse_fold_selection
+from comp.stages.transfer import (
     BACKBONES,
     RESULT_COLUMNS,
     build_base,

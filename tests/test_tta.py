@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comp.errors import CompError
-from comp.tta import (TTA_POLICIES, average_logits, average_probs, average_views, parse_policy, policy_for_augment,
-                      prediction_tag, predict_probs, softmax, view, view_fill, views_for)
+from comp.core.errors import CompError
+from comp.config.tta_policy import TTA_POLICIES, parse_policy, policy_for_augment, prediction_tag, views_for
+from comp.engine.tta import average_logits, average_probs, average_views, predict_probs, softmax, view, view_fill
 
 
 def image(h=3, w=4):

@@ -18,12 +18,12 @@ import pytest
 from optuna.trial import TrialState
 
 from comp.cli import main
-from comp.config import RunConfig, build_config, load_config_file
-from comp.demo import write_competition
-from comp.errors import CompError
-from comp.fileio import read_json
-from comp.train import resolve_config
-from comp.tune import fixed_names, space as tune_space, storage as tune_storage, trial as tune_trial
+from comp.config.run_config import RunConfig, build_config, load_config_file
+from comp.data.demo import write_competition
+from comp.core.errors import CompError
+from comp.core.fileio import read_json
+from comp.stages.train import resolve_config
+from comp.stages.tune import fixed_names, space as tune_space, storage as tune_storage, trial as tune_trial
 from comp.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,7 +272,7 @@ def test_bad_storage_is_one_line(tmp_path, data_dir, capsys):
 def test_a_run_whose_every_trial_fails_says_so(tmp_path, data_dir, capsys, monkeypatch):
     # An error inside training (here a stand-in for running out of memory) fails that trial only;
     # when every trial of the run failed, the command says so in one line and exits 2.
-    from comp import trainer
+    from comp.engine import trainer
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError("failed to allocate 4 GB")

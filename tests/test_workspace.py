@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from comp.cli import main
-from comp.fileio import read_json
-from comp.train import exclusive, fold_lock_path
+from comp.core.fileio import read_json
+from comp.stages.train import exclusive, fold_lock_path
 from comp.workspace import Workspace
 
 from .conftest import REPO, make_competition
@@ -67,12 +67,12 @@ def test_two_trainers_on_one_run_share_its_folds(tmp_path):
 
 def test_disk_full_is_one_line(tmp_path, monkeypatch, capsys):
     data = make_competition(tmp_path / "d", per_class=6)
-    import comp.train
+    import comp.stages.train
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "w" / "folds" / "x.npy"))
 
-    monkeypatch.setattr(comp.train, "write_manifest", full)
+    monkeypatch.setattr(comp.stages.train, "write_manifest", full)
     assert main(["train", "--data", str(data), "--workdir", str(tmp_path / "w"), *TINY]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no space left on the device") and err.count("\n") == 1

@@ -14,12 +14,12 @@ import errno
 import importlib
 import sys
 
-from .. import __version__
-from ..console import console, set_quiet
-from ..context import import_keras, set_backend
-from ..errors import CompError, one_line
-from ..isolate import INTERRUPTED_EXIT
-from .common import add_global_options
+from comp.core.version import __version__
+from comp.core.console import console, set_quiet
+from comp.core.backend import import_keras, set_backend
+from comp.core.errors import CompError, one_line
+from comp.core.isolate import INTERRUPTED_EXIT
+from comp.cli.common import add_global_options
 
 # One module per command group; each registers its own commands.
 COMMAND_MODULES = ["comp.cli.data", "comp.cli.train", "comp.cli.tune", "comp.cli.predict", "comp.cli.ensemble",

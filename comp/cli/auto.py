@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_data_options, global_parent, workspace_from
+from comp.cli.common import add_data_options, global_parent, workspace_from
 
 
 def register(subparsers) -> None:

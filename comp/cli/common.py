@@ -3,51 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
-from ..augment import PRESETS as AUGMENT_PRESETS
-from ..config import RunConfig
-from ..errors import CompError
-from ..workspace import Workspace
+from comp.config.run_config import FIELD_HELP, RunConfig, flag_type
+from comp.core.errors import CompError
+from comp.workspace import Workspace
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
-# Flags that override RunConfig fields: (field, type, help). Their defaults are None = "not given",
-# so the config file, the model's own defaults and the dataclass defaults show through.
-CONFIG_FLAGS = [
-    ("model", str, "model name (see --list-models)"),
-    ("epochs", float, "epochs per fold (a fraction with sgd-torch: airbench94 trains 9.9)"),
-    ("batch_size", int, "batch size"),
-    ("optimizer", str, "adam | adamw | sgd | sgd-torch"),
-    ("lr", float, "peak learning rate"),
-    ("schedule", str, "constant | cosine | onecycle"),
-    ("warmup_epochs", float, "learning-rate warm-up, in epochs"),
-    ("weight_decay", float, "weight decay (decoupled; sgd-torch: an L2 term through the momentum)"),
-    ("bias_lr_scale", float, "sgd, sgd-torch: learning-rate multiplier for BatchNorm biases (1 = off)"),
-    ("ema", float, "weight EMA momentum (0 = off)"),
-    ("lookahead", float, "lookahead weight averaging, per-step decay e.g. 0.95 (0 = off)"),
-    ("label_smoothing", float, "label smoothing"),
-    ("patience", int, "early stopping patience on val accuracy (0 = off)"),
-    ("keep", str, "last | best epoch's model (best is picked on the OOF rows: flatters OOF)"),
-    ("val_every", int, "validate after every N epochs and the last (0: only the fold's final predictions)"),
-    ("augment", str, "augmentation presets, comma-separated: " + ", ".join(AUGMENT_PRESETS) + ", crop=N, reflect-crop=N, cutout-inside=N"),
-    ("mixup", float, "mixup alpha (0 = off)"),
-    ("cutmix", float, "cutmix alpha (0 = off)"),
-    ("dropout", float, "dropout"),
-    ("width", float, "channel width multiplier"),
-    ("tta", str, "none | flip | flip-shift | airbench | auto (what augmentation taught)"),
-    ("precision", str, "float32 | bfloat16 | float16"),
-    ("jit", str, "auto | on | off"),
-    ("folds", int, "number of folds K"),
-    ("pseudo", str, "pseudo-labelling teachers: finished runs, comma-separated (fold k learns from their fold-k "
-                    "test predictions)"),
-    ("pseudo_threshold", float, "pseudo-labelling: least teacher probability for a test image to join"),
-]
-# Flags of the image size, for train and tune (config fields) and the data commands.
-SIZE_FLAGS = [
-    ("image_size", str, "N or HxW pixels the images are decoded at (one cache per size); auto: their own size "
-                        "when all share one up to 64 px, else 128"),
-    ("resize", str, "squash | crop | pad: how an image of another aspect ratio is fitted"),
-]
+# Fields with flags of their own elsewhere: lists parsed by hand, the global --seed, the data option --limit.
+OWN_FLAGS = ("name", "depth", "head", "seed", "limit")
+# The image-size fields, for train and tune (config fields) and the data commands.
+SIZE_FIELDS = ("image_size", "resize")
+
+
+def config_flags() -> list[tuple[str, type, str]]:
+    """(field, type, help) for every RunConfig field a plain flag sets, made from the config's own
+    rules and help (comp.config.run_config.FIELD_RULES, FIELD_HELP). Their defaults are None = "not
+    given", so the config file, the model's own defaults and the dataclass defaults show through."""
+    names = [f.name for f in fields(RunConfig) if f.name not in OWN_FLAGS + SIZE_FIELDS]
+    return [(name, flag_type(name), FIELD_HELP[name]) for name in names]
+
+
+CONFIG_FLAGS = config_flags()
+SIZE_FLAGS = [(name, flag_type(name), FIELD_HELP[name]) for name in SIZE_FIELDS]
 
 
 def add_global_options(parser: argparse.ArgumentParser, which: tuple[str, ...] = ("workdir", "quiet"),
@@ -92,7 +71,7 @@ def add_size_options(parser: argparse.ArgumentParser) -> None:
 
 def model_default_note(name: str) -> str:
     """'default: X' for a RunConfig field, with the models that set their own."""
-    from ..models import MODELS
+    from comp.nets.models import MODELS
 
     base = getattr(RunConfig, name, None)
     own = {model: spec.defaults[name] for model, spec in MODELS.items()
@@ -107,9 +86,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run config (flags override --config, which overrides the model's defaults)")
     group.add_argument("--config", help="JSON config file, a run's config.json, a tune best.json, or a recipe "
                                         "name (--list-recipes)")
-    group.add_argument("--name", help="run name under folds/ (default: <model>-<config hash>)")
-    group.add_argument("--depth", help="convs/blocks per stage, e.g. 3,3,4,4 " + model_default_note("depth"))
-    group.add_argument("--head", help="dense head units, e.g. 256,64 " + model_default_note("head"))
+    group.add_argument("--name", help=FIELD_HELP["name"])
+    group.add_argument("--depth", help=FIELD_HELP["depth"] + " " + model_default_note("depth"))
+    group.add_argument("--head", help=FIELD_HELP["head"] + " " + model_default_note("head"))
     for name, kind, text in CONFIG_FLAGS + SIZE_FLAGS:
         flags = ["--" + name.replace("_", "-")] + (["--threshold"] if name == "pseudo_threshold" else [])
         group.add_argument(*flags, dest=name, type=kind, default=None, help=f"{text} {model_default_note(name)}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..console import info
-from .common import add_data_options, add_size_options, global_parent, workspace_from
+from comp.core.console import info
+from comp.cli.common import add_data_options, add_size_options, global_parent, workspace_from
 
 
 def register(subparsers) -> None:
@@ -55,7 +55,7 @@ def run_check(args) -> int:
 
 
 def _write(args, which: str) -> int:
-    from ..demo import write_cifar10, write_demo
+    from comp.data.demo import write_cifar10, write_demo
 
     out = Path(args.out).expanduser().resolve()
     (write_demo if which == "demo" else write_cifar10)(out)
@@ -63,7 +63,7 @@ def _write(args, which: str) -> int:
 
 
 def run_augment_preview(args) -> int:
-    from ..augment import preview_grid, preview_run
+    from comp.stages.preview import preview_grid, preview_run
 
     workspace = workspace_from(args)
     out = Path(args.out) if args.out else workspace.folds / "augment_preview.png"

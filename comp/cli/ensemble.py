@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..console import info
-from ..ensemble import METHODS
-from ..tta import AVERAGES, DEFAULT_AVERAGE
-from .common import add_data_options, global_parent, workspace_from
+from comp.core.console import info
+from comp.stages.ensemble import METHODS
+from comp.config.tta_policy import AVERAGES, DEFAULT_AVERAGE
+from comp.cli.common import add_data_options, global_parent, workspace_from
 
 
 def register(subparsers) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..console import info
-from ..errors import CompError
-from ..tta import AVERAGES, DEFAULT_AVERAGE
-from .common import global_parent, workspace_from
+from comp.core.console import info
+from comp.core.errors import CompError
+from comp.config.tta_policy import AVERAGES, DEFAULT_AVERAGE
+from comp.cli.common import global_parent, workspace_from
 
 
 def register(subparsers) -> None:
@@ -28,8 +28,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..predict import best_run
-    from ..runs import run_names
+    from comp.stages.predict import best_run
+    from comp.store.runs import run_names
 
     workspace = workspace_from(args)
     if args.out and not args.images:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..report import MISTAKES_SHOWN
-from .common import global_parent, workspace_from
+from comp.stages.report import MISTAKES_SHOWN
+from comp.cli.common import global_parent, workspace_from
 
 
 def register(subparsers) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from ..console import console, info
-from ..errors import CompError
-from .common import add_config_options, add_data_options, config_overrides, global_parent, workspace_from
+from comp.core.console import console, info
+from comp.core.errors import CompError
+from comp.cli.common import add_config_options, add_data_options, config_overrides, global_parent, workspace_from
 
 
 def register(subparsers) -> None:
@@ -32,14 +32,14 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     if args.list_models:
-        from ..models import MODELS
+        from comp.nets.models import MODELS
 
         for name, spec in MODELS.items():
             console.print(f"[bold]{name:<11}[/bold] {spec.summary}")
             console.print(f"{'':<11} sizes: {spec.sizes}")
         return 0
     if args.list_recipes:
-        from ..config import recipe_names
+        from comp.config.run_config import recipe_names
 
         for name in recipe_names():
             console.print(name)

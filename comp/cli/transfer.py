@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..transfer import BACKBONES, DEFAULT_SEED, FINETUNE_LR, HEAD_LR, OPTIMIZERS, FinetuneSettings, compare, finetune
-from .common import add_data_options, global_parent, workspace_from
+from comp.stages.transfer import (
+    BACKBONES,
+    DEFAULT_SEED,
+    FINETUNE_LR,
+    HEAD_LR,
+    OPTIMIZERS,
+    FinetuneSettings,
+    compare,
+    finetune,
+)
+from comp.cli.common import add_data_options, global_parent, workspace_from
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..tune import DEFAULT_TRIALS
-from ..tune.storage import GRACE_FACTOR, HEARTBEAT_SECONDS
-from .common import add_config_options, add_data_options, config_overrides, global_parent, workspace_from
+from comp.stages.tune import DEFAULT_TRIALS
+from comp.stages.tune.storage import GRACE_FACTOR, HEARTBEAT_SECONDS
+from comp.cli.common import add_config_options, add_data_options, config_overrides, global_parent, workspace_from
 
 
 def register(subparsers) -> None:
@@ -43,8 +43,8 @@ def run(args) -> int:
     workspace = workspace_from(args)
     overrides = config_overrides(args)
     if args.show_space:
-        from ..tune import prepare_search
-        from ..tune.space import print_space
+        from comp.stages.tune import prepare_search
+        from comp.stages.tune.space import print_space
 
         print_space(prepare_search(workspace, args.config, overrides, args.cv_folds, args.space).space)
         return 0

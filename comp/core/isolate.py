@@ -1,0 +1,164 @@
+"""One process per fold or trial on TensorFlow: the way to keep memory flat there.
+
+TensorFlow keeps a few MB of every fit() even after keras.backend.clear_session() (measured
+here: 4-14 MB per fold, growing without bound over a 50-trial study), while JAX returns it.
+So on TensorFlow, `comp train` runs each fold and `comp tune` each trial in a child process:
+`call_in_child(function, *args)` starts a fresh interpreter, calls the module-level `function`
+there on the pickled arguments, and returns its result -- one task per child, as
+`ProcessPoolExecutor(mp_context=spawn, max_tasks_per_child=1)` would. It is a plain subprocess
+rather than multiprocessing's spawn because spawn re-runs the parent's main script in the child
+(a notebook user's script without an `if __name__ == "__main__"` guard would train again in every
+child), and because a child killed by a signal (the OOM killer's SIGKILL) can then be named with
+its signal. The child runs isolated (`python -I`) with the parent's own sys.path: it imports the
+`comp` the parent imported, never a `comp` folder in the directory it was started from. It dies
+with its parent (kill -9 included), so a killed run never leaves an orphan training on.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import traceback
+from typing import Callable
+
+from comp.core.errors import CompError, one_line
+
+OFF_ENV = "COMP_NO_ISOLATE"  # set to 1 to keep everything in one process (tests, profiling)
+INTERRUPTED_EXIT = 130  # what comp exits with on Ctrl-C (128 + SIGINT, the shell's convention)
+
+_parent_connection = None  # in a child: where tell_parent sends
+
+
+class ChildDied(Exception):
+    """A child process ended without a result: killed by a signal, or crashed with a traceback."""
+
+    def __init__(self, what: str, reason: str):
+        super().__init__(f"{what}: {reason}")
+        self.what, self.reason = what, reason
+
+
+def in_notebook() -> bool:
+    """Jupyter or IPython: a child's output would not reach the notebook, so work stays in-process."""
+    return "ipykernel" in sys.modules or hasattr(sys, "ps1")
+
+
+def isolate_by_default() -> bool:
+    """Children on TensorFlow (its memory grows per fit); not on JAX or torch, and not in notebooks."""
+    import keras
+
+    return keras.backend.backend() == "tensorflow" and not os.environ.get(OFF_ENV) and not in_notebook()
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # no libc by that name: the child then outlives a killed parent, nothing worse
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def tell_parent(message) -> None:
+    """From inside a child: hand `message` to the parent's `on_message` (no-op in-process)."""
+    if _parent_connection is not None:
+        _parent_connection.send(("message", message))
+
+
+def _child_entry(write_fd: int) -> None:
+    """The child's side: read (function, args, quiet) from stdin, run it, send the outcome to the parent."""
+    global _parent_connection
+    die_with_parent()
+    pipe = os.fdopen(write_fd, "wb")
+
+    class Connection:
+        def send(self, message) -> None:
+            pickle.dump(message, pipe)
+            pipe.flush()
+
+    _parent_connection = Connection()
+    from comp.core.console import set_quiet
+    from comp.core.backend import import_keras
+
+    function, args, quiet = pickle.load(sys.stdin.buffer)
+    set_quiet(quiet)
+    try:
+        import_keras()
+        _parent_connection.send(("result", function(*args)))
+    except CompError as err:
+        _parent_connection.send(("error", one_line(err)))
+    except KeyboardInterrupt:
+        _parent_connection.send(("interrupted", None))
+    except BaseException as err:  # noqa: BLE001 -- a bug or an environment failure: show it, tell the parent
+        traceback.print_exc()
+        _parent_connection.send(("crashed", one_line(f"{type(err).__name__}: {err}", 300)))
+    finally:
+        pipe.close()
+
+
+def _signal_name(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "no exit code"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (the out-of-memory killer sends this; try a smaller batch or model)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with code {exitcode} without a result"
+
+
+def call_in_child(function: Callable, *args, what: str, on_message: Callable | None = None):
+    """`function(*args)` in a fresh child interpreter; its result, or its CompError raised here.
+
+    `what` names the task in messages ("fold 2"). A child killed by a signal or crashing raises
+    ChildDied; Ctrl-C (which reaches the child too) raises KeyboardInterrupt once the child ended.
+    `on_message` receives what the child sends with `tell_parent`.
+    """
+    from comp.core.console import is_quiet
+
+    read_fd, write_fd = os.pipe()
+    code = f"import sys; sys.path[:] = {sys.path!r}; from comp.core.isolate import _child_entry; _child_entry({write_fd})"
+    process = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, pass_fds=(write_fd,))
+    os.close(write_fd)  # the child holds the only writing end: EOF here means it is gone
+    outcome = None
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            try:
+                pickle.dump((function, args, is_quiet()), process.stdin)
+                process.stdin.close()
+            except BrokenPipeError:
+                pass  # the child died at start; its exit code says how
+            while True:
+                try:
+                    kind, payload = pickle.load(pipe)
+                except EOFError:
+                    break
+                if kind == "message":
+                    if on_message:
+                        on_message(payload)
+                else:
+                    outcome = (kind, payload)
+    except KeyboardInterrupt:
+        process.wait()  # the child got the same Ctrl-C; it re-queues or saves what it must, then ends
+        raise
+    process.wait()
+    if outcome is None:
+        raise ChildDied(what, _signal_name(process.returncode))
+    kind, payload = outcome
+    if kind == "result":
+        return payload
+    if kind == "error":
+        raise CompError(payload)
+    if kind == "interrupted":
+        raise KeyboardInterrupt
+    raise ChildDied(what, f"failed: {payload} (traceback above)")

@@ -1,0 +1,124 @@
+"""The workdir: its layout (folds/, cache, submissions/, studies/, comp.toml) and where its data is.
+Every stage takes a `Workdir`; nothing else invents a workdir folder.
+
+    <root>/comp.toml          remembers the data folder the first `--data` named
+    <root>/folds/             split, cache, runs and studies of the Optuna search
+    <root>/submissions/       leaderboard CSVs and their index
+    <root>/studies/           the transfer-learning track (never feeds submissions)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import tomllib
+
+from comp.core.errors import CompError
+from comp.core.fileio import write_text
+
+PROJECT_FILE = "comp.toml"
+DATA_ENV = "COMP_DATA"
+
+
+class Workdir:
+    """A workdir (`root`), its layout, and the competition data it works on (`data`, else remembered or
+    found). Stages take this paths object; `comp.Workspace` adds the verbs."""
+
+    def __init__(self, root: str | os.PathLike = ".", data: str | os.PathLike | None = None, *,
+                 skip_bad: bool = False, remember: bool = True):
+        self.root = Path(root).expanduser().resolve()
+        self.data = data  # as given; resolved lazily by data_dir
+        self.skip_bad = skip_bad  # damaged images are skipped instead of stopping every command
+        self.remember = remember  # an explicit data folder is written into comp.toml for later commands
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r}, data={None if self.data is None else str(self.data)!r})"
+
+    # -- the layout -------------------------------------------------------------------------
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds"
+
+    @property
+    def cache(self) -> Path:
+        return self.folds / "cache"
+
+    @property
+    def submissions(self) -> Path:
+        return self.root / "submissions"
+
+    @property
+    def studies(self) -> Path:
+        return self.root / "studies"
+
+    @property
+    def project_file(self) -> Path:
+        return self.root / PROJECT_FILE
+
+    def run_dir(self, run_name: str) -> Path:
+        return self.folds / run_name
+
+    def submission_path(self, out: str | os.PathLike) -> Path:
+        """A bare file name lands in submissions/; a path with a folder is taken as given."""
+        out = Path(out)
+        if out.parent == Path(".") and not out.is_absolute():
+            return self.submissions / out
+        return out
+
+    # -- the data -----------------------------------------------------------------------------
+
+    def read_project(self) -> dict:
+        if not self.project_file.exists():
+            return {}
+        try:
+            return tomllib.loads(self.project_file.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise CompError(f"{self.project_file}: not valid TOML ({err}); fix or delete it") from None
+
+    def remember_data(self, data_dir: Path) -> None:
+        """Write comp.toml the first time a command is given --data, so later commands can be bare."""
+        project = self.read_project()
+        if project.get("data") == str(data_dir):
+            return
+        project["data"] = str(data_dir)
+        # A JSON string is a valid TOML basic string: quotes, backslashes and control characters escaped.
+        lines = [f"{key} = {json.dumps(value)}" for key, value in project.items() if isinstance(value, str)]
+        write_text(self.project_file, "# written by comp: the data folder bare commands use\n" + "\n".join(lines) + "\n")
+
+    @property
+    def data_dir(self) -> Path:
+        """The data folder: `data`, else $COMP_DATA, else comp.toml, else <root>/data."""
+        return resolve_data_dir(self, None if self.data is None else str(self.data), self.remember)
+
+
+def resolve_data_dir(workspace: Workdir, data_arg: str | None, remember: bool = True) -> Path:
+    """--data, else $COMP_DATA, else comp.toml in the workdir, else ./data."""
+    if data_arg:
+        data_dir = Path(data_arg).expanduser().resolve()
+        if not data_dir.is_dir():
+            raise CompError(f"{data_arg}: no such folder; pass --data with the competition's unpacked download")
+        if remember:
+            workspace.root.mkdir(parents=True, exist_ok=True)
+            workspace.remember_data(data_dir)
+        return data_dir
+    if os.environ.get(DATA_ENV):
+        data_dir = Path(os.environ[DATA_ENV]).expanduser().resolve()
+        if not data_dir.is_dir():
+            raise CompError(f"${DATA_ENV}={os.environ[DATA_ENV]}: no such folder; fix the variable or pass --data")
+        return data_dir
+    remembered = workspace.read_project().get("data")
+    if remembered:
+        data_dir = Path(remembered)
+        if not data_dir.is_dir():
+            raise CompError(f"{workspace.project_file} names data = {remembered}, which is gone; pass --data DIR")
+        return data_dir
+    default = (workspace.root / "data").resolve()
+    if default.is_dir():
+        return default
+    raise CompError(
+        "no data folder: pass --data DIR, or set $COMP_DATA, or run once with --data so "
+        f"{workspace.project_file} remembers it, or put the download in {default}"
+    )

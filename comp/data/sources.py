@@ -1,0 +1,859 @@
+"""The competition data layer: find the files, decode them once, cache the arrays.
+
+Two layouts are understood:
+    DACON   train/<class>/*.jpg, test/*.jpg, sample_submission.csv
+    Kaggle  train/*.jpg + a labels CSV (id,label), test/*.jpg, sample_submission.csv
+
+Every stage calls `load_dataset` (or `open_source(...).load(...)` when it must know the
+fingerprint before it knows the image size), which returns uint8 arrays (N,H,W,3) at the chosen
+image size plus the facts the later stages need to refuse mixing runs made on other data: the
+class list and a fingerprint. The images are decoded once per size and resize mode by worker
+processes into a memory-mapped cache (comp.data.cache, comp.data.decode) and read from it as needed.
+
+Whatever is wrong with a folder is collected as a list of `Problem`s in one pass (`find_problems`,
+shown as a table by `comp data check`); a load stops on the first error with one line that
+counts the others, and prints one line per kind of warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from comp.data.cache import (
+    IMAGES,
+    JOURNAL,
+    Rows,
+    append_journal,
+    cache_folder,
+    compact_rows,
+    create_mapped,
+    decode_lock,
+    forget_chunks,
+    open_mapped,
+    read_cache,
+    read_journal,
+    write_meta,
+)
+from comp.config.run_config import check_field, image_hw
+from comp.core.console import console, info, is_quiet, warn
+from comp.data.decode import SIXTEEN_BIT_MODES, chunked, decode_chunks, probe_sizes
+from comp.core.errors import CompError
+from comp.core.fileio import read_json, write_json, write_text
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+LABEL_CSV_NAMES = ("train.csv", "trainLabels.csv", "train_labels.csv", "labels.csv")
+SAMPLE_CSV_NAMES = ("sample_submission.csv", "sampleSubmission.csv", "sample_submission.CSV")
+LIMIT_SEED = 0  # --limit subsamples with a fixed seed so every stage sees the same rows
+# Files that are not images but that a competition folder often holds; skipped silently.
+QUIET_SKIPS = {".DS_Store", "Thumbs.db", "desktop.ini"}
+HASH_WORKERS = 8  # reading files and blake2b release the GIL; a few threads per core keep the disk busy
+DIGEST_BYTES = 16  # blake2b-128 per file: accidental collisions are out of reach at any dataset size
+DIGEST_CACHE_VERSION = 1  # bump when the per-file digest changes
+# A file changed this recently may change again within one tick of its file system's clock (1-2 s
+# on some) and keep its size and times: its digest is not remembered, so the next load reads it again.
+RACY_NS = 2_000_000_000
+SHOWN_EXAMPLES = 5  # file names quoted in a one-line warning
+
+# The default image size ("auto"): a set whose images share one size up to NATIVE_MAX px trains at
+# that size (CIFAR's 32 px); any other set at DEFAULT_SIDE (photos of many sizes: enough detail for
+# the nets, and 4.9 GB of cache for 100,000 images).
+NATIVE_MAX = 64
+DEFAULT_SIDE = 128
+NATIVE_SHARE = 0.99  # "share one size": this share of the images or more (a few strays are resized to it)
+SIZES_VERSION = 1  # bump when the remembered native sizes change meaning
+# What reaching 8-bit RGB does to an image of each mode, for the line that says what was converted.
+MODE_NOTES = {
+    "1": "black and white, expanded to RGB",
+    "L": "grayscale, expanded to RGB",
+    "LA": "grayscale, expanded to RGB, alpha dropped",
+    "P": "palette, expanded to RGB",
+    "PA": "palette, expanded to RGB, alpha dropped",
+    "RGBA": "alpha dropped",
+    "CMYK": "CMYK, converted to RGB",
+    "YCbCr": "converted to RGB",
+    "I": "integer grayscale, scaled to 8 bits when above 255, expanded to RGB",
+    "F": "float grayscale, clipped to 0..255, expanded to RGB",
+    **{mode: "16-bit grayscale, scaled to 8 bits, expanded to RGB" for mode in SIXTEEN_BIT_MODES},
+}
+
+# -- problems ------------------------------------------------------------------------------
+
+ERROR, WARNING = "error", "warning"  # an error stops every command that loads the data
+# Kinds of problem: `comp data check` groups its table by kind; a load warns once per kind.
+MISSING = "missing"
+UNREADABLE = "unreadable folder"
+EMPTY_CLASS = "empty class folder"
+ONE_CLASS = "one class only"
+BAD_CSV = "malformed CSV"
+LABEL_WITHOUT_IMAGE = "labels CSV id without image"
+EMPTY_LABEL = "empty label"
+ID_WITHOUT_IMAGE = "test id without image"
+IMAGE_WITHOUT_ID = "test image without id"
+DAMAGED = "damaged image"
+NO_TRAIN_IMAGES = "no readable train images"
+NON_IMAGE = "non-image files skipped"
+BAD_LINK = "unreadable links skipped"
+UNLABELED = "train images not in the labels CSV, not used"
+OUTSIDE_CLASSES = "images outside the class folders, not used"
+DAMAGED_SKIPPED = "damaged images skipped (--skip-bad)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a competition folder: what, where, and how to fix it."""
+
+    severity: str  # ERROR or WARNING
+    kind: str  # one of the kinds above
+    path: Path  # the file or folder at fault
+    detail: str  # what is wrong with this one
+    fix: str
+
+    def line(self) -> str:
+        return f"{self.path}: {self.detail}; {self.fix}"
+
+
+def errors_in(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if p.severity == ERROR]
+
+
+def stop_on_errors(problems: list[Problem], data_dir: Path, found: str = "") -> None:
+    """Raise one CompError naming the first error and counting the others (`found`: when they were found)."""
+    errors = errors_in(problems)
+    if not errors:
+        return
+    others = f" ({len(errors) - 1} more error(s){found};" if len(errors) > 1 else " ("
+    raise CompError(f"{errors[0].line()}{others} `comp data check --data {data_dir}` lists every problem)")
+
+
+def warn_about(problems: list[Problem], data_dir: Path) -> None:
+    """One warning line per kind: how many files, the first few, and the fix."""
+    by_kind: dict[str, list[Problem]] = {}
+    for problem in problems:
+        if problem.severity == WARNING:
+            by_kind.setdefault(problem.kind, []).append(problem)
+    for kind, group in by_kind.items():
+        shown = ", ".join(relative_name(p.path, data_dir) for p in group[:SHOWN_EXAMPLES])
+        more = f" and {len(group) - SHOWN_EXAMPLES} more" if len(group) > SHOWN_EXAMPLES else ""
+        warn(f"{kind}: {len(group)} ({shown}{more}); {group[0].fix}")
+
+
+def relative_name(path: Path, data_dir: Path) -> str:
+    """A path as shown to the user: relative to the data folder when inside it."""
+    try:
+        return str(path.relative_to(data_dir)) or "."
+    except ValueError:
+        return str(path)
+
+
+# -- what a folder holds -------------------------------------------------------------------
+
+
+@dataclass
+class SubmissionFormat:
+    """What sample_submission.csv tells about the file the leaderboard wants."""
+
+    path: Path
+    id_column: str
+    target_column: str  # the one target column; for "probs", the first class column
+    target_kind: str  # "name" (class names), "int" (integers), "probs" (a probability column per class),
+    #                   "fraction" (one probability column, e.g. P(dog): not written, see comp.stages.submission)
+    ids: list[str]  # stripped, to match test file names
+    raw_ids: list[str]  # exactly as the sample writes them: what the submission must carry
+    columns: list[str]  # every column of the sample, in its order
+
+
+@dataclass
+class Dataset:
+    """The decoded competition data at one image size.
+
+    The images are read-only views of the memory-mapped cache (or, under --limit, `Rows` of
+    it): indexing them reads those rows into an ndarray; nothing reads the whole set at once.
+    """
+
+    data_dir: Path
+    classes: list[str]
+    train_x: np.ndarray | Rows  # (N,H,W,3) uint8
+    train_y: np.ndarray  # (N,) int64 class index
+    test_x: np.ndarray  # (M,H,W,3) uint8, in sample_submission order
+    test_ids: list[str]
+    submission: SubmissionFormat
+    fingerprint: str
+    rows: np.ndarray  # indices of these train rows in the full train set (differs under --limit)
+    limit: int = 0
+    resize: str = "squash"  # how images of another aspect were fitted (comp.data.decode.RESIZE_MODES)
+    size_note: str | None = None  # why "auto" chose this size
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+
+@dataclass
+class Layout:
+    """The files a data folder holds, before any image is decoded, and what is wrong with it."""
+
+    data_dir: Path
+    classes: list[str]
+    train_files: list[Path]
+    train_labels: np.ndarray
+    test_files: list[Path]
+    submission: SubmissionFormat | None
+    skipped: list[Path]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return [*self.train_files, *self.test_files]
+
+    @cached_property
+    def names(self) -> list[str]:
+        """`files` relative to the data folder, as text. Sliced, not `Path.relative_to`: that costs
+        a second per 100,000 files."""
+        prefix = os.path.join(str(self.data_dir), "")
+        return [str(p)[len(prefix):] if str(p).startswith(prefix) else str(p.relative_to(self.data_dir))
+                for p in self.files]
+
+
+@dataclass
+class DataCheck:
+    """What `inspect_data` found: every problem, and the dataset when no error keeps it from loading."""
+
+    problems: list[Problem]
+    dataset: Dataset | None
+
+
+# -- finding the files ---------------------------------------------------------------------
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _entries(folder: Path, problems: list[Problem]) -> list[os.DirEntry]:
+    """The entries of `folder` by name; an unlistable folder is an error."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except OSError as err:
+        problems.append(Problem(ERROR, UNREADABLE, folder, f"cannot be listed ({err.strerror})",
+                                "fix its permissions or remove it"))
+        return []
+
+
+def _link_problem(path: Path, reason: str) -> Problem:
+    return Problem(WARNING, BAD_LINK, path, f"a link that leads to no file ({reason})",
+                   "remove the link or point it at an image")
+
+
+def _list_files(folder: Path, problems: list[Problem]) -> list[Path]:
+    """Image files directly in `folder`, sorted; stray files and dead or looping links become warnings."""
+    images = []
+    for entry in _entries(folder, problems):
+        path = Path(entry.path)
+        try:
+            is_file, is_dir = entry.is_file(), entry.is_dir()
+        except OSError as err:  # a symlink loop raises ELOOP here
+            problems.append(_link_problem(path, err.strerror))
+            continue
+        if is_dir:
+            continue
+        if not is_file:
+            if entry.is_symlink():
+                problems.append(_link_problem(path, "its target does not exist"))
+            continue
+        if _is_image(path):
+            images.append(path)
+        elif entry.name not in QUIET_SKIPS:
+            problems.append(Problem(WARNING, NON_IMAGE, path, "not an image file", "remove it, or ignore this"))
+    return images
+
+
+def _read_id_frame(path: Path, columns: str) -> tuple[pd.DataFrame | None, str | None]:
+    """(the first two columns as stripped text, None), or (None, what is wrong with the file).
+
+    Read as text with no NaN guessing, so ids like 0001 keep their zeros and a class named "NA"
+    stays one.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        return None, f"not a readable CSV ({err})"
+    if frame.shape[1] < 2 or len(frame) == 0:
+        return None, f"needs {columns}, one row per image"
+    frame = frame.iloc[:, :2].apply(lambda column: column.str.strip())
+    ids = frame.iloc[:, 0]
+    repeated = ids[ids.duplicated()].unique()
+    if len(repeated):
+        return None, f"repeated ids (e.g. {', '.join(repeated[:3])}); each id must appear once"
+    return frame, None
+
+
+def read_id_csv(path: Path, columns: str, fix: str) -> pd.DataFrame:
+    """The first two columns (an id, then a target or label) of a CSV, as stripped text, one row per id.
+
+    Used for a submission and an answers file; raises CompError when the file is malformed.
+    """
+    frame, wrong = _read_id_frame(path, columns)
+    if wrong:
+        raise CompError(f"{path}: {wrong}; {fix}")
+    return frame
+
+
+def read_submission_format(data_dir: Path, problems: list[Problem]) -> SubmissionFormat | None:
+    """id,target (class names or integers) or id,<class>,<class>,... (Kaggle's probability format);
+    None (with the problem recorded) when it cannot be read."""
+    path = next((data_dir / n for n in SAMPLE_CSV_NAMES if (data_dir / n).is_file()), None)
+    if path is None:
+        problems.append(Problem(ERROR, MISSING, data_dir / "sample_submission.csv", "missing",
+                                "copy it from the competition download"))
+        return None
+    frame, wrong = _read_id_frame(path, "an id column and a target column")
+    if wrong:
+        problems.append(Problem(ERROR, BAD_CSV, path, wrong, "re-download it"))
+        return None
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)  # unstripped ids and every column
+    id_column, target_column = frame.columns[0], frame.columns[1]
+    targets = frame[target_column]
+    if raw.shape[1] > 2:
+        target_kind = "probs"
+    elif targets.str.fullmatch(r"-?\d+").all():
+        target_kind = "int"
+    else:  # "fraction": one probability column (e.g. P(dog) as 0.5), which comp.stages.submission refuses
+        target_kind = "fraction" if targets.str.fullmatch(r"\d*\.\d+").all() else "name"
+    return SubmissionFormat(path, id_column, target_column, target_kind, frame[id_column].tolist(),
+                            raw[id_column].tolist(), list(raw.columns))
+
+
+def _id_key(text: str) -> str:
+    """`0000`, `0000.jpg` and `0` name the same test image: compare stems, and numbers as numbers."""
+    stem = Path(text).stem if _is_image(Path(text)) else text
+    return str(int(stem)) if stem.isdigit() else stem
+
+
+def match_test_files(test_dir: Path, submission: SubmissionFormat, problems: list[Problem]) -> list[Path]:
+    """Test files in the order of sample_submission.csv (those found); ids and files without a partner are errors."""
+    images = _list_files(test_dir, problems)
+    by_key: dict[str, Path] = {}
+    for path in images:
+        by_key.setdefault(_id_key(path.name), path)
+    keys = [_id_key(i) for i in submission.ids]
+    for id_, key in zip(submission.ids, keys):
+        if key not in by_key:
+            problems.append(Problem(ERROR, ID_WITHOUT_IMAGE, submission.path, f"id {id_} has no image in {test_dir}",
+                                    "the ids must match test file names"))
+    used = set(keys)
+    for path in images:
+        if _id_key(path.name) not in used:
+            problems.append(Problem(ERROR, IMAGE_WITHOUT_ID, path, f"no id in {submission.path.name}",
+                                    "remove the image or add its id"))
+    return [by_key[k] for k in keys if k in by_key]
+
+
+def _class_folders(train_dir: Path, problems: list[Problem]) -> tuple[list[Path], list[Path]]:
+    """(class folders, images lying beside them) in train/; a folder link back into train/ is skipped."""
+    folders, loose = [], []
+    inside = train_dir.resolve()
+    for entry in _entries(train_dir, problems):
+        path = Path(entry.path)
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir, is_file = entry.is_dir(), entry.is_file()
+        except OSError as err:  # a symlink loop raises ELOOP here
+            problems.append(_link_problem(path, err.strerror))
+            continue
+        if is_dir and inside.is_relative_to(path.resolve()):
+            problems.append(_link_problem(path, "it loops back to a folder that holds it"))
+        elif is_dir:
+            folders.append(path)
+        elif is_file and _is_image(path):
+            loose.append(path)
+    return folders, loose
+
+
+def _scan_class_folders(train_dir: Path, class_dirs: list[Path], loose: list[Path], problems: list[Problem]):
+    classes, files, labels = [], [], []
+    for folder in class_dirs:
+        images = _list_files(folder, problems)
+        if not images:
+            problems.append(Problem(ERROR, EMPTY_CLASS, folder, "class folder has no images",
+                                    "remove the folder or add its images"))
+            continue
+        files += images
+        labels += [len(classes)] * len(images)
+        classes.append(folder.name)
+    for path in loose:
+        problems.append(Problem(WARNING, OUTSIDE_CLASSES, path, "an image in train/ beside the class folders",
+                                "move it into its class folder to train on it"))
+    return classes, files, labels
+
+
+def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem]):
+    """Classes, files and labels from a labels CSV; train images it does not list are warned about."""
+    csv_path = next((data_dir / n for n in LABEL_CSV_NAMES if (data_dir / n).is_file()), None)
+    images = _list_files(train_dir, problems)
+    if csv_path is None:
+        problems.append(Problem(ERROR, MISSING, train_dir,
+                                f"holds no class folders and {data_dir} has no labels CSV ({', '.join(LABEL_CSV_NAMES)})",
+                                "use train/<class>/*.jpg or add a labels CSV with columns id,label"))
+        return [], [], []
+    frame, wrong = _read_id_frame(csv_path, "two columns, id and label")
+    if wrong:
+        problems.append(Problem(ERROR, BAD_CSV, csv_path, wrong, "fix the CSV"))
+        return [], [], []
+    by_key = {_id_key(p.name): p for p in images}
+    rows = []
+    for id_, name in zip(frame.iloc[:, 0], frame.iloc[:, 1]):
+        if _id_key(id_) not in by_key:
+            problems.append(Problem(ERROR, LABEL_WITHOUT_IMAGE, csv_path, f"id {id_} has no image in {train_dir}",
+                                    "fix the CSV or add the image"))
+        elif not name:
+            problems.append(Problem(ERROR, EMPTY_LABEL, csv_path, f"id {id_} has an empty label",
+                                    "give every row a class name"))
+        else:
+            rows.append((by_key[_id_key(id_)], name))
+    listed = {_id_key(i) for i in frame.iloc[:, 0]}
+    for path in images:
+        if _id_key(path.name) not in listed:
+            problems.append(Problem(WARNING, UNLABELED, path, f"not in {csv_path.name}",
+                                    f"add the images to {csv_path.name} to train on them"))
+    classes = sorted({name for _, name in rows})
+    index = {name: i for i, name in enumerate(classes)}
+    return classes, [path for path, _ in rows], [index[name] for _, name in rows]
+
+
+def scan(data_dir: Path) -> Layout:
+    """Find train, test and the submission format, recording every problem met on the way."""
+    data_dir = Path(data_dir)
+    train_dir, test_dir = data_dir / "train", data_dir / "test"
+    problems: list[Problem] = []
+    classes, files, labels = [], [], []
+    if train_dir.is_dir():
+        class_dirs, loose = _class_folders(train_dir, problems)
+        if class_dirs:
+            classes, files, labels = _scan_class_folders(train_dir, class_dirs, loose, problems)
+        else:
+            classes, files, labels = _scan_labels_csv(data_dir, train_dir, problems)
+        if len(classes) == 1:
+            problems.append(Problem(ERROR, ONE_CLASS, train_dir, f"only one class ({classes[0]})",
+                                    "a classifier needs at least two"))
+    else:
+        problems.append(Problem(ERROR, MISSING, train_dir, "missing",
+                                "the competition folder needs train/<class>/*.jpg (is --data the unpacked download?)"))
+    submission = read_submission_format(data_dir, problems)
+    test_files = []
+    if not test_dir.is_dir():
+        problems.append(Problem(ERROR, MISSING, test_dir, "missing",
+                                "the competition folder needs test/*.jpg (is --data the unpacked download?)"))
+    elif submission is not None:
+        test_files = match_test_files(test_dir, submission, problems)
+    skipped = [p.path for p in problems if p.kind == NON_IMAGE]
+    return Layout(data_dir, classes, files, np.asarray(labels, dtype=np.int64), test_files, submission, skipped,
+                  problems)
+
+
+# -- fingerprint: the content of every file ------------------------------------------------
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.blake2b(path.read_bytes(), digest_size=DIGEST_BYTES).hexdigest()
+    except OSError:
+        return None  # unreadable: the decode pass reports the file as damaged
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    """What must stay equal for a remembered digest to be trusted: size, mtime and ctime in ns."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _digest_cache_path(cache_dir: Path, data_dir: Path) -> Path:
+    folder_id = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return cache_dir / f"digests-{folder_id}.json"
+
+
+def _read_digest_cache(path: Path | None) -> dict:
+    try:
+        saved = read_json(path) if path and path.exists() else {}
+    except (OSError, ValueError):
+        return {}  # a damaged cache only costs re-reading the files
+    return saved.get("files", {}) if saved.get("version") == DIGEST_CACHE_VERSION else {}
+
+
+def _hash_files(paths: list[Path]) -> list[str | None]:
+    if not paths:
+        return []
+    with ThreadPoolExecutor(HASH_WORKERS) as pool:
+        if is_quiet() or len(paths) < 1000:
+            return list(pool.map(_file_digest, paths, chunksize=64))
+        with console.status(f"hashing {len(paths):,} new or changed files"):
+            return list(pool.map(_file_digest, paths, chunksize=64))
+
+
+def content_digests(layout: Layout, cache_dir: Path | None) -> list[str]:
+    """A digest of each file's bytes, in `layout.files` order ("unreadable" for a file that cannot be read).
+
+    Remembered in `cache_dir` per file, keyed by its path in the data folder, size, mtime and
+    ctime, so a second load reads no file again; a copy or re-extraction is read once and keeps
+    the same digests.
+    """
+    cache_path = _digest_cache_path(cache_dir, layout.data_dir) if cache_dir else None
+    known = _read_digest_cache(cache_path)
+    paths, names = layout.files, layout.names
+    keys = [_stat_key(p) for p in paths]
+    current = {n: known[n] for n, k in zip(names, keys) if k is not None and known.get(n, [])[:3] == k}
+    stale = [i for i, n in enumerate(names) if n not in current]
+    settled_before = time.time_ns() - RACY_NS
+    digests = {n: entry[3] for n, entry in current.items()}
+    for i, digest in zip(stale, _hash_files([paths[i] for i in stale])):
+        digests[names[i]] = digest or "unreadable"
+        if digest is not None and keys[i] is not None and max(keys[i][1:]) < settled_before:
+            current[names[i]] = [*keys[i], digest]
+    if cache_path and current != known:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        write_text(cache_path, json.dumps({"version": DIGEST_CACHE_VERSION, "files": current}, separators=(",", ":")))
+    return [digests[n] for n in names]
+
+
+def data_fingerprint(layout: Layout, digests: list[str]) -> str:
+    """A hash of the classes, the labels, the sample submission and every file's name and content.
+
+    It survives a copy or re-extraction of the same data and changes when a file is added,
+    removed, renamed, relabelled or rewritten (even to the same size).
+    """
+    data_hash = hashlib.sha1()
+    data_hash.update("\n".join(layout.classes).encode())
+    data_hash.update(layout.train_labels.tobytes())
+    data_hash.update(layout.submission.path.read_bytes())
+    for name, digest in zip(layout.names, digests):
+        data_hash.update(f"{name}\0{digest}\n".encode())
+    return data_hash.hexdigest()[:16]
+# -- the image size ------------------------------------------------------------------------------
+
+
+def native_sizes(source: "Source") -> Counter:
+    """How many files have each (height, width), read from their headers (remembered per fingerprint)."""
+    path = source.cache_dir / f"sizes-{source.fingerprint}.json" if source.cache_dir else None
+    try:
+        saved = read_json(path) if path and path.exists() else {}
+    except (OSError, ValueError):
+        saved = {}  # a damaged record only costs reading the headers again
+    if saved.get("version") == SIZES_VERSION:
+        return Counter({tuple(map(int, size.split("x"))): count for size, count in saved["sizes"].items()})
+    sizes = Counter(size for size in probe_sizes(source.layout.files) if size is not None)
+    if path:
+        write_json(path, {"version": SIZES_VERSION, "sizes": {f"{h}x{w}": n for (h, w), n in sizes.most_common()}})
+    return sizes
+
+
+def auto_size(sizes: dict[tuple[int, int], int]) -> tuple[tuple[int, int], str]:
+    """The default image size for files of these native sizes (counts), and the line that says why."""
+    sizes = Counter(sizes)
+    total = sum(sizes.values())
+    choose = "--image-size N or HxW to choose, --resize squash|crop|pad for the aspect"
+    if sizes:
+        (height, width), count = sizes.most_common(1)[0]
+        if count >= NATIVE_SHARE * total and max(height, width) <= NATIVE_MAX:
+            others = f"; the {total - count:,} of other sizes are resized to it" if count < total else ""
+            return (height, width), (f"image size {height}x{width}: the images' own (the default up to "
+                                     f"{NATIVE_MAX} px{others}; {choose})")
+    heights = [h for h, _ in sizes]
+    widths = [w for _, w in sizes]
+    seen = (f"{len(sizes)} sizes, heights {min(heights)}-{max(heights)}, widths {min(widths)}-{max(widths)}"
+            if len(sizes) > 1 else f"{next(iter(sizes))[0]}x{next(iter(sizes))[1]}" if sizes else "no readable size")
+    return (DEFAULT_SIDE, DEFAULT_SIDE), (f"image size {DEFAULT_SIDE}x{DEFAULT_SIDE}: the default for images of "
+                                          f"{seen} (own size only when all share one up to {NATIVE_MAX} px); {choose}")
+
+
+def target_size(source: "Source", image_size) -> tuple[tuple[int, int], str | None]:
+    """(height, width) to decode at, and for "auto" the line that says what was chosen and why."""
+    chosen = image_hw(image_size)
+    return (chosen, None) if chosen else auto_size(native_sizes(source))
+
+
+# -- decoding into the cache ---------------------------------------------------------------------
+
+
+def conversion_summary(modes: dict[str, int], rotated: int) -> str | None:
+    """One line saying which images were converted to 8-bit RGB (and how), and how many were turned upright."""
+    parts = [f"{count:,} {mode} ({MODE_NOTES.get(mode, 'converted to RGB')})"
+             for mode, count in modes.items() if mode != "RGB"]
+    if rotated:
+        parts.append(f"{rotated:,} turned upright by their EXIF orientation")
+    return "converted once, then cached: " + ", ".join(parts) if parts else None
+
+
+def _damaged(layout: Layout, records: list[list]) -> list[tuple[str, str]]:
+    """(name in the data folder, reason) of each of `layout.files` that did not decode."""
+    return [(name, record[4]) for name, record in zip(layout.names, records) if record[4] is not None]
+
+
+def decode_stats(layout: Layout, records: list[list], target_hw: tuple[int, int], resize: str) -> dict:
+    """What decoding found (native sizes, modes, EXIF turns, resizes, damaged files); says it once."""
+    decoded = [record for record in records if record[4] is None]
+    sizes = Counter((height, width) for _, height, width, _, _ in decoded)
+    modes = Counter(record[0] for record in decoded)
+    rotated = sum(bool(record[3]) for record in decoded)
+    resized = sum(count for size, count in sizes.items() if size != tuple(target_hw))
+    bad = _damaged(layout, records)
+    summary = conversion_summary(dict(modes.most_common()), rotated)
+    if summary:
+        info(summary)
+    if resized:
+        info(f"resized {resized:,} image(s) of other sizes to {target_hw[0]}x{target_hw[1]} ({resize})")
+    return {
+        "sizes": {f"{h}x{w}": n for (h, w), n in sizes.most_common()},
+        "modes": dict(modes.most_common()),
+        "rotated": rotated,
+        "resized": resized,
+        "bad_files": [name for name, _ in bad],
+        "bad_reasons": [reason for _, reason in bad],
+    }
+
+
+def _cache_facts(layout: Layout, records: list[list], target_hw, resize: str) -> tuple[dict, np.ndarray]:
+    """(the cache's meta, which train rows decoded): labels and names of the kept train rows, stats."""
+    train_count = len(layout.train_files)
+    keep = np.array([record[4] is None for record in records[:train_count]], dtype=bool)
+    meta = {
+        "shape": [len(records), *target_hw, 3],
+        "train_count": train_count,
+        "kept_count": int(keep.sum()),
+        "test_count": len(layout.test_files),
+        "train_y": layout.train_labels[keep].tolist(),
+        "train_files": [name for name, k in zip(layout.names, keep) if k],  # train names come first
+        "resize": resize,
+        "stats": decode_stats(layout, records, target_hw, resize),
+    }
+    return meta, keep
+
+
+def _decode_to_cache(layout: Layout, folder: Path, target_hw: tuple[int, int], resize: str) -> dict:
+    """Decode every file into `folder` (resuming the chunks a former decode finished); its arrays."""
+    images_path = folder / IMAGES
+    shape = (len(layout.files), *target_hw, 3)
+    chunks = chunked(layout.files)
+    if not _has_shape(images_path, shape):
+        (folder / JOURNAL).unlink(missing_ok=True)
+        create_mapped(images_path, shape, f"the decoded images at {target_hw[0]}x{target_hw[1]}")
+    done = read_journal(folder, chunks)
+    todo = [chunk for chunk in chunks if chunk[0] not in done]
+    done_files = sum(len(done[start]) for start in done)
+    resumed = f", resuming after {done_files:,}" if done_files else ""
+    what = f"{len(layout.files):,} images at {target_hw[0]}x{target_hw[1]}{resumed}"
+    started = time.time()
+    done |= decode_chunks(todo, images_path, target_hw, resize, what, done_files,
+                          on_chunk=lambda start, records: append_journal(folder, start, records))
+    info(f"decoded {len(layout.files) - done_files:,} images at {target_hw[0]}x{target_hw[1]} ({resize}) in "
+         f"{time.time() - started:.1f}s into {folder}")
+    records = [record for start, _ in chunks for record in done[start]]
+    meta, keep = _cache_facts(layout, records, target_hw, resize)
+    if not keep.all():  # damaged train images: the rows after them move down over them
+        first_moved, train_count = int(np.argmin(keep)), len(keep)
+        untouched = {start for start, paths in chunks if start + len(paths) <= first_moved or start >= train_count}
+        # Forgotten first: if the move is interrupted, the chunks whose rows it touches are decoded again.
+        forget_chunks(folder, done, keep=untouched.__contains__)
+        compact_rows(images_path, keep)
+    write_meta(folder, meta)
+    return read_cache(folder)
+
+
+def _has_shape(path: Path, shape: tuple[int, ...]) -> bool:
+    try:
+        return path.exists() and open_mapped(path).shape == shape
+    except (OSError, ValueError):
+        return False
+
+
+def _decode_in_memory(layout: Layout, target_hw: tuple[int, int], resize: str) -> dict:
+    """Without a cache folder: decode into memory (tests, one-off API calls)."""
+    images = np.zeros((len(layout.files), *target_hw, 3), np.uint8)
+    done = decode_chunks(chunked(layout.files), images, target_hw, resize, f"{len(layout.files):,} images")
+    meta, keep = _cache_facts(layout, [record for start in sorted(done) for record in done[start]], target_hw, resize)
+    return meta | {"train_x": images[:len(keep)][keep], "test_x": images[len(keep):],
+                   "train_y": np.asarray(meta["train_y"], dtype=np.int64)}
+
+
+def decoded_arrays(source: "Source", target_hw: tuple[int, int], resize: str) -> dict:
+    """train_x, train_y, test_x and the cache's facts at this size: from the cache, else decoded into it."""
+    if source.cache_dir is None:
+        return _decode_in_memory(source.layout, target_hw, resize)
+    folder = cache_folder(source.cache_dir, source.fingerprint, target_hw, resize)
+    cached = read_cache(folder)
+    if cached is not None:
+        return cached
+    with decode_lock(folder):  # another process may have finished it while this one waited
+        return read_cache(folder) or _decode_to_cache(source.layout, folder, target_hw, resize)
+
+
+def damage_problems(data_dir: Path, bad: list[tuple[str, str]], skip_bad: bool) -> list[Problem]:
+    """Damaged images (relative name, reason): errors, or warnings when --skip-bad leaves them out."""
+    problems = []
+    for name, reason in bad:
+        path = data_dir / name
+        if not skip_bad:
+            problems.append(Problem(ERROR, DAMAGED, path, f"truncated or corrupt image ({reason})",
+                                    "replace or delete it, or pass --skip-bad"))
+            continue
+        what = "predicted from a blank image" if Path(name).parts[0] == "test" else "left out of training"
+        problems.append(Problem(WARNING, DAMAGED_SKIPPED, path, f"damaged ({reason}); {what}",
+                                "replace it to use it (damaged test images are predicted from a blank image)"))
+    return problems
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """A scanned data folder without layout errors, and its content fingerprint: what a stage
+    knows before any image is decoded (enough to choose a config), and how to load it at a size."""
+
+    layout: Layout
+    fingerprint: str
+    cache_dir: Path | None
+    skip_bad: bool = False
+
+    def load(self, image_size="auto", resize: str = "squash", limit: int = 0, say_size: bool = True) -> Dataset:
+        """The dataset at `image_size` (N, "HxW" or "auto") fitted by `resize`, subsampled by `limit`.
+
+        Stops with one line on the first error; warns once per kind of warning. `say_size`:
+        print the line that says which size "auto" chose.
+        """
+        dataset, damage = self.decode(image_size, resize, say_size)
+        problems = self.layout.problems + damage
+        stop_on_errors(problems, self.layout.data_dir)
+        warn_about(problems, self.layout.data_dir)
+        return apply_limit(dataset, limit)
+
+    def decode(self, image_size="auto", resize: str = "squash", say_size: bool = True) -> tuple[Dataset, list[Problem]]:
+        """The dataset (from the cache, else decoded into it) and the problems only decoding finds."""
+        image_size = check_field("image_size", image_size, "options")
+        resize = check_field("resize", resize, "options")
+        target_hw, note = target_size(self, image_size)
+        if note and say_size:
+            info(note)
+        arrays = decoded_arrays(self, target_hw, resize)
+        stats = arrays["stats"]
+        problems = damage_problems(self.layout.data_dir, list(zip(stats["bad_files"], stats["bad_reasons"])),
+                                   self.skip_bad)
+        if self.skip_bad and len(arrays["train_y"]) == 0:
+            problems.append(Problem(ERROR, NO_TRAIN_IMAGES, self.layout.data_dir / "train",
+                                    "no train image could be decoded", "replace the damaged images"))
+        dataset = Dataset(
+            data_dir=self.layout.data_dir,
+            classes=self.layout.classes,
+            train_x=arrays["train_x"],
+            train_y=arrays["train_y"],
+            test_x=arrays["test_x"],
+            test_ids=self.layout.submission.ids,
+            submission=self.layout.submission,
+            fingerprint=self.fingerprint,
+            rows=np.arange(len(arrays["train_y"])),
+            resize=resize,
+            size_note=note,
+            # Skipped files are not in the fingerprint, so they are taken from this scan, not the cache.
+            stats=stats | {"train_files": arrays["train_files"],
+                           "skipped_files": [relative_name(p, self.layout.data_dir) for p in self.layout.skipped]},
+        )
+        return dataset, problems
+
+
+def source_of(layout: Layout, cache_dir: Path | None, skip_bad: bool = False) -> Source:
+    cache_dir = Path(cache_dir) if cache_dir else None
+    return Source(layout, data_fingerprint(layout, content_digests(layout, cache_dir)), cache_dir, skip_bad)
+
+
+def open_source(data_dir: Path, cache_dir: Path | None, skip_bad: bool = False) -> Source:
+    """Scan a data folder and fingerprint its content; stops with one line on a layout error
+    (before reading any image)."""
+    layout = scan(Path(data_dir))
+    stop_on_errors(layout.problems, layout.data_dir, found=" found before decoding")
+    return source_of(layout, cache_dir, skip_bad)
+
+
+def inspect_data(data_dir: Path, cache_dir: Path | None, skip_bad: bool = False, image_size="auto",
+                 resize: str = "squash") -> DataCheck:
+    """Every problem of a folder in one pass, decoding each image once (or reading the cache).
+
+    When the files cannot be put in order (an error in the layout), the images found are still
+    decoded so that damaged ones are listed too; no dataset is returned then.
+    """
+    layout = scan(Path(data_dir))
+    if errors_in(layout.problems):
+        found = decode_chunks(chunked(layout.files), None, None, "squash", f"{len(layout.files):,} images found")
+        records = [record for start in sorted(found) for record in found[start]]
+        damage = damage_problems(layout.data_dir, _damaged(layout, records), skip_bad)
+        return DataCheck(layout.problems + damage, None)
+    dataset, damage = source_of(layout, cache_dir, skip_bad).decode(image_size, resize)
+    problems = layout.problems + damage
+    return DataCheck(problems, None if errors_in(problems) else dataset)
+
+
+def find_problems(data_dir: Path, cache_dir: Path | None = None, skip_bad: bool = False) -> list[Problem]:
+    return inspect_data(data_dir, cache_dir, skip_bad).problems
+
+
+def load_dataset(data_dir: Path, cache_dir: Path | None, limit: int = 0, skip_bad: bool = False,
+                 image_size="auto", resize: str = "squash", say_size: bool = True) -> Dataset:
+    """Scan, decode (or read the cache) at `image_size`, and subsample with --limit. The entry
+    point of every stage that has no Source yet."""
+    return open_source(data_dir, cache_dir, skip_bad).load(image_size, resize, limit, say_size)
+
+
+# -- subsampling ---------------------------------------------------------------------------
+
+
+def limit_rows(labels: np.ndarray, limit: int) -> np.ndarray:
+    """A deterministic stratified subsample of row indices (all rows when limit is 0 or too big)."""
+    if not limit or limit >= len(labels):
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    num_classes = len(np.unique(labels))
+    if limit < 2 * num_classes:
+        raise CompError(f"--limit {limit}: too small for {num_classes} classes; use at least {2 * num_classes}")
+    rows, _ = train_test_split(np.arange(len(labels)), train_size=limit, stratify=labels, random_state=LIMIT_SEED)
+    return np.sort(rows)
+
+
+def apply_limit(dataset: Dataset, limit: int) -> Dataset:
+    """The stratified subsample of --limit; its images are a view of the rows (read when indexed), not a copy."""
+    rows = limit_rows(dataset.train_y, limit)
+    if len(rows) == len(dataset.train_y):
+        return dataset
+    images = dataset.train_x
+    dataset.train_x = Rows(images.base, images.index[rows]) if isinstance(images, Rows) else Rows(images, rows)
+    dataset.train_y, dataset.rows = dataset.train_y[rows], rows
+    dataset.limit = limit
+    return dataset
+
+
+def workdir_source(workdir) -> "Source":
+    """The workdir's data folder scanned and fingerprinted (a comp.core.paths.Workdir), nothing decoded."""
+    return open_source(workdir.data_dir, workdir.cache, skip_bad=workdir.skip_bad)
+
+
+def workdir_dataset(workdir, limit: int = 0, image_size="auto", resize: str = "squash") -> "Dataset":
+    """The workdir's data decoded at `image_size` (cached), optionally a stratified subsample."""
+    return workdir_source(workdir).load(image_size, resize, limit)

@@ -1,0 +1,187 @@
+"""`comp data check`: the look at the data that competitors always take first.
+
+Every problem of the folder first, as one table; then, when none is an error, the class counts,
+sizes, modes, duplicates and a sample grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from comp.data.cache import gigabytes, iter_chunks
+from comp.core.console import console
+from comp.data.sources import ERROR, Dataset, Problem, apply_limit, errors_in, inspect_data, relative_name
+from comp.core.errors import CompError
+from comp.core.fileio import save_figure
+
+ROWS_PER_KIND = 5  # problems of one kind shown in the table before "... and N more"
+COMMON_SIZES = 5  # most common image sizes named in the size summary
+
+
+def _pixel_hashes(images: np.ndarray) -> list[str]:
+    """A digest per image, read a few MB at a time (the pages read are given back: a set larger than memory)."""
+    return [hashlib.blake2b(image.tobytes(), digest_size=12).hexdigest()
+            for chunk in iter_chunks(images) for image in chunk]
+
+
+def find_duplicates(dataset: Dataset) -> dict:
+    """Exact pixel duplicates within train (with their labels) and between train and test."""
+    train_hashes = _pixel_hashes(dataset.train_x)
+    groups = defaultdict(list)
+    for row, digest in enumerate(train_hashes):
+        groups[digest].append(row)
+    within = [rows for rows in groups.values() if len(rows) > 1]
+    conflicting = [rows for rows in within if len(set(dataset.train_y[rows])) > 1]
+    test_hashes = _pixel_hashes(dataset.test_x)
+    across = [i for i, digest in enumerate(test_hashes) if digest in groups]
+    return {
+        "train_duplicate_groups": len(within),
+        "train_duplicate_rows": sum(len(rows) - 1 for rows in within),
+        "train_conflicting_label_groups": len(conflicting),
+        "test_images_also_in_train": len(across),
+    }
+
+
+def class_counts_table(dataset: Dataset) -> Table:
+    counts = np.bincount(dataset.train_y, minlength=dataset.num_classes)
+    table = Table(title=f"train: {len(dataset.train_y):,} images in {dataset.num_classes} classes")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("share", justify="right")
+    for name, count in zip(dataset.classes, counts):
+        table.add_row(name, f"{count:,}", f"{count / counts.sum():.1%}")
+    return table
+
+
+def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    rows = dataset.num_classes
+    fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 1.1, rows * 1.15), squeeze=False)
+    for c, name in enumerate(dataset.classes):
+        members = np.flatnonzero(dataset.train_y == c)
+        chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.axis("off")
+            if j < len(chosen):
+                ax.imshow(dataset.train_x[chosen[j]])
+        axes[c, 0].set_title(name, fontsize=8, loc="left")
+    save_figure(path, fig)
+    plt.close(fig)
+    return path
+
+
+def problems_table(problems: list[Problem], data_dir: Path) -> Table:
+    """Errors first, then warnings; the first few of each kind, then how many more."""
+    table = Table(title=f"{len(errors_in(problems))} error(s), {len(problems) - len(errors_in(problems))} "
+                        f"warning(s) in {data_dir}")
+    table.add_column("severity", no_wrap=True)
+    table.add_column("file", no_wrap=True, overflow="fold")  # whole names first: problem and fix wrap instead
+    table.add_column("problem", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    by_kind: dict[tuple[str, str], list[Problem]] = defaultdict(list)
+    for problem in sorted(problems, key=lambda p: p.severity != ERROR):  # stable: order found within a kind
+        by_kind[problem.severity, problem.kind].append(problem)
+    for (severity, kind), group in by_kind.items():
+        style = "red" if severity == ERROR else "yellow"
+        for problem in group[:ROWS_PER_KIND]:
+            table.add_row(f"[{style}]{severity}[/{style}]", relative_name(problem.path, data_dir), problem.detail,
+                          problem.fix)
+        if len(group) > ROWS_PER_KIND:
+            table.add_row(f"[{style}]{severity}[/{style}]", f"... and {len(group) - ROWS_PER_KIND} more", kind, "")
+    return table
+
+
+def size_summary(sizes: dict[str, int]) -> str:
+    """Image sizes in a line: the range and median of heights and widths, the commonest few, how many distinct."""
+    parsed = [(*map(int, size.split("x")), count) for size, count in sizes.items()]
+    if len(parsed) == 1:
+        return f"image size (h x w): {next(iter(sizes))} (all {parsed[0][2]:,})"
+    counts = [count for _, _, count in parsed]
+    heights = np.repeat([h for h, _, _ in parsed], counts)
+    widths = np.repeat([w for _, w, _ in parsed], counts)
+    common = sorted(sizes.items(), key=lambda item: -item[1])[:COMMON_SIZES]
+    return (f"image sizes (h x w): {len(parsed)} distinct; height {heights.min()}-{heights.max()} "
+            f"(median {np.median(heights):g}), width {widths.min()}-{widths.max()} (median {np.median(widths):g}); "
+            f"most common: " + ", ".join(f"{s} x{n:,}" for s, n in common))
+
+
+def footprint(dataset: Dataset, cache_dir: Path | None) -> dict:
+    """Bytes the chosen image size needs: the cache on disk (every file, --limit or not) and what
+    training holds in memory (a fold's train and validation rows, and the test set for its TTA views)."""
+    per_image = int(np.prod(dataset.image_shape))
+    all_files = len(dataset.stats["train_files"]) + len(dataset.test_ids)
+    free = shutil.disk_usage(cache_dir).free if cache_dir and Path(cache_dir).exists() else None
+    return {"bytes_per_image": per_image, "cache_bytes": per_image * all_files,
+            "training_bytes": per_image * (len(dataset.train_y) + len(dataset.test_ids)), "disk_free_bytes": free}
+
+
+def footprint_line(dataset: Dataset, needs: dict) -> str:
+    height, width, _ = dataset.image_shape
+    free = f", {gigabytes(needs['disk_free_bytes'])} free" if needs["disk_free_bytes"] is not None else ""
+    return (f"image size {height}x{width} ({dataset.resize}): the decoded cache takes {gigabytes(needs['cache_bytes'])} "
+            f"on disk{free} ({needs['bytes_per_image']:,} bytes an image), read through a memory mapping; training "
+            f"holds a fold's rows and the test set in memory: about {gigabytes(needs['training_bytes'])}")
+
+
+def check_folder(data_dir: Path, cache_dir: Path | None, grid_path: Path, limit: int = 0,
+                 skip_bad: bool = False, image_size="auto", resize: str = "squash") -> dict:
+    """List every problem of `data_dir`; raise CompError when any is an error, else report the data
+    (at `image_size`, fitted by `resize`: the size decides the disk and memory it needs)."""
+    checked = inspect_data(data_dir, cache_dir, skip_bad, image_size, resize)
+    if checked.problems:
+        console.print(problems_table(checked.problems, Path(data_dir)))
+    else:
+        console.print(f"no problems found in {data_dir}")
+    errors = errors_in(checked.problems)
+    if errors:
+        raise CompError(f"{len(errors)} error(s) in {data_dir}, listed above; the first: {errors[0].line()}")
+    return report(apply_limit(checked.dataset, limit), grid_path, cache_dir)
+
+
+def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None) -> dict:
+    console.print(class_counts_table(dataset))
+    stats = dataset.stats
+    duplicates = find_duplicates(dataset)
+    console.print(f"test: {len(dataset.test_ids):,} images; submission target: "
+                  f"{dataset.submission.target_kind} ({dataset.submission.path.name})")
+    console.print(size_summary(stats["sizes"]))
+    rotated = f"; {stats['rotated']:,} turned upright by EXIF orientation" if stats.get("rotated") else ""
+    console.print("image modes: " + ", ".join(f"{m} x{n:,}" for m, n in stats["modes"].items()) + rotated)
+    console.print(
+        f"exact duplicates: {duplicates['train_duplicate_rows']} within train "
+        f"({duplicates['train_conflicting_label_groups']} groups with conflicting labels), "
+        f"{duplicates['test_images_also_in_train']} test images also in train"
+    )
+    console.print(f"fingerprint: {dataset.fingerprint}")
+    needs = footprint(dataset, cache_dir)
+    console.print(footprint_line(dataset, needs))
+    sample_grid(dataset, grid_path)
+    console.print(f"sample grid: {grid_path}")
+    counts = np.bincount(dataset.train_y, minlength=dataset.num_classes)
+    return {
+        "classes": dict(zip(dataset.classes, counts.tolist())),
+        "test_images": len(dataset.test_ids),
+        "duplicates": duplicates,
+        "fingerprint": dataset.fingerprint,
+        "image_shape": list(dataset.image_shape),
+        "resize": dataset.resize,
+        "footprint": needs,
+    } | {k: stats[k] for k in ("sizes", "modes", "resized", "bad_files", "skipped_files")}
+
+
+def check_data(workspace, grid_path: Path, limit: int = 0, image_size="auto", resize: str = "squash") -> dict:
+    """`comp data check` on the workspace's data folder."""
+    return check_folder(workspace.data_dir, workspace.cache, grid_path, limit=limit, skip_bad=workspace.skip_bad,
+                        image_size=image_size, resize=resize)

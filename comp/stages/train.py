@@ -1,0 +1,451 @@
+"""Training a run: K folds of one RunConfig, resumable fold by fold and epoch by epoch.
+
+    folds/<run>/config.json          the run manifest (comp.store.runs): config, data, split
+    folds/<run>/fold<k>/...          model.keras, history.csv, val/test probabilities, metrics.json
+    folds/<run>/oof_probs.npy        out-of-fold probabilities, every train row exactly once
+    folds/<run>/summary.json         CV accuracy and loss, mean +- std over folds
+
+`train_run` is the stage's entry; `Workspace.train` and `comp train` call it. On TensorFlow
+each fold runs in a child process (comp.core.isolate); the child calls `train_unit_task`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from comp.config.run_config import RunConfig, build_config, given_fields, load_config_file
+from comp.core.console import console, info, warn
+from comp.core.errors import CompError, retrain_fold_fix
+from comp.core.paths import Workdir
+from comp.core.fileio import load_npy, read_json, remove_tree, save_npy, write_json
+from comp.data.folds import Split, ensure_split
+from comp.stages.pseudo import load_teachers
+from comp.store.runs import Run, make_manifest, read_manifest, write_manifest
+from comp.core.scoring import accuracy, log_loss
+
+# Machine presets: RunConfig defaults for a kind of machine, under the model's own and a file's.
+MACHINE_PRESETS = {
+    # 2 CPU cores: what `comp auto --time 60m` planned for the 50,000-image CIFAR-10 here (airbench94, full
+    # width, 15 epochs, 2 folds, flip TTA; OOF 0.88 with TTA in about an hour, bench/RESULTS.md). The
+    # fold count applies only where the data has no split yet: every run shares the split.
+    "cpu": {"model": "airbench94", "width": 1.0, "epochs": 15, "folds": 2, "tta": "flip", "val_every": 0,
+            "precision": "float32", "jit": "auto"},
+    # One GPU (JAX, chosen by the CLI): the wide speedrun net, bf16, a large batch; on an H200 its
+    # 5 folds reach OOF 0.92 with TTA in about 4 minutes (bench/RESULTS.md). No validation inside
+    # training: a GPU epoch takes about as long as predicting the validation rows.
+    "gpu": {"model": "fast-large", "batch_size": 512, "precision": "bfloat16", "jit": "on", "val_every": 0},
+}
+# Keys of a tune best.json that describe the search's budget, not the config to train.
+TUNING_BUDGET = ("epochs", "limit")
+
+
+# -- choosing the config -------------------------------------------------------------------------
+
+
+def latest_best_config(workspace, fingerprint: str) -> Path | None:
+    """The newest folds/<study>/best.json made on this data, for a bare `comp train`."""
+    found = []
+    for path in workspace.folds.glob("*/best.json"):
+        try:
+            tuned = read_json(path).get("tuned", {})
+        except ValueError:
+            continue
+        if tuned.get("fingerprint") == fingerprint:
+            found.append(path)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def describe_tuned(values: dict, source: str) -> str:
+    """What a bare train took from a tune result, and at which budget the study measured it."""
+    tuned = values.get("tuned", {})
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in tuned.get("params", {}).items())
+    budget = f"{tuned.get('epochs')} epochs" + (f" on {tuned['limit']:,} rows" if tuned.get("limit") else "")
+    return f"using the parameters tune found in {source} ({params or 'none searched'}; tuned at {budget})"
+
+
+def config_values(config) -> tuple[dict | None, str]:
+    """(values, where they came from) of a config given as a RunConfig, a dict, a file or recipe name, or None."""
+    if config is None:
+        return None, "options"
+    if isinstance(config, RunConfig):
+        return given_fields(config), "config"
+    if isinstance(config, dict):
+        return dict(config), "config"
+    return load_config_file(str(config)), str(config)
+
+
+def resolve_config(workspace, fingerprint: str, config=None, overrides: dict | None = None,
+                   preset: str | None = None, use_latest_best: bool = True) -> RunConfig:
+    """The run's config from `config` (a RunConfig, a dict, a file path or recipe name), `overrides`
+    (flags or keyword arguments) and a machine `preset`; with none of them, the newest tune result.
+
+    `use_latest_best=False` (comp tune) starts from the model's defaults instead: a rerun of a
+    study must not centre its search space on what the last study found.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    file_values, source = config_values(config)
+    if config is None and use_latest_best and "model" not in overrides and not preset:
+        best = latest_best_config(workspace, fingerprint)
+        if best:
+            file_values, source = read_json(best), str(best)
+            info(describe_tuned(file_values, source))
+    if file_values and "tuned" in file_values:  # a tune result: its budget stays with the study
+        file_values = {k: v for k, v in file_values.items() if k not in TUNING_BUDGET}
+    folds_said = "folds" in overrides or "folds" in (file_values or {})
+    if preset:
+        if preset not in MACHINE_PRESETS:
+            raise CompError(f"preset {preset!r}: choose one of {', '.join(MACHINE_PRESETS)}")
+        file_values = {**MACHINE_PRESETS[preset], **(file_values or {})}
+    if not folds_said:
+        # Unsaid, the fold count is the one this data's split already has: every run shares one split.
+        from comp.data.folds import existing_k
+
+        k = existing_k(workspace, fingerprint)
+        if k is not None:
+            overrides["folds"] = k
+    return build_config(file_values, overrides, source)
+
+
+def warn_gpu_settings_on_cpu(config: RunConfig) -> None:
+    """jit on and half precision pay off on a GPU; on a CPU they make training several times slower."""
+    from comp.core.backend import accelerator
+
+    if config.jit != "on" and config.precision == "float32":
+        return
+    if accelerator() is None:
+        warn(f"no GPU found: jit {config.jit} and {config.precision} are GPU settings (XLA on a CPU trains "
+             "1.3-11x slower, half-precision convolutions crawl); on a CPU use --preset cpu or "
+             "--jit auto --precision float32")
+
+
+def split_for(workspace, dataset, config: RunConfig, resplit: bool = False) -> Split:
+    """The split of the full dataset (written once); call before applying --limit."""
+    return ensure_split(workspace, dataset.train_y, dataset.fingerprint, config.folds, config.seed,
+                        dataset.stats.get("train_files"), resplit=resplit)
+
+
+# -- the run folder ------------------------------------------------------------------------------
+
+
+def prepare_run_dir(run_dir: Path, config: RunConfig, dataset, split: Split, force: bool) -> None:
+    """Refuse to continue a run on other data or another split; write the manifest."""
+    manifest = make_manifest(config.run_name, "kfold", config.to_dict(), dataset, split)
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        saved = read_manifest(config_path)
+        changes = [(what, saved[part].get(key), manifest[part][key])
+                   for part, key, what in (("data", "fingerprint", "dataset"), ("split", "hash", "fold split"),
+                                           ("data", "rows", "--limit subsample"))]
+        changed = [what for what, old, new in changes if old != new]
+        if changed and not force:
+            raise CompError(f"{config_path}: this run was made on another {changed[0]}; it cannot continue. "
+                            "Use --name for a new run, or --force to retrain it from scratch")
+        if changed:
+            remove_tree(run_dir, inside=run_dir.parent)
+        elif saved["config"] != manifest["config"]:
+            keys = sorted(k for k in manifest["config"] if saved["config"].get(k) != manifest["config"][k])
+            raise CompError(f"{config_path}: run {config.run_name} exists with other settings ({', '.join(keys)}); "
+                            "use another --name")
+    write_manifest(run_dir, manifest)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path):
+    """Hold an exclusive lock on `lock_path` for the block; yields False (at once) if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking, as before
+        yield True
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fold_lock_path(workspace, run_name: str, fold: int, unit: str = "fold") -> Path:
+    # Outside the run folder: --force deletes that folder, and a lock must outlive it.
+    return workspace.folds / ".locks" / f"{run_name}.{unit}{fold}.lock"
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def fold_done(fold_dir: Path) -> bool:
+    return (fold_dir / "metrics.json").exists()
+
+
+def train_one_fold(config: RunConfig, dataset, split: Split, run_dir: Path, fold: int, progress=None,
+                   teachers: list = ()):
+    """Train fold `fold` in this process and write its artifacts; its FoldResult.
+
+    With pseudo-labelling teachers (comp.stages.pseudo), the fold's training rows gain the test images
+    its teachers' fold-`fold` models label confidently; its validation rows never change.
+    """
+    from comp.stages.pseudo import fold_pseudo_labels, with_pseudo_rows
+    from comp.engine.trainer import Rows, train_fold
+
+    train_pos, val_pos = split.rows(fold, dataset.rows)
+    train_x, train_y = Rows(dataset.train_x, train_pos), dataset.train_y[train_pos]
+    if teachers:
+        pseudo = fold_pseudo_labels(teachers, fold, config.pseudo_threshold)
+        write_json(run_dir / f"fold{fold}" / "pseudo.json", {
+            "teachers": [t.name for t in teachers], "threshold": config.pseudo_threshold,
+            "rows": int(len(pseudo.rows)), "of": int(len(dataset.test_x))})
+        info(f"fold {fold}: + {len(pseudo.rows):,} pseudo-labelled test images (teachers' fold-{fold} "
+             f"probability >= {config.pseudo_threshold:g})")
+        train_x, train_y = with_pseudo_rows(train_x, train_y, dataset.test_x, pseudo)
+    return train_fold(config, train_x, train_y, Rows(dataset.train_x, val_pos), dataset.train_y[val_pos],
+                      dataset.num_classes, fold, fold_dir=run_dir / f"fold{fold}", test_x=dataset.test_x,
+                      progress=progress)
+
+
+def train_unit_task(unit: str, config: RunConfig, workspace_root: Path, data_dir: Path, skip_bad: bool,
+                    index: int) -> dict:
+    """A fold (unit "fold") or a full-data fit (unit "seed") in a child process (comp.core.isolate): load the
+    data from the cache, train, report the numbers the parent prints."""
+    from comp.data.sources import apply_limit, load_dataset
+    from comp.core.progress import TrainingProgress
+
+    workspace = Workdir(workspace_root)
+    dataset = load_dataset(data_dir, workspace.cache, limit=0, skip_bad=skip_bad, image_size=config.image_size,
+                           resize=config.resize, say_size=False)
+    split = split_for(workspace, dataset, config)
+    dataset = apply_limit(dataset, config.limit)
+    teachers = load_teachers(workspace, config, dataset, split)
+    train = train_one_full if unit == "seed" else train_one_fold
+    with TrainingProgress(1, config.fit_epochs) as progress:
+        result = train(config, dataset, split, workspace.run_dir(config.run_name), index, progress, teachers)
+    return {"val_accuracy": result.val_accuracy, "best_epoch": result.best_epoch, "seconds": result.seconds}
+
+
+def fold_line(fold: int, result: dict, unit: str = "fold") -> str:
+    if unit != "fold":
+        return f"{unit} {fold}: trained on every row ({result['seconds']:.0f}s)"
+    return (f"fold {fold}: val accuracy {result['val_accuracy']:.4f} "
+            f"(best epoch {result['best_epoch']}, {result['seconds']:.0f}s)")
+
+
+def unit_dir(run_dir: Path, unit: str, index: int) -> Path:
+    """Where one of a run's models lives: fold k of the split, or full-data fit (seed) i."""
+    return run_dir / f"fold{index}" if unit == "fold" else run_dir / "full" / f"seed{index}"
+
+
+def run_folds(workspace, run_dir: Path, folds: list[int], force: bool, train: Callable[[int], dict],
+              unit: str = "fold") -> list[int]:
+    """The fold loop every run shares (comp train's folds and full-data seeds, comp transfer finetune).
+
+    Skips finished folds (unless `force`) and folds another process is training right now (so
+    two workers on one run share its folds), calls `train(fold)` for the others, and prints a line
+    per fold. A fold whose child process died is reported and the others go on; returns those.
+    `unit` "seed": the run's full-data fits instead (full/seed<i>).
+    """
+    from comp.core.isolate import ChildDied
+
+    todo = []
+    for fold in folds:
+        fold_dir = unit_dir(run_dir, unit, fold)
+        if fold_done(fold_dir) and not force:
+            info(f"{unit} {fold}: finished earlier ({read_json(fold_dir / 'metrics.json')['val_accuracy']:.4f}), "
+                 "skipped")
+        else:
+            todo.append(fold)
+    failed = []
+    for fold in todo:
+        fold_dir = unit_dir(run_dir, unit, fold)
+        with exclusive(fold_lock_path(workspace, run_dir.name, fold, unit)) as mine:
+            if not mine:
+                info(f"{unit} {fold}: another process is training it; skipped")
+                continue
+            if force and fold_dir.exists():
+                remove_tree(fold_dir, inside=run_dir)
+            elif fold_done(fold_dir):  # finished by another process while this one waited
+                continue
+            try:
+                info(fold_line(fold, train(fold), unit))
+            except ChildDied as died:
+                warn(f"{died}; the others go on, rerun the same command to retry it")
+                failed.append(fold)
+    return failed
+
+
+# Full-data fits hold no row out. They still validate on this many of their own training rows: a
+# sanity check in their history (training accuracy, without augmentation), never a score.
+FULL_MONITOR_ROWS = 512
+
+
+def full_seed_index(split: Split, seed: int) -> int:
+    """The `fold` number train_fold seeds full-data fit `seed` with: past the folds, so its random
+    streams (init, shuffle, augmentation) differ from every fold's and from each other's."""
+    return split.k + seed
+
+
+def train_one_full(config: RunConfig, dataset, split: Split, run_dir: Path, seed: int, progress=None,
+                   teachers: list = ()):
+    """Full-data fit number `seed` of the run: every train row (plus pseudo-labels), test predictions."""
+    from comp.stages.pseudo import PseudoLabels, with_pseudo_rows
+    from comp.engine.trainer import Rows, train_fold
+
+    if config.keep == "best":
+        raise CompError("--full with keep = best: a full-data fit holds no rows out to pick an epoch on; "
+                        "use keep = last")
+    everything = np.arange(len(dataset.rows))
+    monitor = np.sort(np.random.default_rng([config.seed, seed]).choice(
+        everything, min(FULL_MONITOR_ROWS, len(everything)), replace=False))
+    train_x, train_y = Rows(dataset.train_x, everything), dataset.train_y[everything]
+    if teachers:  # no held-out rows to protect: the teachers' test predictions of every fold, averaged
+        probs = np.mean([t.read_test(t.own_tag) for t in teachers], axis=0)
+        confident = np.flatnonzero(probs.max(axis=1) >= config.pseudo_threshold)
+        train_x, train_y = with_pseudo_rows(train_x, train_y, dataset.test_x,
+                                            PseudoLabels(confident, probs[confident].argmax(axis=1)))
+    return train_fold(config, train_x, train_y, Rows(dataset.train_x, monitor), dataset.train_y[monitor],
+                      dataset.num_classes, full_seed_index(split, seed), fold_dir=unit_dir(run_dir, "seed", seed),
+                      test_x=dataset.test_x, progress=progress)
+
+
+def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[int], force: bool = False,
+              isolate: bool | None = None, full_seeds: int = 0) -> Run:
+    """Train the chosen folds of `config` and summarise the run. `isolate`: one child process per
+    fold (default: on TensorFlow, see comp.core.isolate).
+
+    With `full_seeds` = N, the run's N full-data fits (every train row, no holdout, test
+    predictions only; full/seed<i>) are trained instead of folds: ensemble then scores and weights
+    the run on its folds' OOF predictions and submits the full-data fits' test predictions.
+    """
+    from comp.core.isolate import call_in_child, isolate_by_default
+    from comp.core.progress import TrainingProgress
+
+    run_dir = workspace.run_dir(config.run_name)
+    teachers = load_teachers(workspace, config, dataset, split)  # refused before anything is written
+    if full_seeds and config.keep == "best":
+        raise CompError("--full with keep = best: a full-data fit holds no rows out to pick an epoch on; "
+                        "use keep = last")
+    prepare_run_dir(run_dir, config, dataset, split, force)
+    unit, one = ("seed", train_one_full) if full_seeds else ("fold", train_one_fold)
+    units = list(range(full_seeds)) if full_seeds else folds
+    what = f"{full_seeds} full-data fit(s)" if full_seeds else f"folds {','.join(map(str, folds))} of {split.k}"
+    info(f"run [bold]{config.run_name}[/bold]: {config.model}, {config.epochs} epochs, {what}, "
+         f"{len(dataset.rows):,} rows -> {run_dir}")
+    isolate = isolate_by_default() if isolate is None else isolate
+
+    def in_child(index: int) -> dict:
+        return call_in_child(train_unit_task, unit, config, workspace.root, dataset.data_dir, workspace.skip_bad,
+                             index, what=f"{unit} {index}")
+
+    if isolate:
+        failed = run_folds(workspace, run_dir, units, force, in_child, unit)
+    else:
+        with TrainingProgress(len(units), config.fit_epochs) as progress:
+            failed = run_folds(workspace, run_dir, units, force,
+                               lambda index: vars(one(config, dataset, split, run_dir, index, progress, teachers)),
+                               unit)
+    summarize_run(run_dir, dataset, split)
+    if failed:
+        raise CompError(f"{unit}(s) {', '.join(map(str, failed))} of run {config.run_name} died (see above); "
+                        "rerun the same command to retry them")
+    return Run(config.run_name, run_dir, read_manifest(run_dir / "config.json"))
+
+
+def summarize_run(run_dir: Path, dataset, split: Split) -> dict | None:
+    """Per-fold table; when every fold is done, the OOF file and the run summary (else None)."""
+    from rich.table import Table
+
+    manifest = read_manifest(run_dir / "config.json")
+    tta = manifest["config"].get("tta", "none")
+    metrics = [(k, read_json(run_dir / f"fold{k}" / "metrics.json")) for k in range(split.k)
+               if fold_done(run_dir / f"fold{k}")]
+    table = Table(title=f"{run_dir.name}")
+    for column in ("fold", "val acc", "val acc TTA", "val loss", "best epoch", "epochs", "seconds"):
+        table.add_column(column, justify="right")
+    for fold, m in metrics:
+        table.add_row(str(fold), f"{m['val_accuracy']:.4f}", f"{m.get(f'val_accuracy.{tta}', m['val_accuracy']):.4f}",
+                      f"{m['val_loss']:.4f}", str(m.get("best_epoch", "-")), str(m.get("epochs_run", "-")),
+                      f"{m['seconds']:.0f}")
+    console.print(table)
+    full = sorted((run_dir / "full").glob("seed*/metrics.json"))
+    if full:
+        info(f"{len(full)} full-data fit(s) done: comp ensemble submits their test predictions for this run")
+    if len(metrics) < split.k:
+        info(f"{len(metrics)} of {split.k} folds done; the OOF file is written when all are")
+        return None
+    summary = write_oof(run_dir, dataset, split, manifest, [m for _, m in metrics])
+    info(f"CV accuracy {summary['cv_accuracy']:.4f} (folds {summary['fold_accuracy_mean']:.4f} "
+         f"± {summary['fold_accuracy_std']:.4f}), with TTA {tta}: {summary['cv_accuracy_tta']:.4f}; "
+         f"OOF: {run_dir / 'oof_probs.npy'}")
+    return summary
+
+
+def write_oof(run_dir: Path, dataset, split: Split, manifest: dict, metrics: list[dict]) -> dict:
+    """oof_probs[.<tta>].npy from the folds' validation predictions, oof_rows.npy, summary.json."""
+    tta = manifest["config"].get("tta", "none")
+    suffixes = [""] if tta == "none" else ["", f".{tta}"]
+    oof = {s: np.full((len(dataset.rows), dataset.num_classes), np.nan, np.float32) for s in suffixes}
+    for fold in range(split.k):
+        _, val_pos = split.rows(fold, dataset.rows)
+        fix = retrain_fold_fix(run_dir, fold)
+        for s in suffixes:
+            oof[s][val_pos] = load_npy(run_dir / f"fold{fold}" / f"val_probs{s}.npy", fix)
+    if np.isnan(oof[""]).any():
+        raise CompError(f"{run_dir}: fold predictions do not cover every row; retrain with --force")
+    for s, probs in oof.items():
+        save_npy(run_dir / f"oof_probs{s}.npy", probs)
+    save_npy(run_dir / "oof_rows.npy", dataset.rows.astype(np.int64))
+    labels = dataset.train_y
+    fold_acc = np.array([m["val_accuracy"] for m in metrics])
+    plain = oof[""]
+    summary = {
+        "run": run_dir.name,
+        "model": manifest["config"].get("model") or manifest["config"].get("backbone"),
+        "cv_accuracy": accuracy(plain, labels),
+        "cv_loss": log_loss(plain, labels),
+        "cv_accuracy_tta": accuracy(oof[suffixes[-1]], labels),
+        "tta": tta,
+        "fold_accuracy_mean": float(fold_acc.mean()),
+        "fold_accuracy_std": float(fold_acc.std()),
+        "fold_loss_mean": float(np.mean([m["val_loss"] for m in metrics])),
+        "fold_loss_std": float(np.std([m["val_loss"] for m in metrics])),
+        "seconds": float(sum(m["seconds"] for m in metrics)),
+        "rows": int(len(labels)),
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def train_config(workspace: Workdir, config=None, *, folds="all", k: int | None = None, force: bool = False,
+                 resplit: bool = False, preset: str | None = None, isolate: bool | None = None, full: int = 0,
+                 **overrides) -> Run:
+    """`Workspace.train`'s stage: resolve the config, load the data at its size, split, train the folds
+    chosen (or `full` full-data fits). -> Run."""
+    from comp.data.sources import apply_limit, workdir_source
+    from comp.data.folds import parse_fold_selection
+
+    config = getattr(config, "best_config", config)  # a Study trains its best trial
+    if k is not None:
+        overrides["folds"] = k
+    source = workdir_source(workspace)
+    run_config = resolve_config(workspace, source.fingerprint, config, overrides, preset)
+    warn_gpu_settings_on_cpu(run_config)
+    dataset = source.load(run_config.image_size, run_config.resize)
+    split = split_for(workspace, dataset, run_config, resplit)
+    folds_text = folds if isinstance(folds, str) else ",".join(map(str, folds if isinstance(folds, (list, tuple, set))
+                                                                   else [folds]))
+    chosen = parse_fold_selection(folds_text, split.k)
+    return train_run(workspace, run_config, apply_limit(dataset, run_config.limit), split, chosen, force=force,
+                     isolate=isolate, full_seeds=full)
