@@ -229,3 +229,9 @@ def test_from_json_refuses_another_rule():
         Temperature.from_json(PriorCorrection(weights=[1.0, 1.0]).to_json())
     with pytest.raises(CompError):
         Rule.from_json('{"rule": "magic"}')
+
+
+@pytest.mark.parametrize("rule_cls", [PriorCorrection, OrdinalThresholds])
+def test_an_unfitted_rule_says_so(rule_cls):
+    with pytest.raises(CompError, match="not fitted"):
+        rule_cls().apply(np.full((2, 3), 1 / 3))

@@ -151,6 +151,17 @@ def test_mismatched_shapes_are_a_comp_error():
         score("accuracy", np.array([0, 1, 0]), np.full((2, 2), 0.5))
 
 
+@pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [0.0, 1.0], [[0, 1], [1, 0]]])
+def test_labels_outside_the_classes_are_a_comp_error(labels):
+    with pytest.raises(CompError, match="labels must be integers"):
+        score("f1_macro", np.array(labels), np.full((2, 3), 1 / 3))
+
+
+def test_multilabel_truth_must_match_the_probabilities():
+    with pytest.raises(CompError, match="0/1 matrix"):
+        score("f1_samples", np.array([0, 1]), np.full((2, 3), 0.5))
+
+
 def test_better_and_worst_follow_the_direction():
     assert better("accuracy", 0.9, 0.8) and not better("accuracy", 0.8, 0.8)
     assert better("log_loss", 0.3, 0.5) and not better("log_loss", 0.5, 0.3)

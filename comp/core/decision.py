@@ -56,6 +56,12 @@ class Rule:
     def params(self) -> dict:
         return {}
 
+    def fitted(self, value):
+        """`value`, or a clear error where the rule is used before `fit` set it."""
+        if value is None:
+            raise CompError(f"the {self.name} rule is not fitted: call fit(probs, labels, metric) first")
+        return value
+
     def to_json(self) -> str:
         return json.dumps({"rule": self.name, **self.params()})
 
@@ -92,7 +98,7 @@ class PriorCorrection(Rule):
         self.weights = None if weights is None else np.asarray(weights, dtype=float)
 
     def apply(self, probs):
-        weighted = np.asarray(probs, dtype=float) * self.weights
+        weighted = np.asarray(probs, dtype=float) * self.fitted(self.weights)
         return weighted / weighted.sum(1, keepdims=True)
 
     def fit(self, probs, labels, metric):
@@ -118,10 +124,10 @@ class PriorCorrection(Rule):
         return self
 
     def describe(self):
-        return "prior correction: class weights " + ", ".join(f"{w:.3g}" for w in self.weights)
+        return "prior correction: class weights " + ", ".join(f"{w:.3g}" for w in self.fitted(self.weights))
 
     def params(self):
-        return {"weights": self.weights.tolist()}
+        return {"weights": self.fitted(self.weights).tolist()}
 
 
 class Temperature(Rule):
@@ -175,7 +181,7 @@ class OrdinalThresholds(Rule):
         return np.asarray(probs, dtype=float) @ np.arange(probs.shape[1])
 
     def decide(self, expected):
-        return np.searchsorted(self.thresholds, expected, side="right")
+        return np.searchsorted(self.fitted(self.thresholds), expected, side="right")
 
     def apply(self, probs):
         return np.eye(probs.shape[1])[self.decide(self.expected_value(probs))]
@@ -206,10 +212,11 @@ class OrdinalThresholds(Rule):
         return self
 
     def describe(self):
-        return "ordinal thresholds on the expected class: " + ", ".join(f"{t:.3g}" for t in self.thresholds)
+        return "ordinal thresholds on the expected class: " + ", ".join(
+            f"{t:.3g}" for t in self.fitted(self.thresholds))
 
     def params(self):
-        return {"thresholds": self.thresholds.tolist()}
+        return {"thresholds": self.fitted(self.thresholds).tolist()}
 
 
 RULES: dict[str, type[Rule]] = {cls.name: cls for cls in (Identity, PriorCorrection, Temperature, OrdinalThresholds)}
@@ -229,7 +236,9 @@ def rules_for(metric: str | Metric) -> list[type[Rule]]:
 
 def cross_fit(rule_cls: type[Rule], probs: np.ndarray, labels: np.ndarray, folds: np.ndarray,
               metric: str | Metric) -> np.ndarray:
-    """Held-out applied probabilities: each fold's rows by a rule fitted on the other folds only."""
+    """Held-out applied probabilities: each fold's rows by a rule fitted on the other folds only.
+
+    `folds` holds one fold id per row; every row is held out once, by its own fold."""
     probs, labels, folds = np.asarray(probs, dtype=float), np.asarray(labels), np.asarray(folds)
     fold_ids = np.unique(folds)
     if len(fold_ids) < 2:

@@ -206,10 +206,24 @@ def score(name: str | Metric, labels: np.ndarray, probs: np.ndarray) -> float:
     """The metric of probabilities against the true labels: the one entry point every stage uses."""
     metric = get_metric(name)
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
-    if probs.ndim != 2 or len(probs) != len(labels):
+    check_inputs(metric, labels, probs)
+    return metric.fn(labels, prepare(metric.needs, probs), probs.shape[1])
+
+
+def check_inputs(metric: Metric, labels: np.ndarray, probs: np.ndarray) -> None:
+    """Shapes and label range, checked once here so that the metric functions stay plain."""
+    if probs.ndim != 2 or len(probs) != len(labels) or len(labels) == 0:
         raise CompError(f"{metric.name}: probabilities must be [rows, classes] with one row a label; "
                         f"got {probs.shape} against {len(labels)} labels")
-    return metric.fn(labels, prepare(metric.needs, probs), probs.shape[1])
+    if metric.needs == "multilabel":
+        if labels.shape != probs.shape:
+            raise CompError(f"{metric.name}: multi-label truth must be a 0/1 matrix shaped like the "
+                            f"probabilities {probs.shape}; got {labels.shape}")
+        return
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 \
+            or labels.max() >= probs.shape[1]:
+        raise CompError(f"{metric.name}: labels must be integers in 0..{probs.shape[1] - 1} "
+                        f"(one per row, a column of the probabilities)")
 
 
 def better(name: str | Metric, a: float, b: float) -> bool:
@@ -230,6 +244,8 @@ def suggest_metric(sample_columns: Sequence[str], value_kinds: Sequence[str],
     "space_separated" each; the first column is the row id and is ignored. Only a guess:
     the competition's page decides.
     """
+    if len(sample_columns) != len(value_kinds):
+        raise CompError(f"suggest_metric: {len(sample_columns)} columns but {len(value_kinds)} value kinds")
     kinds = list(value_kinds)[1:]
     floats = kinds.count("float")
     if num_classes >= 2 and floats == num_classes:
