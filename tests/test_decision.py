@@ -10,7 +10,7 @@ import pytest
 from comp.core.decision import (RULES, Identity, OrdinalThresholds, PriorCorrection, Rule, Temperature,
                                 choose_rule, cross_fit, rules_for, softmax)
 from comp.core.metrics import score
-from comp.errors import CompError
+from comp.core.errors import CompError
 
 CLASS_COUNTS = np.array([400, 328, 256, 184, 112, 40])
 

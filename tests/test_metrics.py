@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 from comp.core.metrics import (METRICS, better, f1_macro_multilabel, f1_micro_multilabel,
                                f1_samples, get_metric, score, suggest_metric, worst_value)
-from comp.errors import CompError
+from comp.core.errors import CompError
 
 SEEDS = [0, 1, 2, 3]
 # (classes, the class left out of the true labels or None)

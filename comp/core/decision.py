@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from comp.core.metrics import Metric, get_metric, score
-from comp.errors import CompError
+from comp.core.errors import CompError
 
 PRIOR_GRID = np.geomspace(1 / 16, 16, 41)  # per-class weights tried; 1 is on the grid
 MAX_SWEEPS = 6

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.stats import rankdata
 
-from comp.errors import CompError
+from comp.core.errors import CompError
 
 LOG_LOSS_EPS = 1e-15  # Kaggle's clip: a probability of exactly 0 would cost an infinite loss
 MAP_MAX_K = 5
