@@ -274,7 +274,7 @@ def test_keep_best_and_patience_need_validation_every_epoch():
 
 
 def test_the_gpu_preset_validates_only_at_the_end():
-    from comp.stages.train import MACHINE_PRESETS
+    from comp.config.run_config import MACHINE_PRESETS
 
     config = build_config(MACHINE_PRESETS["gpu"], {})
     assert config.val_every == 0 and config.keep == "last"

@@ -276,6 +276,20 @@ FIELD_RULES = {
 }
 
 
+# Machine presets (`--preset`): over the model's defaults, under a config file and flags.
+MACHINE_PRESETS = {
+    # 2 CPU cores: what `comp auto --time 60m` planned for the 50,000-image CIFAR-10 here (airbench94, full
+    # width, 15 epochs, 2 folds, flip TTA; OOF 0.88 with TTA in about an hour, bench/RESULTS.md). The
+    # fold count applies only where the data has no split yet: every run shares the split.
+    "cpu": {"model": "airbench94", "width": 1.0, "epochs": 15, "folds": 2, "tta": "flip", "val_every": 0,
+            "precision": "float32", "jit": "auto"},
+    # One GPU (JAX, chosen by the CLI): the wide speedrun net, bf16, a large batch; on an H200 its
+    # 5 folds reach OOF 0.92 with TTA in about 4 minutes (bench/RESULTS.md). No validation inside
+    # training: a GPU epoch takes about as long as predicting the validation rows.
+    "gpu": {"model": "fast-large", "batch_size": 512, "precision": "bfloat16", "jit": "on", "val_every": 0},
+}
+
+
 # Each field's help, as `comp train/tune --help` shows it: the CLI makes one flag per field from
 # FIELD_RULES and this table (comp.cli.common.config_flags), so a new field is a flag without a second list.
 FIELD_HELP = {

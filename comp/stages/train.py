@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from comp.config.run_config import RunConfig, build_config, given_fields, load_config_file
+from comp.config.run_config import MACHINE_PRESETS, RunConfig, build_config, given_fields, load_config_file
 from comp.core.console import console, info, warn
 from comp.core.errors import CompError, retrain_fold_fix
 from comp.core.paths import Workdir
@@ -29,17 +29,6 @@ from comp.store.runs import Run, make_manifest, read_manifest, write_manifest
 from comp.core.scoring import accuracy, log_loss
 
 # Machine presets: RunConfig defaults for a kind of machine, under the model's own and a file's.
-MACHINE_PRESETS = {
-    # 2 CPU cores: what `comp auto --time 60m` planned for the 50,000-image CIFAR-10 here (airbench94, full
-    # width, 15 epochs, 2 folds, flip TTA; OOF 0.88 with TTA in about an hour, bench/RESULTS.md). The
-    # fold count applies only where the data has no split yet: every run shares the split.
-    "cpu": {"model": "airbench94", "width": 1.0, "epochs": 15, "folds": 2, "tta": "flip", "val_every": 0,
-            "precision": "float32", "jit": "auto"},
-    # One GPU (JAX, chosen by the CLI): the wide speedrun net, bf16, a large batch; on an H200 its
-    # 5 folds reach OOF 0.92 with TTA in about 4 minutes (bench/RESULTS.md). No validation inside
-    # training: a GPU epoch takes about as long as predicting the validation rows.
-    "gpu": {"model": "fast-large", "batch_size": 512, "precision": "bfloat16", "jit": "on", "val_every": 0},
-}
 # Keys of a tune best.json that describe the search's budget, not the config to train.
 TUNING_BUDGET = ("epochs", "limit")
 
