@@ -7,7 +7,7 @@ to decode, and decoding is not what is measured), then a fresh process per varia
     loads it with comp.data.cache.read_cache (what every load after the first does),
     takes fold 0's train rows of a 5-fold split (80% of the rows, a --limit-free run),
     reads one epoch of shuffled batches from the mapped file, the rows of each batch sorted
-    (as comp.engine.trainer.ShuffledBatches does), and reports its peak RSS (VmHWM).
+    (as comp.engine.feed.ShuffledBatches does), and reports its peak RSS (VmHWM).
 
 Two variants: `release` gives the pages read back every comp.data.cache.RELEASE_BYTES
 (comp.data.cache.release_pages, what a batch reader over the mapping should do); `keep` does not, so

@@ -35,8 +35,7 @@ COLUMNS = ("fold", "setup", "first epoch", "later epochs (mean)", "after fit", "
 def count_traces(counts: collections.Counter) -> None:
     """Count the Python calls that trace comp's programs: TrainingModel.train_step runs once per
     trace of the train step; a new Predictor or BatchStatistics is a new predict program."""
-    from comp.engine import inference
-    from comp.engine import trainer
+    from comp.engine import batchnorm, inference, step
 
     def counted(name, function):
         def wrapper(*args, **kwargs):
@@ -45,9 +44,9 @@ def count_traces(counts: collections.Counter) -> None:
 
         return wrapper
 
-    trainer.TrainingModel.train_step = counted("train traces", trainer.TrainingModel.train_step)
+    step.TrainingModel.train_step = counted("train traces", step.TrainingModel.train_step)
     inference.Predictor.__init__ = counted("predictors", inference.Predictor.__init__)
-    trainer.BatchStatistics.__init__ = counted("bn stats", trainer.BatchStatistics.__init__)
+    batchnorm.BatchStatistics.__init__ = counted("bn stats", batchnorm.BatchStatistics.__init__)
 
 
 def synthetic_folds(rows: int, folds: int, seed: int = 0):

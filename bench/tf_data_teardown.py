@@ -6,7 +6,7 @@ CPU, `comp auto` epochs of ~90 s took ~141 s one time in two, the CPU idle for t
 This times the deletion alone: each epoch of `--epoch-seconds` is consumed by sleeping (no compute,
 so both pipelines can run at once without slowing each other), then the iterator is deleted.
 
-    comp      trainer.tf_batches as `comp train` builds it (autotune off, fixed prefetch)
+    comp      feed.tf_batches as `comp train` builds it (autotune off, fixed prefetch)
     autotune  the same batches with num_parallel_calls and prefetch AUTOTUNE (comp before the fix,
               and Keras's own adapter for arrays)
 
@@ -52,7 +52,7 @@ def time_pipeline(pipeline: str, epoch_seconds: float, epochs: int, rows: int, b
     from comp.core.backend import import_keras
 
     import_keras()  # TensorFlow's start-up lines kept off the output
-    from comp.engine.trainer import BatchOrder, tf_batches
+    from comp.engine.feed import BatchOrder, tf_batches
 
     images = np.zeros((rows, 32, 32, 3), np.uint8)
     labels = np.zeros(rows, np.int64)

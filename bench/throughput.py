@@ -8,7 +8,7 @@ For each model, two numbers in images per second:
             device, called in a loop: the ceiling for this model on this machine
 The ratio pipeline / bare is the figure: 0.9 or more means the pipeline costs at most 10%.
 --inputs both adds "other", the input path comp does not use on this backend (host batches on
-JAX, device rows on TensorFlow), to measure the choice trainer.uses_device_rows makes.
+JAX, device rows on TensorFlow), to measure the choice feed.uses_device_rows makes.
 
     python bench/throughput.py                       # baseline, deep, fast on the default backend
     KERAS_BACKEND=jax python bench/throughput.py --precision bfloat16 --batch-size 512   # a GPU
@@ -33,17 +33,10 @@ keras = import_keras()
 import numpy as np  # noqa: E402
 
 from comp.config.run_config import build_config  # noqa: E402
-from comp.engine import trainer  # noqa: E402
-from comp.engine.trainer import (
-    FoldStore,
-    build_training_model,
-    compile_training_model,
-    jit_compile_setting,
-    make_optimizer,
-    set_precision,
-    store_capacity,
-    training_inputs,
-)
+from comp.engine import feed  # noqa: E402
+from comp.engine.feed import FoldStore, store_capacity, training_inputs  # noqa: E402
+from comp.engine.optimizers import compile_training_model, jit_compile_setting, make_optimizer  # noqa: E402
+from comp.engine.programs import build_training_model, set_precision  # noqa: E402
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
@@ -121,7 +114,7 @@ def main(argv=None) -> int:
         images, labels = fake_cifar(config.batch_size * max(args.steps, args.warmup))
         set_precision(config.precision)
         keras.backend.clear_session()
-        device_rows = trainer.uses_device_rows()
+        device_rows = feed.uses_device_rows()
         timers = {"bare": bare_timer(config, images, labels, args.steps, args.warmup),
                   "pipeline": pipeline_timer(config, images, labels, args.steps, device_rows)}
         if args.inputs == "both":

@@ -165,7 +165,7 @@ def airbench_lr(step, total, peak_at, end):
                     1776: 0.0}),
 ])
 def test_learning_rate_schedule_equals_airbenchs(name, table):
-    from comp.engine.trainer import make_schedule
+    from comp.engine.optimizers import make_schedule
 
     config = build_config({}, {"model": name})
     schedule = make_schedule(config, steps_per_epoch=48)
@@ -216,7 +216,7 @@ def torch_sgd(params, grads, lrs, groups, momentum, stop):
 def test_torch_sgd_equals_pytorchs_update_per_group():
     """Nesterov with the lr outside the buffer, coupled L2, 64x lr (same decay per step) for BN biases,
     the whitening bias frozen after its epochs, and nothing after the last step of 2.5 epochs."""
-    from comp.engine.trainer import make_optimizer
+    from comp.engine.optimizers import make_optimizer
 
     config = build_config({}, {"model": "airbench94", "lr": 0.5, "weight_decay": 0.02, "epochs": 2.5,
                                "whiten_bias_epochs": 1, "lookahead": 0.0, "lr_peak_at": 0.4})
@@ -241,7 +241,7 @@ def test_torch_sgd_equals_pytorchs_update_per_group():
 def test_keras_sgd_would_differ_while_the_lr_changes():
     """Why TorchSGD exists: Keras's SGD puts the lr into the buffer, so under a moving schedule its
     steps are not PyTorch's (the comparison above would fail with it)."""
-    from comp.engine.trainer import make_optimizer
+    from comp.engine.optimizers import make_optimizer
 
     common = {"model": "airbench94", "lr": 0.5, "weight_decay": 0.0, "bias_lr_scale": 1, "epochs": 4,
               "lookahead": 0.0, "whiten_bias_epochs": 0}
@@ -268,7 +268,7 @@ def airbench_lookahead(values, total, every=5):
 
 
 def test_lookahead_with_torch_sgd_ends_on_the_average_of_the_last_sync():
-    from comp.engine.trainer import make_optimizer
+    from comp.engine.optimizers import make_optimizer
 
     config = build_config({}, {"model": "airbench94", "lr": 0.1, "weight_decay": 0.0, "bias_lr_scale": 1,
                                "schedule": "constant", "momentum": 0.0, "epochs": 3.25, "whiten_bias_epochs": 0})
@@ -395,15 +395,15 @@ def test_airbench_tta_is_the_weighted_mean_of_logits():
 
 
 def test_a_fold_ends_on_averaged_weights_and_statistics(tmp_path):
-    from comp.engine import trainer
+    from comp.engine import feed, optimizers, programs, trainer
     from comp.nets.layers import AirbenchBatchNorm
 
     config = build_config({}, {"model": "airbench96", "width": 0.0625, "batch_size": 16, "epochs": 2.5})
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 96)
-    data, steps = trainer.training_inputs(images, labels, config.batch_size, 0)
-    model, net = trainer.build_training_model(config, images.shape[1:], 3, images, 0, steps)
-    trainer.compile_training_model(model, config, steps)
+    data, steps = feed.training_inputs(images, labels, config.batch_size, 0)
+    model, net = programs.build_training_model(config, images.shape[1:], 3, images, 0, steps)
+    optimizers.compile_training_model(model, config, steps)
     model.fit(**data, epochs=config.fit_epochs, verbose=0)
     values = lambda variables: [keras.ops.convert_to_numpy(v) for v in variables]
     for weight, average in zip(values(model.trainable_variables), values(model.optimizer.lookahead_averages)):

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 
-from comp.engine import trainer
+from comp.engine import callbacks, feed, programs, trainer
 from comp.engine.augment import crop_and_flip, make_augment_layer
 from comp.config.run_config import build_config
 from comp.core.errors import CompError
@@ -105,10 +105,10 @@ def test_device_rows_host_batches_and_tf_data_draw_the_same_rows_each_epoch():
     rows, batch = 53, 8
     images = np.arange(rows, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8)
     labels = np.arange(rows) % 3
-    host = trainer.ShuffledBatches(images, labels, batch, seed=5)
-    device = trainer.RowBatches(trainer.BatchOrder(rows, batch, seed=5), steps_per_dispatch=4)
-    tf_order = trainer.BatchOrder(rows, batch, seed=5)
-    tf_data = trainer.tf_batches(images, labels, tf_order)
+    host = feed.ShuffledBatches(images, labels, batch, seed=5)
+    device = feed.RowBatches(feed.BatchOrder(rows, batch, seed=5), steps_per_dispatch=4)
+    tf_order = feed.BatchOrder(rows, batch, seed=5)
+    tf_data = feed.tf_batches(images, labels, tf_order)
     seen_over_epochs = set()
     for epoch in range(3):
         from_host = np.stack([b["pixels"][:, 0, 0, 0] for b in _epoch_batches(host, epoch, host.order)])
@@ -130,34 +130,34 @@ def test_tf_data_pipeline_runs_without_autotune():
     # tuning thread (bench/tf_data_teardown.py): 90-s epochs took 141 s one time in two.
     pytest.importorskip("tensorflow")
     images, labels = np.zeros((20, 2, 2, 1), np.uint8), np.arange(20) % 2
-    order = trainer.BatchOrder(20, 4, seed=0)
-    dataset = trainer.tf_batches(images, labels, order)
+    order = feed.BatchOrder(20, 4, seed=0)
+    dataset = feed.tf_batches(images, labels, order)
     assert dataset.options().autotune.enabled is False
     assert len(list(dataset)) == order.steps == 5
 
 
 def test_rows_larger_than_the_tf_data_limit_are_read_from_the_cache_batch_by_batch(monkeypatch):
     images = np.arange(24, dtype=np.uint8).reshape(6, 2, 2, 1)
-    rows, labels = trainer.Rows(images, [0, 2, 3, 5]), np.array([0, 1, 2, 0])
-    small, _ = trainer.training_inputs(rows, labels, 2, seed=0)
-    monkeypatch.setattr(trainer, "TF_IN_MEMORY_BYTES", 4 * 4 - 1)  # one byte short of the 4 rows
-    large, steps = trainer.training_inputs(rows, labels, 2, seed=0)
-    assert steps == 2 and isinstance(large["x"], trainer.ShuffledBatches)  # never one tensor of every row
+    rows, labels = feed.FoldRows(images, [0, 2, 3, 5]), np.array([0, 1, 2, 0])
+    small, _ = feed.training_inputs(rows, labels, 2, seed=0)
+    monkeypatch.setattr(feed, "TF_IN_MEMORY_BYTES", 4 * 4 - 1)  # one byte short of the 4 rows
+    large, steps = feed.training_inputs(rows, labels, 2, seed=0)
+    assert steps == 2 and isinstance(large["x"], feed.ShuffledBatches)  # never one tensor of every row
     assert large["x"].images is rows  # batches gather from the array of the cache, not a copy
     if keras.backend.backend() == "tensorflow":
-        assert not isinstance(small["x"], trainer.ShuffledBatches)  # fits: tf.data's C++ pipeline
+        assert not isinstance(small["x"], feed.ShuffledBatches)  # fits: tf.data's C++ pipeline
 
 
 def test_rows_read_from_the_array_only_what_is_asked(monkeypatch):
     array = np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1)
-    rows = trainer.Rows(array, [1, 3, 4, 8])
+    rows = feed.FoldRows(array, [1, 3, 4, 8])
     assert len(rows) == 4 and rows.shape == (4, 2, 2, 1) and rows.dtype == np.uint8
     np.testing.assert_array_equal(rows[1:3], array[[3, 4]])
     np.testing.assert_array_equal(rows[np.array([3, 0])], array[[8, 1]])
     np.testing.assert_array_equal(np.asarray(rows), array[[1, 3, 4, 8]])
     # The device store fills chunk by chunk and gathers the rows it was given.
-    monkeypatch.setattr(trainer, "FILL_CHUNK", 3)
-    store = trainer.FoldStore(trainer.store_capacity(4), (2, 2, 1))
+    monkeypatch.setattr(feed, "FILL_CHUNK", 3)
+    store = feed.FoldStore(feed.store_capacity(4), (2, 2, 1))
     store.fill(rows, np.array([0, 1, 2, 0]))
     pixels, labels = store.gather(np.array([3, 0, 2], np.int32))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(pixels), array[[8, 1, 4]])
@@ -169,7 +169,7 @@ def test_a_fold_trains_the_same_from_rows_of_the_cache_as_from_copies():
     config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 2, "augment": "flip"})
     train, val = np.arange(56), np.arange(56, 72)
     copied = trainer.train_fold(config, images[train], labels[train], images[val], labels[val], 3, 0)
-    mapped = trainer.train_fold(config, trainer.Rows(images, train), labels[train], trainer.Rows(images, val),
+    mapped = trainer.train_fold(config, feed.FoldRows(images, train), labels[train], feed.FoldRows(images, val),
                                 labels[val], 3, 0)
     np.testing.assert_allclose(mapped.val_probs, copied.val_probs, rtol=1e-5, atol=1e-6)
 
@@ -188,31 +188,31 @@ def test_a_reused_engine_trains_a_fold_exactly_as_a_fresh_one(monkeypatch):
     config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 8, "epochs": 2})  # lookahead + recalibration
     folds = {k: (images[np.arange(len(labels)) % 3 != k], labels[np.arange(len(labels)) % 3 != k],
                  images[np.arange(len(labels)) % 3 == k], labels[np.arange(len(labels)) % 3 == k]) for k in (0, 1)}
-    monkeypatch.setattr(trainer, "_engine", None)
+    monkeypatch.setattr(programs, "_engine", None)
     trainer.train_fold(config, *folds[0], 3, 0)
-    engine = trainer._engine
+    engine = programs._engine
     reused = trainer.train_fold(config, *folds[1], 3, 1)
-    assert trainer._engine is engine  # fold 1 ran on fold 0's compiled model
+    assert programs._engine is engine  # fold 1 ran on fold 0's compiled model
     reused_weights = [keras.ops.convert_to_numpy(w) for w in engine.net.weights]
-    monkeypatch.setattr(trainer, "_engine", None)
+    monkeypatch.setattr(programs, "_engine", None)
     fresh = trainer.train_fold(config, *folds[1], 3, 1)
-    assert trainer._engine is not engine
+    assert programs._engine is not engine
     np.testing.assert_allclose(reused.val_probs, fresh.val_probs, rtol=1e-5, atol=1e-6)
-    for a, b in zip(reused_weights, trainer._engine.net.weights, strict=True):
+    for a, b in zip(reused_weights, programs._engine.net.weights, strict=True):
         np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-5, atol=1e-6)
 
 
 def test_another_config_gets_its_own_engine_and_a_fold_its_own_normalisation(monkeypatch):
     images, labels = _fold_rows()
     config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 8, "epochs": 1})
-    monkeypatch.setattr(trainer, "_engine", None)
-    first = trainer.prepare_engine(config, images.shape[1:], 3, images[:40], 0, 5)
+    monkeypatch.setattr(programs, "_engine", None)
+    first = programs.prepare_engine(config, images.shape[1:], 3, images[:40], 0, 5)
     mean = keras.ops.convert_to_numpy(first.net.get_layer("normalize").mean).copy()
-    assert trainer.prepare_engine(config, images.shape[1:], 3, images[40:], 1, 5) is first  # same program
+    assert programs.prepare_engine(config, images.shape[1:], 3, images[40:], 1, 5) is first  # same program
     assert not np.allclose(keras.ops.convert_to_numpy(first.net.get_layer("normalize").mean), mean)  # its own rows
-    assert trainer.prepare_engine(config.replace(lr=0.5), images.shape[1:], 3, images, 0, 5) is not first
-    assert trainer.prepare_engine(config.replace(seed=3, tta="none", patience=1, name="x"),
-                                  images.shape[1:], 3, images, 0, 5) is trainer._engine  # no program reads those
+    assert programs.prepare_engine(config.replace(lr=0.5), images.shape[1:], 3, images, 0, 5) is not first
+    assert programs.prepare_engine(config.replace(seed=3, tta="none", patience=1, name="x"),
+                                   images.shape[1:], 3, images, 0, 5) is programs._engine  # no program reads those
 
 
 def test_a_run_of_the_next_seed_repeats_no_fold_of_this_one(monkeypatch):
@@ -222,13 +222,13 @@ def test_a_run_of_the_next_seed_repeats_no_fold_of_this_one(monkeypatch):
     config = build_config({}, {"model": "resnet", "width": 0.25, "batch_size": 8, "epochs": 1})
 
     def initial_weights(seed, fold):
-        monkeypatch.setattr(trainer, "_engine", None)
-        engine = trainer.prepare_engine(config.replace(seed=seed), images.shape[1:], 3, images, fold, 5)
+        monkeypatch.setattr(programs, "_engine", None)
+        engine = programs.prepare_engine(config.replace(seed=seed), images.shape[1:], 3, images, fold, 5)
         return [keras.ops.convert_to_numpy(w).copy() for w in engine.net.trainable_weights]
 
     first, second = initial_weights(42, 6), initial_weights(43, 5)
     assert not all(np.array_equal(a, b) for a, b in zip(first, second))
-    orders = [trainer.BatchOrder(len(images), 8, trainer.fold_seed(config.replace(seed=seed), fold)).batch_rows()
+    orders = [feed.BatchOrder(len(images), 8, programs.fold_seed(config.replace(seed=seed), fold)).batch_rows()
               for seed, fold in ((42, 6), (43, 5))]
     assert not np.array_equal(*orders)
 
@@ -254,7 +254,7 @@ def test_a_fold_past_its_deadline_stops_after_the_epoch_and_still_predicts(monke
 
     images, labels = _fold_rows()
     config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 4})
-    monkeypatch.setenv(trainer.DEADLINES_ENV, json.dumps({"0": time.time() - 1, "1": time.time() + 3600}))
+    monkeypatch.setenv(callbacks.DEADLINES_ENV, json.dumps({"0": time.time() - 1, "1": time.time() + 3600}))
     rows = []
     late = trainer.train_fold(config, images[:56], labels[:56], images[56:], labels[56:], 3, 0,
                               fold_dir=tmp_path / "fold0", test_x=images[:4], on_epoch=lambda e, row: rows.append(row))
@@ -306,14 +306,14 @@ JAX_FOLDS = textwrap.dedent("""
     import numpy as np
     import keras
     from comp.config.run_config import build_config
-    from comp.engine import trainer
+    from comp.engine import feed, programs, trainer
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (91, 16, 16, 3), dtype=np.uint8)  # fold 0 trains on 60 rows, folds 1-2 on 61
     y = rng.integers(0, 3, 91)
     config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 16, "epochs": 2})
-    trainer.JAX_CPU_STEPS_PER_DISPATCH = 2  # 3 steps an epoch: a dispatch of 2, then 1 and a skipped one
+    feed.JAX_CPU_STEPS_PER_DISPATCH = 2  # 3 steps an epoch: a dispatch of 2, then 1 and a skipped one
 
     def fold(k):
         val = np.arange(91) % 3 == k
@@ -324,10 +324,10 @@ JAX_FOLDS = textwrap.dedent("""
         result = fold(k)
         out["phases"].append(result.phases)
         out["probs"][str(k)] = result.val_probs.tolist()
-    trainer._engine = None  # fold 2 again, in a fresh engine
+    programs._engine = None  # fold 2 again, in a fresh engine
     out["fresh2"] = fold(2).val_probs.tolist()
-    trainer._engine = None
-    trainer.JAX_CPU_STEPS_PER_DISPATCH = 1  # one step a dispatch: no scan
+    programs._engine = None
+    feed.JAX_CPU_STEPS_PER_DISPATCH = 1  # one step a dispatch: no scan
     out["unscanned2"] = fold(2).val_probs.tolist()
     print("RESULT" + json.dumps(out))
 """)

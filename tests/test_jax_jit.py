@@ -25,15 +25,10 @@ CHECK = textwrap.dedent("""
     import numpy as np
     import keras
     from comp.config.run_config import build_config
-    from comp.engine.trainer import (
-        FoldStore,
-        batch_norm_layers,
-        build_training_model,
-        make_optimizer,
-        recalibrate_batchnorm,
-        store_capacity,
-        training_inputs,
-    )
+    from comp.engine.batchnorm import batch_norm_layers, recalibrate_batchnorm
+    from comp.engine.feed import FoldStore, store_capacity, training_inputs
+    from comp.engine.optimizers import make_optimizer
+    from comp.engine.programs import build_training_model
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
     rng = np.random.default_rng(0)

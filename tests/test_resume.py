@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from comp.config.run_config import build_config
-from comp.engine.trainer import BatchOrder, train_fold
+from comp.engine.feed import BatchOrder
+from comp.engine.trainer import train_fold
 
 from .conftest import learnable_images
 

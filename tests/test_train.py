@@ -107,7 +107,7 @@ def test_resume_after_kill_9(tmp_path):
     time.sleep(1.0)  # the fold worker dies with its parent (PR_SET_PDEATHSIG); let it go first
     run = state.parents[2]
     fold0_stamp = (run / "fold0" / "metrics.json").stat().st_mtime_ns
-    from comp.engine.trainer import _find_checkpoint
+    from comp.engine.checkpoints import _find_checkpoint
 
     killed_at = read_json(_find_checkpoint(run / "fold1") / "state.json")["epoch"]  # what a resume uses
     assert 2 <= killed_at < 6

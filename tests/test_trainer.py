@@ -8,15 +8,11 @@ import pytest
 
 from comp.config.run_config import build_config
 from comp.core.errors import CompError
-from comp.engine.trainer import (
-    LOOKAHEAD_EVERY,
-    _load_checkpoint,
-    _save_checkpoint,
-    build_training_model,
-    compile_training_model,
-    make_optimizer,
-    training_inputs,
-)
+from comp.engine.checkpoints import _load_checkpoint, _save_checkpoint
+from comp.engine.feed import training_inputs
+from comp.engine.optimizers import compile_training_model, make_optimizer
+from comp.engine.programs import build_training_model
+from comp.nets.lookahead import LOOKAHEAD_EVERY
 
 
 def _apply_constant_gradient(optimizer, variable, steps: int) -> list[float]:
@@ -98,7 +94,8 @@ def test_bias_lr_scale_moves_batchnorm_biases_faster():
 
 def test_batchnorm_statistics_are_recalibrated_to_equal_weight_batch_averages():
     from comp.engine.augment import make_augment_layer, make_mix_layer
-    from comp.engine.trainer import RECALIBRATION_BATCHES, TrainingModel, recalibrate_batchnorm
+    from comp.engine.batchnorm import RECALIBRATION_BATCHES, recalibrate_batchnorm
+    from comp.engine.step import TrainingModel
 
     inputs = keras.Input((4, 4, 2))
     norm = keras.layers.BatchNormalization(momentum=0.6)
@@ -122,13 +119,13 @@ def test_batchnorm_statistics_are_recalibrated_to_equal_weight_batch_averages():
 def test_a_fold_resumed_after_its_last_epoch_ends_on_the_average(tmp_path, monkeypatch):
     """Killed between the last epoch's checkpoint and the fold's artifacts: the resume skips fit,
     so it must finalize the average itself; its kept weights equal an uninterrupted run's."""
-    from comp.engine import trainer
+    from comp.engine import callbacks, trainer
 
     config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 16, "epochs": 2})
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (96, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 96)
     val_images, val_labels = images[:16], labels[:16]
-    monkeypatch.setattr(trainer, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every epoch
+    monkeypatch.setattr(callbacks, "CHECKPOINT_SECONDS", 0.0)  # a checkpoint after every epoch
 
     trainer.train_fold(config, images, labels, val_images, val_labels, 3, 0, fold_dir=tmp_path / "whole")
 
@@ -162,7 +159,8 @@ def _tiny_fold(seed: int = 0):
 
 
 def test_a_diverging_fold_stops_in_the_epoch_it_diverged_and_writes_no_probabilities(tmp_path):
-    from comp.engine.trainer import TrainingDiverged, train_fold
+    from comp.engine.callbacks import TrainingDiverged
+    from comp.engine.trainer import train_fold
 
     config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 3, "keep": "last",
                                "optimizer": "sgd", "momentum": 0.9, "lr": 1e4, "schedule": "constant"})
@@ -177,7 +175,8 @@ def test_a_diverging_fold_stops_in_the_epoch_it_diverged_and_writes_no_probabili
 
 
 def test_a_nan_learning_rate_stops_the_fold_too(tmp_path):
-    from comp.engine.trainer import TrainingDiverged, train_fold
+    from comp.engine.callbacks import TrainingDiverged
+    from comp.engine.trainer import train_fold
 
     config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 2, "keep": "last"})
     config.lr = float("nan")  # what RunConfig validation refuses at the door; the trainer holds anyway
@@ -188,7 +187,8 @@ def test_a_nan_learning_rate_stops_the_fold_too(tmp_path):
 
 
 def test_non_finite_probabilities_are_never_written(tmp_path):
-    from comp.engine.trainer import TrainingDiverged, _finish_fold
+    from comp.engine.callbacks import TrainingDiverged
+    from comp.engine.trainer import _finish_fold
 
     net = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
     net.layers[-1].kernel.assign(np.full((48, 3), np.nan, np.float32))  # e.g. broken by a last step
@@ -202,13 +202,13 @@ def test_non_finite_probabilities_are_never_written(tmp_path):
 
 def test_keep_best_keeps_the_same_epoch_with_or_without_a_fold_dir(tmp_path, monkeypatch):
     """tune trains without a fold_dir, comp train with one: the same config must score the same."""
-    from comp.engine import trainer
+    from comp.engine import programs, trainer
 
     config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 3, "keep": "best",
                                "augment": "none", "tta": "none"})
     train_x, train_y, val_x, val_y = _tiny_fold()
     nets = []
-    build_model = trainer.build_model
+    build_model = programs.build_model
 
     def remember(*args, **kwargs):
         nets.append(build_model(*args, **kwargs))
@@ -222,7 +222,7 @@ def test_keep_best_keeps_the_same_epoch_with_or_without_a_fold_dir(tmp_path, mon
                     weight.assign(np.zeros(weight.shape, weight.dtype))
         return on_epoch
 
-    monkeypatch.setattr(trainer, "build_model", remember)
+    monkeypatch.setattr(programs, "build_model", remember)
     scores_without, scores_with = [], []
     without = trainer.train_fold(config, train_x, train_y, val_x, val_y, 3, 0,
                                  on_epoch=zero_after_last_epoch(scores_without))
@@ -239,11 +239,11 @@ def test_a_diverging_tune_trial_fails_alone_and_the_study_goes_on(tiny_data, tmp
     """A learning rate too high for one trial is that trial's failure, not bad input that ends the study."""
     import optuna
 
-    from comp.engine import trainer
+    from comp.engine import callbacks, trainer
     from comp.cli import main
 
     def diverges(config, *args, **kwargs):
-        raise trainer.TrainingDiverged(f"fold 0: training diverged in epoch 1 (loss = nan); lr {config.lr:g}")
+        raise callbacks.TrainingDiverged(f"fold 0: training diverged in epoch 1 (loss = nan); lr {config.lr:g}")
 
     monkeypatch.setattr(trainer, "train_fold", diverges)
     monkeypatch.setenv("COMP_NO_ISOLATE", "1")  # both trials in this process

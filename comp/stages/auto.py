@@ -302,7 +302,7 @@ def fit_batch(config, train_rows: int):
 def run_auto(workspace, budget, out=None, force: bool = False):
     """Measure, plan, train and ensemble within `budget` ('60m', seconds...). -> Submission."""
     from comp.data.folds import existing_k
-    from comp.engine.trainer import DEADLINES_ENV
+    from comp.engine.callbacks import DEADLINES_ENV
 
     budget_seconds = parse_duration(budget)
     state_path = workspace.folds / "auto" / f"plan-{budget_seconds:.0f}s.json"

@@ -189,10 +189,11 @@ def train_one_fold(config: RunConfig, dataset, split: Split, run_dir: Path, fold
     its teachers' fold-`fold` models label confidently; its validation rows never change.
     """
     from comp.stages.pseudo import fold_pseudo_labels, with_pseudo_rows
-    from comp.engine.trainer import Rows, train_fold
+    from comp.engine.feed import FoldRows
+    from comp.engine.trainer import train_fold
 
     train_pos, val_pos = split.rows(fold, dataset.rows)
-    train_x, train_y = Rows(dataset.train_x, train_pos), dataset.train_y[train_pos]
+    train_x, train_y = FoldRows(dataset.train_x, train_pos), dataset.train_y[train_pos]
     if teachers:
         pseudo = fold_pseudo_labels(teachers, fold, config.pseudo_threshold)
         write_json(run_dir / f"fold{fold}" / "pseudo.json", {
@@ -201,7 +202,7 @@ def train_one_fold(config: RunConfig, dataset, split: Split, run_dir: Path, fold
         info(f"fold {fold}: + {len(pseudo.rows):,} pseudo-labelled test images (teachers' fold-{fold} "
              f"probability >= {config.pseudo_threshold:g})")
         train_x, train_y = with_pseudo_rows(train_x, train_y, dataset.test_x, pseudo)
-    return train_fold(config, train_x, train_y, Rows(dataset.train_x, val_pos), dataset.train_y[val_pos],
+    return train_fold(config, train_x, train_y, FoldRows(dataset.train_x, val_pos), dataset.train_y[val_pos],
                       dataset.num_classes, fold, fold_dir=run_dir / f"fold{fold}", test_x=dataset.test_x,
                       progress=progress)
 
@@ -290,7 +291,8 @@ def train_one_full(config: RunConfig, dataset, split: Split, run_dir: Path, seed
                    teachers: list = ()):
     """Full-data fit number `seed` of the run: every train row (plus pseudo-labels), test predictions."""
     from comp.stages.pseudo import PseudoLabels, with_pseudo_rows
-    from comp.engine.trainer import Rows, train_fold
+    from comp.engine.feed import FoldRows
+    from comp.engine.trainer import train_fold
 
     if config.keep == "best":
         raise CompError("--full with keep = best: a full-data fit holds no rows out to pick an epoch on; "
@@ -298,13 +300,13 @@ def train_one_full(config: RunConfig, dataset, split: Split, run_dir: Path, seed
     everything = np.arange(len(dataset.rows))
     monitor = np.sort(np.random.default_rng([config.seed, seed]).choice(
         everything, min(FULL_MONITOR_ROWS, len(everything)), replace=False))
-    train_x, train_y = Rows(dataset.train_x, everything), dataset.train_y[everything]
+    train_x, train_y = FoldRows(dataset.train_x, everything), dataset.train_y[everything]
     if teachers:  # no held-out rows to protect: the teachers' test predictions of every fold, averaged
         probs = np.mean([t.read_test(t.own_tag) for t in teachers], axis=0)
         confident = np.flatnonzero(probs.max(axis=1) >= config.pseudo_threshold)
         train_x, train_y = with_pseudo_rows(train_x, train_y, dataset.test_x,
                                             PseudoLabels(confident, probs[confident].argmax(axis=1)))
-    return train_fold(config, train_x, train_y, Rows(dataset.train_x, monitor), dataset.train_y[monitor],
+    return train_fold(config, train_x, train_y, FoldRows(dataset.train_x, monitor), dataset.train_y[monitor],
                       dataset.num_classes, full_seed_index(split, seed), fold_dir=unit_dir(run_dir, "seed", seed),
                       test_x=dataset.test_x, progress=progress)
 

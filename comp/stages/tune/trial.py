@@ -73,7 +73,9 @@ def objective(trial, search: Search) -> float:
 
     from comp.core.isolate import tell_parent
     from comp.core.progress import TrainingProgress
-    from comp.engine.trainer import Rows, TrainingDiverged, train_fold
+    from comp.engine.callbacks import TrainingDiverged
+    from comp.engine.feed import FoldRows
+    from comp.engine.trainer import train_fold
     from comp.stages.tune.results import format_params
 
     search.current["number"] = trial.number
@@ -89,8 +91,8 @@ def objective(trial, search: Search) -> float:
             for index, fold in enumerate(search.folds):
                 train_pos, val_pos = search.split.rows(fold, dataset.rows)
                 result = train_fold(
-                    config, Rows(dataset.train_x, train_pos), dataset.train_y[train_pos],
-                    Rows(dataset.train_x, val_pos), dataset.train_y[val_pos], dataset.num_classes, fold,
+                    config, FoldRows(dataset.train_x, train_pos), dataset.train_y[train_pos],
+                    FoldRows(dataset.train_x, val_pos), dataset.train_y[val_pos], dataset.num_classes, fold,
                     on_epoch=make_reporter(trial, index, config.fit_epochs, index == len(search.folds) - 1),
                     progress=progress)
                 scores.append(result.val_accuracy)
