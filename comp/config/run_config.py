@@ -18,6 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from comp.core.errors import CompError
+from comp.nets.models import model_defaults, MODELS, TRAINED_WHITENING_BIAS
+from comp.config.augment_presets import parse_presets
+from comp.config.tta_policy import parse_policy, policy_for_augment
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -103,14 +106,11 @@ class RunConfig:
         """Every field by type and range (`FIELD_RULES`), then the rules across fields."""
         for name in fields(self):
             setattr(self, name.name, check_field(name.name, getattr(self, name.name), source))
-        from comp.nets.models import MODELS, TRAINED_WHITENING_BIAS
 
         if self.model not in MODELS:
             raise CompError(f"{source}: model = {self.model!r}; choose one of {', '.join(MODELS)}")
-        from comp.config.augment_presets import parse_presets
 
         parse_presets(self.augment, source)
-        from comp.config.tta_policy import parse_policy, policy_for_augment
 
         # A named policy (none, flip, flip-shift) or a custom list such as "flip,shift=1".
         self.tta = policy_for_augment(self.augment) if self.tta == "auto" else parse_policy(self.tta)
@@ -470,8 +470,6 @@ def build_config(file_values: dict | None, overrides: dict, source: str = "confi
     A bad value is reported under the name of where it came from: the file's path when the file
     alone is invalid, "options" when an override made it so.
     """
-    from comp.nets.models import model_defaults
-
     values = dict(file_values or {})
     flags = {k: v for k, v in overrides.items() if v is not None}
     model = flags.get("model") or values.get("model") or RunConfig.model

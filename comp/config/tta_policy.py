@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from comp.core.errors import CompError
+from comp.config.augment_presets import parse_presets
 
 View = tuple[bool, int, int]
 
@@ -121,8 +122,6 @@ def prediction_tag(policy: str, average: str = DEFAULT_AVERAGE) -> str:
 
 def policy_for_augment(augment: str) -> str:
     """TTA only with views the net was trained on: flips if it saw flips, shifts if it saw crops."""
-    from comp.config.augment_presets import parse_presets
-
     params = parse_presets(augment)
     if not params.get("flip"):
         return "none"

@@ -35,6 +35,7 @@ import numpy as np
 
 from comp.core.console import console, is_quiet
 from comp.core.errors import CompError
+from comp.core.isolate import die_with_parent
 
 RESIZE_MODES = ("squash", "crop", "pad")
 CHUNK_FILES = 256  # files per task: ~0.05 s of 32-px JPEGs, a few s of photos; the unit a resume redoes
@@ -223,8 +224,6 @@ class Worker:
 
 def serve() -> None:
     """The worker's side: answer (task, start, paths, extra) requests on stdin until it closes."""
-    from comp.core.isolate import die_with_parent
-
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests, answers = sys.stdin.buffer, sys.stdout.buffer

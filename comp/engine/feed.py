@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 from keras import ops
+from comp.core.backend import accelerator
 
 
 # -- the fold's rows ---------------------------------------------------------------------------
@@ -209,7 +210,6 @@ def uses_device_rows() -> bool:
 
 
 def steps_per_dispatch() -> int:
-    from comp.core.backend import accelerator
 
     if keras.backend.backend() != "jax":
         return 1

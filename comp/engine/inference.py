@@ -15,6 +15,7 @@ a thread pool for its callbacks, and on JAX that pool was seen to stall for minu
 from __future__ import annotations
 
 import numpy as np
+from comp.core.backend import accelerator
 
 # Net inputs per compiled call on a GPU (images x views): large calls keep it busy, few calls
 # keep the host out of the way. On a CPU the caller's batch stands: memory, not calls, limits there.
@@ -23,8 +24,6 @@ GPU_CALL_ROWS = 8192
 
 def call_rows(batch_size: int) -> int:
     """Net inputs per predict call on this machine for a run of `batch_size`."""
-    from comp.core.backend import accelerator
-
     return max(batch_size, GPU_CALL_ROWS) if accelerator() else batch_size
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from comp.core.fileio import save_figure
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
@@ -12,8 +13,6 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from comp.core.fileio import save_figure
 
     frame = pd.DataFrame(history)
     if frame.empty:

@@ -7,6 +7,7 @@ import numpy as np
 
 from comp.config.tta_policy import AVERAGES, DEFAULT_AVERAGE, WEIGHTED_POLICIES, views_for
 from comp.core.errors import CompError
+from comp.engine.inference import call_rows, predictor_for
 
 
 # -- views and prediction ------------------------------------------------------------------
@@ -38,8 +39,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def predict_logits(net, images: np.ndarray, policy: str, batch_size: int = 512) -> np.ndarray:
     """Logits of every view: (views, N, classes), every view of a batch in one compiled call of
     `batch_size` net inputs (more on a GPU). The net outputs logits (see comp.nets.models)."""
-    from comp.engine.inference import call_rows, predictor_for
-
     return predictor_for(net, views_for(policy), view_fill(policy), call_rows(batch_size))(images)
 
 

@@ -404,7 +404,7 @@ def _whitened_stem(input_shape, sample_images, whitening: Callable, bias_trains:
     if sample_images is None:
         # Without data (e.g. rebuilding for a shape check) the whitening is the identity-ish random init.
         sample_images = np.random.default_rng(0).integers(0, 256, (64, *input_shape), dtype=np.uint8)
-    from comp.nets.layers import Standardize
+    from comp.nets.layers import Standardize  # imports keras: here, not at module top
 
     mean, variance = channel_stats(sample_images)
     inputs, x = _inputs(input_shape)
@@ -507,7 +507,7 @@ def _airbench_norm(config, steps_per_epoch: int, momentum: float) -> Callable:
     options = dict(momentum=momentum, epsilon=AIRBENCH_BN_EPSILON, scale=False)
     if not config.lookahead:
         return lambda: layers.BatchNormalization(**options)
-    from comp.nets.layers import AirbenchBatchNorm
+    from comp.nets.layers import AirbenchBatchNorm  # imports keras: here, not at module top
 
     total = config.total_steps(steps_per_epoch)
     return lambda: AirbenchBatchNorm(lookahead=config.lookahead, total_steps=total, **options)

@@ -9,6 +9,7 @@ from comp.config.augment_presets import LABEL_MIN_WEIGHT
 from comp.engine.augment import make_augment_layer, make_mix_layer
 from comp.data.sources import workdir_dataset
 from comp.store.runs import load_run, run_names
+from comp.core.fileio import save_figure
 
 
 def mix_label(weights, classes: list[str], top: int = 2) -> str:
@@ -30,8 +31,6 @@ def preview_grid(dataset, preset: str, mixup: float, cutmix: float, out_path, se
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from comp.core.fileio import save_figure
 
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(dataset.train_x), size=min(rows, len(dataset.train_x)), replace=False)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from comp.core.errors import CompError
-from comp.store.runs import load_run
+from comp.store.runs import check_same_data, load_run, require_finished
+from comp.core.fileio import load_npy
 
 
 @dataclass
@@ -30,8 +31,6 @@ def teacher_names(config) -> list[str]:
 
 def load_teachers(workspace, config, dataset, split) -> list:
     """The teacher runs, checked to be usable per fold; [] without pseudo-labelling."""
-    from comp.store.runs import check_same_data, require_finished
-
     names = teacher_names(config)
     if not names:
         return []
@@ -60,7 +59,6 @@ def fold_pseudo_labels(teachers: list, fold: int, threshold: float) -> PseudoLab
 
 
 def teacher_fold_test_probs(teacher, fold: int) -> np.ndarray:
-    from comp.core.fileio import load_npy
 
     path = teacher.fold_dir(fold) / f"test_probs{teacher.own_tag}.npy"
     return load_npy(path, f"retrain or re-predict the teacher run {teacher.name}")

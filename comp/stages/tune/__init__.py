@@ -3,7 +3,7 @@
     ws.tune(model="resnet", epochs=8, trials=20)          search; the same call again goes on
     ws.train(study.best_config, folds="all")               train what it found on every fold
 
-One trial (objective.py): the sampler picks values for the searched parameters (space.py:
+One trial (trial.py): the sampler picks values for the searched parameters (space.py:
 `default_space`, narrowed or widened by a space file), they are laid over the fixed config (the
 same config, file and overrides as train), and that config trains fold 0 -- or the first K folds
 with `cv_folds=K` -- through the usual `train_fold`. Validation accuracy is reported after every
