@@ -53,6 +53,7 @@ def missing_backend_error(err: ModuleNotFoundError) -> CompError | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: a refusal may quote it back
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
