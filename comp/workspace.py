@@ -27,7 +27,13 @@ class Workspace:
     """A workdir (`root`) and the competition data it works on (`data`, else remembered or found)."""
 
     def __init__(self, root: str | os.PathLike = ".", data: str | os.PathLike | None = None, *,
-                 skip_bad: bool = False, remember: bool = True):
+                 skip_bad: bool = False, remember: bool = True, id_column: str | None = None,
+                 label_column: str | None = None):
+        # The labels CSV's columns, when their names are not found: kept in the environment, so the
+        # fold and trial child processes read the same columns (comp.data.ID_COLUMN_ENV, LABEL_COLUMN_ENV).
+        for variable, column in (("COMP_ID_COLUMN", id_column), ("COMP_LABEL_COLUMN", label_column)):
+            if column:
+                os.environ[variable] = column
         self.root = Path(root).expanduser().resolve()
         self.data = data  # as given; resolved lazily by data_dir
         self.skip_bad = skip_bad  # damaged images are skipped instead of stopping every command
