@@ -302,6 +302,8 @@ def run_auto(workspace, budget, out=None, force: bool = False):
     from .trainer import DEADLINES_ENV
 
     budget_seconds = parse_duration(budget)
+    if out is not None:
+        workspace.submission_path(out)  # a missing folder is refused now, not after the training
     state_path = workspace.folds / "auto" / f"plan-{budget_seconds:.0f}s.json"
     state = read_json(state_path) if state_path.exists() else {"budget_seconds": budget_seconds, "spent_seconds": 0.0,
                                                                   "stages": {}}

@@ -352,7 +352,7 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
 
     def in_child(index: int) -> dict:
         return call_in_child(train_unit_task, unit, config, workspace.root, dataset.data_dir, workspace.skip_bad,
-                             index, what=f"{unit} {index}")
+                             index, what=f"{unit} {index}", log_dir=run_dir)
 
     if isolate:
         failed = run_folds(workspace, run_dir, units, force, in_child, unit)

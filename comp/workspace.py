@@ -35,6 +35,8 @@ class Workspace:
             if column:
                 os.environ[variable] = column
         self.root = Path(root).expanduser().resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise CompError(f"--workdir {root}: a file, not a folder; give a folder (it is created if missing)")
         self.data = data  # as given; resolved lazily by data_dir
         self.skip_bad = skip_bad  # damaged images are skipped instead of stopping every command
         self.remember = remember  # an explicit data folder is written into comp.toml for later commands
@@ -72,6 +74,10 @@ class Workspace:
         out = Path(out)
         if out.parent == Path(".") and not out.is_absolute():
             return self.submissions / out
+        folder = out.expanduser().parent
+        if not folder.is_dir():  # a typo must not create folders (at the file system's root, even)
+            raise CompError(f"--out {out}: {'not a folder' if folder.exists() else 'no such folder'}: {folder}; "
+                            "create it first, or give a bare file name (it lands in submissions/)")
         return out
 
     # -- the data -----------------------------------------------------------------------------
@@ -110,6 +116,7 @@ class Workspace:
         """The decoded competition data at `image_size` (N, "HxW" or "auto"), images of another
         aspect fitted by `resize` (squash, crop, pad); cached per size under folds/cache/, read
         through a memory mapping; optionally a stratified subsample."""
+        _check_size(image_size, resize)
         return self.source().load(image_size, resize, limit)
 
     def check(self, grid: str | os.PathLike | None = None, limit: int = 0, image_size="auto",
@@ -119,6 +126,7 @@ class Workspace:
         sample grid PNG."""
         from .check import check_data
 
+        _check_size(image_size, resize)
         return check_data(self, Path(grid) if grid else self.folds / "data_samples.png", limit, image_size, resize)
 
     # -- the stages -----------------------------------------------------------------------------
@@ -145,6 +153,7 @@ class Workspace:
         config = getattr(config, "best_config", config)  # a Study trains its best trial
         if k is not None:
             overrides["folds"] = k
+        resolve_config(self, "", config, dict(overrides), preset, use_latest_best=False)  # refused before any write
         source = self.source()
         run_config = resolve_config(self, source.fingerprint, config, overrides, preset)
         warn_gpu_settings_on_cpu(run_config)
@@ -161,10 +170,12 @@ class Workspace:
         """An Optuna search around `config` (as for train; keyword arguments given here are fixed,
         not searched). Trials score the first `cv_folds` folds of the k-fold split. Resumable: the
         same call continues the study. -> Study."""
+        from .train import resolve_config
         from .tune import tune
 
         if k is not None:
             overrides["folds"] = k
+        resolve_config(self, "", config, dict(overrides), use_latest_best=False)  # refused before any write
         return tune(self, config, overrides, trials=trials, timeout=timeout, cv_folds=cv_folds, pruner=pruner,
                     space=space, storage=storage, study_name=study, heartbeat=heartbeat, isolate=isolate)
 
@@ -196,6 +207,8 @@ class Workspace:
         and .gain_over_best: 95% bootstrap intervals of its OOF accuracy and of its gain over .best_run)."""
         from .ensemble import ensemble
 
+        if out is not None:
+            self.submission_path(out)  # a missing folder is refused before any run is read
         names = None if runs is None else [getattr(r, "name", r) for r in _as_list(runs)]
         return ensemble(self, names, out=out, method=method, tta=tta, average=average, force=force,
                         allow_pretrained=allow_pretrained, limit=limit)
@@ -227,6 +240,14 @@ class Workspace:
 
         path = Path(getattr(submission, "path", submission))
         return score_submission(path, Path(answers) if answers else self.data_dir / "answers.csv")
+
+
+def _check_size(image_size, resize: str) -> None:
+    """--image-size and --resize refused before anything is written (comp.toml, the digest cache)."""
+    from .config import check_field
+
+    check_field("image_size", image_size, "options")
+    check_field("resize", resize, "options")
 
 
 def _as_list(value) -> list:

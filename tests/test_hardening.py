@@ -102,3 +102,119 @@ def test_the_columns_can_be_named_and_a_class_mismatch_is_warned(tmp_path, capsy
     capsys.readouterr()
     assert main(["data", "check", "--data", str(data), "--workdir", str(tmp_path / "w"), "--id-column", "picture",
                  "--label-column", "species"]) == 0
+
+
+# -- a failure inside a fold or trial child: one line, the traceback in a log --------------------
+
+# Module-level: the child imports them by name.
+def fill_the_disk():
+    raise OSError(errno.ENOSPC, "No space left on device", "folds/r/fold0/model.keras")
+
+
+def run_out_of_memory():
+    raise MemoryError("Unable to allocate 12.0 GiB")
+
+
+def fail_reading():
+    raise OSError(errno.EIO, "Input/output error", "folds/cache/images.npy")
+
+
+def napping():
+    """Tells the parent it started, then sleeps; on Ctrl-C takes a second to save (as a fold does), then ends."""
+    import time
+
+    from comp.isolate import tell_parent
+
+    tell_parent("ready")
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        time.sleep(1.0)  # saving a checkpoint: the parent has long had its own Ctrl-C
+        raise
+
+
+@pytest.mark.parametrize("function, kind, said", [
+    (fill_the_disk, CompError, "no space left on the device (folds/r/fold0/model.keras); everything written before "
+                               "is intact; free some space and rerun the same command"),
+    (run_out_of_memory, "ChildDied", "out of memory (MemoryError: Unable to allocate 12.0 GiB); try a smaller"),
+    (fail_reading, "ChildDied", "OSError: [Errno 5] Input/output error: 'folds/cache/images.npy'; check that file"),
+])
+def test_every_failure_in_a_child_is_one_line_and_its_traceback_is_logged(tmp_path, capfd, function, kind, said):
+    from comp.isolate import ChildDied, call_in_child
+
+    kind = ChildDied if kind == "ChildDied" else kind
+    with pytest.raises(kind) as raised:
+        call_in_child(function, what="fold 0", log_dir=tmp_path / "run")
+    line = str(raised.value)
+    log = tmp_path / "run" / "crash-fold-0.log"
+    assert said in line and f"traceback in {log}" in line and "\n" not in line
+    assert "Traceback" in log.read_text() and function.__name__ in log.read_text()
+    assert "Traceback" not in capfd.readouterr().err  # the child printed none
+
+
+def test_ctrl_c_reaches_parent_and_child_without_a_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    script = ("import sys\n"
+              "from comp.isolate import call_in_child\n"
+              "from tests.test_hardening import napping\n"
+              "try:\n"
+              "    call_in_child(napping, what='fold 0', log_dir=sys.argv[1],\n"
+              "                  on_message=lambda m: print(m, flush=True))\n"
+              "except KeyboardInterrupt:\n"
+              "    print('interrupted', flush=True)\n")
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={k: v for k, v in os.environ.items() if k != "COMP_NO_ISOLATE"})
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: parent and child at once
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert out.strip() == "interrupted"
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+# -- every argument is checked before anything is written ---------------------------------------
+
+
+@pytest.mark.parametrize("command, said", [
+    (["train", "--model", "baseline", "--epochs", "0"], "epochs = 0"),
+    (["train", "--model", "baseline", "--batch-size", "-3"], "batch_size = -3"),
+    (["tune", "--model", "baseline", "--epochs", "0", "--trials", "1"], "epochs = 0"),
+    (["data", "check", "--image-size", "3"], "image_size = '3'"),
+])
+def test_a_bad_value_is_refused_before_anything_is_written(tmp_path, capsys, command, said):
+    data = make_competition(tmp_path / "d", per_class=4, test_count=3)
+    work = tmp_path / "w"
+    capsys.readouterr()
+    assert main([*command, "--data", str(data), "--workdir", str(work), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1
+    assert not work.exists() or not any(work.rglob("*"))  # no comp.toml, no digest cache, no folds/
+
+
+def test_a_workdir_that_is_a_file_is_refused_in_one_line(tmp_path):
+    data = make_competition(tmp_path / "d", per_class=4, test_count=3)
+    (tmp_path / "file").write_text("not a folder")
+    result = run_comp("data", "check", "--data", data, "--workdir", tmp_path / "file", timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: --workdir {tmp_path / 'file'}: a file, not a folder; give a folder (it " \
+                                    "is created if missing)"
+
+
+def test_out_in_a_missing_folder_is_refused_before_the_work(tmp_path, capsys):
+    work = tmp_path / "w"
+    missing = tmp_path / "nowhere" / "deeper" / "x.csv"
+    capsys.readouterr()
+    assert main(["ensemble", "--workdir", str(work), "--out", str(missing), "--quiet"]) == 2
+    assert "no such folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    assert main(["auto", "--time", "1m", "--workdir", str(work), "--out", str(missing), "--quiet"]) == 2
+    assert "no such folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    assert not (work / "folds").exists()
