@@ -179,12 +179,14 @@ class Workspace:
         return tune(self, config, overrides, trials=trials, timeout=timeout, cv_folds=cv_folds, pruner=pruner,
                     space=space, storage=storage, study_name=study, heartbeat=heartbeat, isolate=isolate)
 
-    def auto(self, time, *, out: str | os.PathLike | None = None, force: bool = False):
+    def auto(self, time, *, out: str | os.PathLike | None = None, force: bool = False,
+             started_at: float | None = None):
         """The best leaderboard CSV this machine can make in `time` ('10m', '1h', seconds): measures the
-        machine, plans models, epochs, folds and full-data fits, trains, ensembles. -> Submission."""
+        machine, plans models, epochs, folds and full-data fits, trains, ensembles. -> Submission.
+        `started_at` (unix seconds): when the work began, if before this call (counted in the budget)."""
         from .auto import run_auto
 
-        return run_auto(self, time, out, force)
+        return run_auto(self, time, out, force, started_at)
 
     def predict(self, run, tta: str | None = None, average: str = "probs") -> dict:
         """Re-predict a finished run with a TTA policy: val, test and OOF files; OOF scores per variant."""

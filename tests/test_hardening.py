@@ -218,3 +218,52 @@ def test_out_in_a_missing_folder_is_refused_before_the_work(tmp_path, capsys):
     assert main(["auto", "--time", "1m", "--workdir", str(work), "--out", str(missing), "--quiet"]) == 2
     assert "no such folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
     assert not (work / "folds").exists()
+
+
+# -- comp auto: interrupted and resumed, within its budget ----------------------------------------
+
+
+@pytest.mark.slow
+def test_auto_interrupted_and_resumed_keeps_its_budget_without_a_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from comp.fileio import read_json
+
+    from .conftest import REPO
+
+    data = make_competition(tmp_path / "d", num_classes=3, per_class=40, test_count=12)
+    work = tmp_path / "w"
+    state_path = work / "folds" / "auto" / "plan-120s.json"
+    command = [sys.executable, "-m", "comp", "auto", "--time", "2m", "--data", str(data), "--workdir", str(work)]
+    env = {k: v for k, v in os.environ.items() if k != "COMP_NO_ISOLATE"}  # the CLI's default: a child per fold
+    started = time.time()
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        while first.poll() is None and not (state_path.exists() and "plan" in read_json(state_path)):
+            time.sleep(0.5)
+        time.sleep(8)  # into the folds' training
+        os.killpg(first.pid, signal.SIGINT)  # a terminal's Ctrl-C: the command and its fold child at once
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    first_seconds = time.time() - started
+    assert first.returncode == 130, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: ")
+    interrupted = read_json(state_path)
+    assert interrupted["spent_seconds"] >= 0.8 * first_seconds  # the time until Ctrl-C is on record
+    assert "train folds" in interrupted["stages"]
+
+    resumed_at = time.time()
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    total = first_seconds + time.time() - resumed_at
+    assert second.returncode == 0, second.stderr
+    assert "continuing the plan" in second.stdout and "measured width" not in second.stdout  # not measured again
+    assert read_json(state_path)["plan"] == interrupted["plan"]
+    assert total <= 1.05 * 120, f"{total:.0f}s for a budget of 120s"
+    assert (work / "submissions" / "auto-2.0m.csv").exists()
