@@ -29,14 +29,11 @@ class Workspace:
     def __init__(self, root: str | os.PathLike = ".", data: str | os.PathLike | None = None, *,
                  skip_bad: bool = False, remember: bool = True, id_column: str | None = None,
                  label_column: str | None = None):
-        # The labels CSV's columns, when their names are not found: kept in the environment, so the
-        # fold and trial child processes read the same columns (comp.data.ID_COLUMN_ENV, LABEL_COLUMN_ENV).
-        for variable, column in (("COMP_ID_COLUMN", id_column), ("COMP_LABEL_COLUMN", label_column)):
-            if column:
-                os.environ[variable] = column
         self.root = Path(root).expanduser().resolve()
         if self.root.exists() and not self.root.is_dir():
             raise CompError(f"--workdir {root}: a file, not a folder; give a folder (it is created if missing)")
+        # The labels CSV's columns, when their names are not found (remembered in comp.toml by source()).
+        self.columns = {"id_column": id_column, "label_column": label_column}
         self.data = data  # as given; resolved lazily by data_dir
         self.skip_bad = skip_bad  # damaged images are skipped instead of stopping every command
         self.remember = remember  # an explicit data folder is written into comp.toml for later commands
@@ -110,7 +107,26 @@ class Workspace:
         `.fingerprint`, and `.load(image_size, resize, limit)` for the images."""
         from .data import open_source
 
-        return open_source(self.data_dir, self.cache, skip_bad=self.skip_bad)
+        data_dir = self.data_dir
+        self.use_columns()
+        return open_source(data_dir, self.cache, skip_bad=self.skip_bad)
+
+    def use_columns(self) -> None:
+        """The labels CSV's columns given here, else remembered in comp.toml, put in the environment
+        (COMP_ID_COLUMN, COMP_LABEL_COLUMN) where comp.data and the fold and trial children read them;
+        columns given are remembered for the later bare commands."""
+        given = {key: value for key, value in self.columns.items() if value}
+        project = self.read_project() if self.project_file.exists() else {}
+        if given and self.remember and any(project.get(key) != value for key, value in given.items()):
+            project.update(given)
+            lines = [f"{key} = {json.dumps(value)}" for key, value in project.items() if isinstance(value, str)]
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_text(self.project_file, "# written by comp: the data folder bare commands use\n"
+                       + "\n".join(lines) + "\n")
+        for key, variable in (("id_column", "COMP_ID_COLUMN"), ("label_column", "COMP_LABEL_COLUMN")):
+            value = given.get(key) or (project.get(key) if isinstance(project.get(key), str) else None)
+            if value:
+                os.environ[variable] = value
 
     def dataset(self, limit: int = 0, image_size="auto", resize: str = "squash"):
         """The decoded competition data at `image_size` (N, "HxW" or "auto"), images of another
@@ -127,6 +143,8 @@ class Workspace:
         from .check import check_data
 
         _check_size(image_size, resize)
+        self.data_dir  # noqa: B018 -- resolved (and remembered) before the columns, as source() does
+        self.use_columns()
         return check_data(self, Path(grid) if grid else self.folds / "data_samples.png", limit, image_size, resize)
 
     # -- the stages -----------------------------------------------------------------------------

@@ -102,6 +102,11 @@ def test_the_columns_can_be_named_and_a_class_mismatch_is_warned(tmp_path, capsy
     capsys.readouterr()
     assert main(["data", "check", "--data", str(data), "--workdir", str(tmp_path / "w"), "--id-column", "picture",
                  "--label-column", "species"]) == 0
+    # Remembered in comp.toml: a later bare command reads the same columns.
+    assert 'id_column = "picture"' in (tmp_path / "w" / "comp.toml").read_text()
+    for variable in ("COMP_ID_COLUMN", "COMP_LABEL_COLUMN"):
+        monkeypatch.setenv(variable, "")
+    assert main(["data", "check", "--workdir", str(tmp_path / "w")]) == 0
 
 
 # -- a failure inside a fold or trial child: one line, the traceback in a log --------------------
