@@ -164,15 +164,13 @@ def test_ctrl_c_reaches_parent_and_child_without_a_traceback(tmp_path):
 
     from .conftest import REPO
 
-    script = ("import sys\n"
-              "from comp.isolate import call_in_child\n"
+    script = ("from comp.isolate import call_in_child\n"
               "from tests.test_hardening import napping\n"
               "try:\n"
-              "    call_in_child(napping, what='fold 0', log_dir=sys.argv[1],\n"
-              "                  on_message=lambda m: print(m, flush=True))\n"
+              "    call_in_child(napping, what='fold 0', on_message=lambda m: print(m, flush=True))\n"
               "except KeyboardInterrupt:\n"
               "    print('interrupted', flush=True)\n")
-    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
                                env={k: v for k, v in os.environ.items() if k != "COMP_NO_ISOLATE"})
     try:
