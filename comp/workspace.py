@@ -71,10 +71,7 @@ class Workspace:
         out = Path(out)
         if out.parent == Path(".") and not out.is_absolute():
             return self.submissions / out
-        folder = out.expanduser().parent
-        if not folder.is_dir():  # a typo must not create folders (at the file system's root, even)
-            raise CompError(f"--out {out}: {'not a folder' if folder.exists() else 'no such folder'}: {folder}; "
-                            "create it first, or give a bare file name (it lands in submissions/)")
+        check_out_folder(out, "or give a bare file name (it lands in submissions/)")
         return out
 
     # -- the data -----------------------------------------------------------------------------
@@ -217,6 +214,8 @@ class Workspace:
         """Label a folder of new images with a finished run: a CSV of file,label,confidence. -> its path."""
         from .predict import label_images
 
+        if out is not None:
+            check_out_folder(out)
         return label_images(self, self.run(run), Path(images), out, tta, average)
 
     def ensemble(self, runs=None, *, out: str | os.PathLike | None = None, method: str = "auto",
@@ -260,6 +259,14 @@ class Workspace:
 
         path = Path(getattr(submission, "path", submission))
         return score_submission(path, Path(answers) if answers else self.data_dir / "answers.csv")
+
+
+def check_out_folder(out: str | os.PathLike, alternative: str = "") -> None:
+    """An --out path's folder must exist: a typo must not create folders (at the file system's root, even)."""
+    folder = Path(out).expanduser().parent
+    if not folder.is_dir():
+        raise CompError(f"--out {out}: {'not a folder' if folder.exists() else 'no such folder'}: {folder}; "
+                        f"create it first{', ' + alternative if alternative else ''}")
 
 
 def _check_size(image_size, resize: str) -> None:

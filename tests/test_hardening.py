@@ -270,3 +270,25 @@ def test_auto_interrupted_and_resumed_keeps_its_budget_without_a_traceback(tmp_p
     assert read_json(state_path)["plan"] == interrupted["plan"]
     assert total <= 1.05 * 120, f"{total:.0f}s for a budget of 120s"
     assert (work / "submissions" / "auto-2.0m.csv").exists()
+
+
+def test_a_fold_child_logs_its_traceback_in_the_run_folder(tmp_path, monkeypatch, capsys):
+    import comp.isolate
+    from comp.workspace import Workspace
+
+    seen = {}
+
+    def failing_child(function, *args, what, on_message=None, log_dir=None):
+        seen[what] = log_dir
+        raise comp.isolate.ChildDied(what, f"failed: MemoryError: ...; try a smaller --batch-size (traceback in "
+                                           f"{comp.isolate.crash_log_path(log_dir, what)})")
+
+    monkeypatch.setattr(comp.isolate, "call_in_child", failing_child)
+    data = make_competition(tmp_path / "d", per_class=4, test_count=3)
+    workspace = Workspace(tmp_path / "w", data=data)
+    with pytest.raises(CompError, match=r"fold\(s\) 0, 1 of run r died"):
+        workspace.train(model="baseline", epochs=1, folds="all", k=2, name="r", isolate=True)
+    run_dir = workspace.run_dir("r")
+    assert seen == {"fold 0": run_dir, "fold 1": run_dir}
+    said = capsys.readouterr()
+    assert f"traceback in {run_dir / 'crash-fold-0.log'}" in said.out + said.err
