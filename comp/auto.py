@@ -303,9 +303,6 @@ def run_auto(workspace, budget, out=None, force: bool = False, started_at: float
     an error), so a rerun continues the plan (without measuring again) with what is really left.
     `started_at`: when the command started (the CLI: before importing Keras), counted in the budget.
     """
-    from .folds import existing_k
-    from .trainer import DEADLINES_ENV
-
     budget_seconds = parse_duration(budget)
     if out is not None:
         workspace.submission_path(out)  # a missing folder is refused now, not after the training
@@ -329,8 +326,7 @@ def run_auto(workspace, budget, out=None, force: bool = False, started_at: float
         return stage["since"]
 
     try:
-        return _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, record, begin,
-                         existing_k, DEADLINES_ENV)
+        return _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, record, begin)
     finally:
         if stage["name"] is not None:  # interrupted or failed inside a stage: its time is spent all the same
             try:
@@ -339,8 +335,11 @@ def run_auto(workspace, budget, out=None, force: bool = False, started_at: float
                 pass  # a full disk: the state keeps the time of the last finished stage
 
 
-def _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, record, begin, existing_k,
-              deadlines_env):
+def _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, record, begin):
+    """run_auto's stages; `begin(stage)` and `record(stage, since)` keep the state file's time."""
+    from .folds import existing_k
+    from .trainer import DEADLINES_ENV
+
     started = begin("data")
     dataset = workspace.dataset()
     record("data", started)
@@ -358,11 +357,11 @@ def _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, r
     config = base.replace(width=plan.width, epochs=plan.epochs, folds=plan.folds, tta=plan.tta)
 
     started = begin("train folds")
-    os.environ[deadlines_env] = json.dumps(fold_deadlines(started, clock, plan))
+    os.environ[DEADLINES_ENV] = json.dumps(fold_deadlines(started, clock, plan))
     try:
         run = workspace.train(config, folds="all")
     finally:
-        os.environ.pop(deadlines_env, None)
+        os.environ.pop(DEADLINES_ENV, None)
     record("train folds", started)
     fits = full_fits_that_fit(plan, run, clock)
     started = begin("full-data fits")

@@ -373,7 +373,7 @@ class NoKfoldTwin(CompError):
     scored, weighted or submitted (comp ensemble leaves such a run out). The CLI appends the command."""
 
     def __init__(self, message: str, run_name: str):
-        super().__init__(message)
+        super().__init__(f"{message} the same call without full= (comp train without --full)")
         self.message, self.run_name = message, run_name
 
 
