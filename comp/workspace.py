@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from comp.core.paths import DATA_ENV, PROJECT_FILE, Workdir, resolve_data_dir  # noqa: F401  (public names)
+from comp.config.run_config import check_field
+from comp.core.paths import DATA_ENV, PROJECT_FILE, Workdir, check_out_folder, resolve_data_dir  # noqa: F401
 
 
 class Workspace(Workdir):
@@ -29,6 +30,7 @@ class Workspace(Workdir):
         through a memory mapping; optionally a stratified subsample."""
         from comp.data.sources import workdir_dataset
 
+        _check_size(image_size, resize)
         return workdir_dataset(self, limit, image_size, resize)
 
     def check(self, grid: str | os.PathLike | None = None, limit: int = 0, image_size="auto",
@@ -38,6 +40,9 @@ class Workspace(Workdir):
         sample grid PNG."""
         from comp.stages.check import check_data
 
+        _check_size(image_size, resize)
+        self.data_dir  # noqa: B018 -- resolved (and remembered) before the columns, as source() does
+        self.use_columns()
         return check_data(self, Path(grid) if grid else self.folds / "data_samples.png", limit, image_size, resize)
 
     # -- the stages -----------------------------------------------------------------------------
@@ -68,19 +73,23 @@ class Workspace(Workdir):
         """An Optuna search around `config` (as for train; keyword arguments given here are fixed,
         not searched). Trials score the first `cv_folds` folds of the k-fold split. Resumable: the
         same call continues the study. -> Study."""
+        from comp.stages.train import resolve_config
         from comp.stages.tune import tune
 
         if k is not None:
             overrides["folds"] = k
+        resolve_config(self, "", config, dict(overrides), use_latest_best=False)  # refused before any write
         return tune(self, config, overrides, trials=trials, timeout=timeout, cv_folds=cv_folds, pruner=pruner,
                     space=space, storage=storage, study_name=study, heartbeat=heartbeat, isolate=isolate)
 
-    def auto(self, time, *, out: str | os.PathLike | None = None, force: bool = False):
+    def auto(self, time, *, out: str | os.PathLike | None = None, force: bool = False,
+             started_at: float | None = None):
         """The best leaderboard CSV this machine can make in `time` ('10m', '1h', seconds): measures the
-        machine, plans models, epochs, folds and full-data fits, trains, ensembles. -> Submission."""
+        machine, plans models, epochs, folds and full-data fits, trains, ensembles. -> Submission.
+        `started_at` (unix seconds): when the work began, if before this call (counted in the budget)."""
         from comp.stages.auto import run_auto
 
-        return run_auto(self, time, out, force)
+        return run_auto(self, time, out, force, started_at)
 
     def predict(self, run, tta: str | None = None, average: str = "probs") -> dict:
         """Re-predict a finished run with a TTA policy: val, test and OOF files; OOF scores per variant."""
@@ -93,6 +102,8 @@ class Workspace(Workdir):
         """Label a folder of new images with a finished run: a CSV of file,label,confidence. -> its path."""
         from comp.stages.predict import label_images
 
+        if out is not None:
+            check_out_folder(out)
         return label_images(self, self.run(run), Path(images), out, tta, average)
 
     def ensemble(self, runs=None, *, out: str | os.PathLike | None = None, method: str = "auto",
@@ -103,6 +114,8 @@ class Workspace(Workdir):
         and .gain_over_best: 95% bootstrap intervals of its OOF accuracy and of its gain over .best_run)."""
         from comp.stages.ensemble import ensemble
 
+        if out is not None:
+            self.submission_path(out)  # a missing folder is refused before any run is read
         names = None if runs is None else [getattr(r, "name", r) for r in _as_list(runs)]
         return ensemble(self, names, out=out, method=method, tta=tta, average=average, force=force,
                         allow_pretrained=allow_pretrained, limit=limit)
@@ -134,6 +147,12 @@ class Workspace(Workdir):
 
         path = Path(getattr(submission, "path", submission))
         return score_submission(path, Path(answers) if answers else self.data_dir / "answers.csv")
+
+
+def _check_size(image_size, resize: str) -> None:
+    """--image-size and --resize refused before anything is written (comp.toml, the digest cache)."""
+    check_field("image_size", image_size, "options")
+    check_field("resize", resize, "options")
 
 
 def _as_list(value) -> list:

@@ -13,6 +13,7 @@ import argparse
 import errno
 import importlib
 import sys
+import time
 
 from comp.core.version import __version__
 from comp.core.console import console, set_quiet
@@ -51,8 +52,11 @@ def missing_backend_error(err: ModuleNotFoundError) -> CompError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.time()  # before Keras is imported: comp auto counts that time in its budget
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: a refusal may quote it back
+    args.started = started
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

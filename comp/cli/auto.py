@@ -20,5 +20,5 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    workspace_from(args).auto(args.time, out=args.out, force=args.force)
+    workspace_from(args).auto(args.time, out=args.out, force=args.force, started_at=getattr(args, "started", None))
     return 0

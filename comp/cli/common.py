@@ -59,6 +59,10 @@ def add_data_options(parser: argparse.ArgumentParser, limit: bool = True) -> Non
         group.add_argument("--limit", type=int, default=0,
                            help="use a deterministic stratified subsample of N train images (default: all)")
     group.add_argument("--skip-bad", action="store_true", help="skip damaged images instead of stopping")
+    group.add_argument("--id-column", help="the labels CSV's id column (default: found by name: id, image_id, "
+                                           "filename, file, image, img...)")
+    group.add_argument("--label-column", help="the labels CSV's label column (default: found by name: label, "
+                                              "target, class, category...)")
 
 
 def add_size_options(parser: argparse.ArgumentParser) -> None:
@@ -116,4 +120,5 @@ def config_overrides(args) -> dict:
 
 
 def workspace_from(args) -> Workspace:
-    return Workspace(args.workdir, data=getattr(args, "data", None), skip_bad=getattr(args, "skip_bad", False))
+    return Workspace(args.workdir, data=getattr(args, "data", None), skip_bad=getattr(args, "skip_bad", False),
+                     id_column=getattr(args, "id_column", None), label_column=getattr(args, "label_column", None))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 
 from comp.core.console import console, info
@@ -47,9 +49,33 @@ def run(args) -> int:
     started = time.time()
     if args.seeds < 1:
         raise CompError(f"--seeds {args.seeds}: give 1 or more")
+    from comp.stages.train import NoKfoldTwin
+
     overrides = config_overrides(args)
+    try:
+        _train(args, overrides)
+    except NoKfoldTwin as err:
+        raise CompError(f"{err.message} {twin_command(args)}") from None
+    info(f"done in {time.time() - started:.0f}s")
+    return 0
+
+
+def twin_command(args) -> str:
+    """The command line that trains the folds of the run a `--full` was asked of: the same without --full/--seeds."""
+    argv, kept, skip = list(getattr(args, "argv", None) or sys.argv[1:]), [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--full" or item.startswith("--seeds="):
+            continue
+        elif item == "--seeds":
+            skip = True
+        else:
+            kept.append(item)
+    return "comp " + shlex.join(kept)
+
+
+def _train(args, overrides: dict) -> None:
     workspace_from(args).train(args.config, folds=args.fold, k=overrides.pop("folds", None), force=args.force,
                                resplit=args.resplit, preset=args.preset, full=args.seeds if args.full else 0,
                                **overrides)
-    info(f"done in {time.time() - started:.0f}s")
-    return 0

@@ -27,8 +27,13 @@ class Workdir:
     found). Stages take this paths object; `comp.Workspace` adds the verbs."""
 
     def __init__(self, root: str | os.PathLike = ".", data: str | os.PathLike | None = None, *,
-                 skip_bad: bool = False, remember: bool = True):
+                 skip_bad: bool = False, remember: bool = True, id_column: str | None = None,
+                 label_column: str | None = None):
         self.root = Path(root).expanduser().resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise CompError(f"--workdir {root}: a file, not a folder; give a folder (it is created if missing)")
+        # The labels CSV's columns, when their names are not found (remembered in comp.toml by use_columns()).
+        self.columns = {"id_column": id_column, "label_column": label_column}
         self.data = data  # as given; resolved lazily by data_dir
         self.skip_bad = skip_bad  # damaged images are skipped instead of stopping every command
         self.remember = remember  # an explicit data folder is written into comp.toml for later commands
@@ -66,6 +71,7 @@ class Workdir:
         out = Path(out)
         if out.parent == Path(".") and not out.is_absolute():
             return self.submissions / out
+        check_out_folder(out, "or give a bare file name (it lands in submissions/)")
         return out
 
     # -- the data -----------------------------------------------------------------------------
@@ -88,10 +94,35 @@ class Workdir:
         lines = [f"{key} = {json.dumps(value)}" for key, value in project.items() if isinstance(value, str)]
         write_text(self.project_file, "# written by comp: the data folder bare commands use\n" + "\n".join(lines) + "\n")
 
+    def use_columns(self) -> None:
+        """The labels CSV's columns given here, else remembered in comp.toml, put in the environment
+        (COMP_ID_COLUMN, COMP_LABEL_COLUMN) where comp.data.sources and the fold and trial children read them;
+        columns given are remembered for the later bare commands."""
+        given = {key: value for key, value in self.columns.items() if value}
+        project = self.read_project() if self.project_file.exists() else {}
+        if given and self.remember and any(project.get(key) != value for key, value in given.items()):
+            project.update(given)
+            lines = [f"{key} = {json.dumps(value)}" for key, value in project.items() if isinstance(value, str)]
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_text(self.project_file, "# written by comp: the data folder bare commands use\n"
+                       + "\n".join(lines) + "\n")
+        for key, variable in (("id_column", "COMP_ID_COLUMN"), ("label_column", "COMP_LABEL_COLUMN")):
+            value = given.get(key) or (project.get(key) if isinstance(project.get(key), str) else None)
+            if value:
+                os.environ[variable] = value
+
     @property
     def data_dir(self) -> Path:
         """The data folder: `data`, else $COMP_DATA, else comp.toml, else <root>/data."""
         return resolve_data_dir(self, None if self.data is None else str(self.data), self.remember)
+
+
+def check_out_folder(out: str | os.PathLike, alternative: str = "") -> None:
+    """An --out path's folder must exist: a typo must not create folders (at the file system's root, even)."""
+    folder = Path(out).expanduser().parent
+    if not folder.is_dir():
+        raise CompError(f"--out {out}: {'not a folder' if folder.exists() else 'no such folder'}: {folder}; "
+                        f"create it first{', ' + alternative if alternative else ''}")
 
 
 def resolve_data_dir(workspace: Workdir, data_arg: str | None, remember: bool = True) -> Path:

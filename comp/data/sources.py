@@ -53,6 +53,13 @@ from comp.core.fileio import read_json, write_json, write_text
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LABEL_CSV_NAMES = ("train.csv", "trainLabels.csv", "train_labels.csv", "labels.csv")
+# The labels CSV's columns are found by name (lower case, without "_", "-" and spaces), never by position:
+# Kaggle's CSVs often hold more (id,fold,label; image_id,width,height,label) or another order (label,id).
+ID_COLUMN_NAMES = ("id", "imageid", "image", "img", "imgid", "filename", "file", "fname", "imagename", "imagefile",
+                   "imagepath", "path", "name")
+LABEL_COLUMN_NAMES = ("label", "labels", "target", "class", "classname", "category", "categoryid", "classid", "y")
+# Or named by the user: --id-column / --label-column (children inherit them through these variables).
+ID_COLUMN_ENV, LABEL_COLUMN_ENV = "COMP_ID_COLUMN", "COMP_LABEL_COLUMN"
 SAMPLE_CSV_NAMES = ("sample_submission.csv", "sampleSubmission.csv", "sample_submission.CSV")
 LIMIT_SEED = 0  # --limit subsamples with a fixed seed so every stage sees the same rows
 # Files that are not images but that a competition folder often holds; skipped silently.
@@ -97,6 +104,7 @@ EMPTY_CLASS = "empty class folder"
 ONE_CLASS = "one class only"
 BAD_CSV = "malformed CSV"
 LABEL_WITHOUT_IMAGE = "labels CSV id without image"
+CLASSES_NOT_IN_SAMPLE = "classes unlike the sample submission's"
 EMPTY_LABEL = "empty label"
 ID_WITHOUT_IMAGE = "test id without image"
 IMAGE_WITHOUT_ID = "test image without id"
@@ -404,6 +412,82 @@ def _scan_class_folders(train_dir: Path, class_dirs: list[Path], loose: list[Pat
     return classes, files, labels
 
 
+def _column_key(name: str) -> str:
+    return "".join(ch for ch in str(name).lower() if ch not in "_- ")
+
+
+def label_csv_columns(columns: list[str], id_column: str | None = None,
+                      label_column: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """(id column, label column, None), or (None, None, what is wrong): each found by its name
+    (ID_COLUMN_NAMES, LABEL_COLUMN_NAMES), or as given; with two columns, one found names the other."""
+    listed = ", ".join(map(str, columns))
+    chosen = {}
+    for role, given, names in (("id", id_column, ID_COLUMN_NAMES), ("label", label_column, LABEL_COLUMN_NAMES)):
+        if given:
+            if given not in columns:
+                return None, None, f"has no column {given!r} (--{role}-column); its columns: {listed}"
+            chosen[role] = [given]
+        else:
+            chosen[role] = [c for c in columns if _column_key(c) in names]
+    if len(columns) == 2:  # one column found by name: the other is the other role
+        for role, other in (("id", "label"), ("label", "id")):
+            if not chosen[role] and len(chosen[other]) == 1:
+                chosen[role] = [c for c in columns if c != chosen[other][0]]
+    for role in ("id", "label"):
+        found = [c for c in chosen[role] if c not in chosen["label" if role == "id" else "id"]] or chosen[role]
+        if len(found) != 1:
+            what = f"several {role} columns ({', '.join(found)})" if found else f"no {role} column"
+            return None, None, (f"{what} among its columns: {listed}; name them with --id-column and "
+                                "--label-column (e.g. id and label)")
+        chosen[role] = found
+    if chosen["id"][0] == chosen["label"][0]:
+        return None, None, f"the id and label columns are both {chosen['id'][0]!r}; its columns: {listed}"
+    return chosen["id"][0], chosen["label"][0], None
+
+
+def _read_labels_frame(path: Path, id_column: str | None, label_column: str | None):
+    """(id,label frame as stripped text, None), or (None, what is wrong): the columns found by name."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        return None, f"not a readable CSV ({err})"
+    if frame.shape[1] < 2 or len(frame) == 0:
+        return None, "needs an id column and a label column, one row per image"
+    id_col, label_col, wrong = label_csv_columns([str(c) for c in frame.columns], id_column, label_column)
+    if wrong:
+        return None, wrong
+    frame = frame[[id_col, label_col]].apply(lambda column: column.str.strip())
+    ids = frame.iloc[:, 0]
+    repeated = ids[ids.duplicated()].unique()
+    if len(repeated):
+        return None, f"repeated ids (e.g. {', '.join(repeated[:3])}); each id must appear once"
+    return frame, None
+
+
+def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | None) -> str | None:
+    """What does not match between the learned classes and the sample submission's target values, or None."""
+    if submission is None or not classes:
+        return None
+    if submission.target_kind == "probs":
+        wanted = set(submission.columns) - {submission.id_column}
+        if wanted != set(classes):
+            return (f"its class columns ({', '.join(sorted(wanted)[:SHOWN_EXAMPLES])}) are not the classes learned "
+                    f"({', '.join(classes[:SHOWN_EXAMPLES])})")
+        return None
+    try:
+        values = set(pd.read_csv(submission.path, dtype=str, keep_default_na=False)[submission.target_column]
+                     .str.strip()) - {""}
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, KeyError):
+        return None
+    if submission.target_kind == "int" and not all(c.lstrip("-").isdigit() for c in classes):
+        return None  # integers stand for the class index: nothing to compare
+    if submission.target_kind in ("name", "int") and not values <= set(classes):
+        strange = sorted(values - set(classes))
+        return (f"its {submission.target_column} values ({', '.join(strange[:SHOWN_EXAMPLES])}) are not among the "
+                f"classes learned ({', '.join(classes[:SHOWN_EXAMPLES])})")
+    return None
+
+
 def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem]):
     """Classes, files and labels from a labels CSV; train images it does not list are warned about."""
     csv_path = next((data_dir / n for n in LABEL_CSV_NAMES if (data_dir / n).is_file()), None)
@@ -413,7 +497,8 @@ def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem]):
                                 f"holds no class folders and {data_dir} has no labels CSV ({', '.join(LABEL_CSV_NAMES)})",
                                 "use train/<class>/*.jpg or add a labels CSV with columns id,label"))
         return [], [], []
-    frame, wrong = _read_id_frame(csv_path, "two columns, id and label")
+    frame, wrong = _read_labels_frame(csv_path, os.environ.get(ID_COLUMN_ENV) or None,
+                                      os.environ.get(LABEL_COLUMN_ENV) or None)
     if wrong:
         problems.append(Problem(ERROR, BAD_CSV, csv_path, wrong, "fix the CSV"))
         return [], [], []
@@ -444,12 +529,14 @@ def scan(data_dir: Path) -> Layout:
     train_dir, test_dir = data_dir / "train", data_dir / "test"
     problems: list[Problem] = []
     classes, files, labels = [], [], []
+    from_csv = False
     if train_dir.is_dir():
         class_dirs, loose = _class_folders(train_dir, problems)
         if class_dirs:
             classes, files, labels = _scan_class_folders(train_dir, class_dirs, loose, problems)
         else:
             classes, files, labels = _scan_labels_csv(data_dir, train_dir, problems)
+            from_csv = True
         if len(classes) == 1:
             problems.append(Problem(ERROR, ONE_CLASS, train_dir, f"only one class ({classes[0]})",
                                     "a classifier needs at least two"))
@@ -457,6 +544,10 @@ def scan(data_dir: Path) -> Layout:
         problems.append(Problem(ERROR, MISSING, train_dir, "missing",
                                 "the competition folder needs train/<class>/*.jpg (is --data the unpacked download?)"))
     submission = read_submission_format(data_dir, problems)
+    unlike = classes_unlike_sample(classes, submission) if from_csv and len(classes) > 1 else None
+    if unlike:
+        problems.append(Problem(WARNING, CLASSES_NOT_IN_SAMPLE, submission.path, unlike,
+                                f"{unlike}: check that the labels come from the right column (--label-column)"))
     test_files = []
     if not test_dir.is_dir():
         problems.append(Problem(ERROR, MISSING, test_dir, "missing",
@@ -851,7 +942,9 @@ def apply_limit(dataset: Dataset, limit: int) -> Dataset:
 
 def workdir_source(workdir) -> "Source":
     """The workdir's data folder scanned and fingerprinted (a comp.core.paths.Workdir), nothing decoded."""
-    return open_source(workdir.data_dir, workdir.cache, skip_bad=workdir.skip_bad)
+    data_dir = workdir.data_dir  # resolved (and remembered) before the columns
+    workdir.use_columns()
+    return open_source(data_dir, workdir.cache, skip_bad=workdir.skip_bad)
 
 
 def workdir_dataset(workdir, limit: int = 0, image_size="auto", resize: str = "squash") -> "Dataset":

@@ -299,43 +299,67 @@ def fit_batch(config, train_rows: int):
     return config.replace(batch_size=batch, lr=config.lr * batch / config.batch_size)
 
 
-def run_auto(workspace, budget, out=None, force: bool = False):
-    """Measure, plan, train and ensemble within `budget` ('60m', seconds...). -> Submission."""
-    from comp.data.folds import existing_k
-    from comp.engine.callbacks import DEADLINES_ENV
+def run_auto(workspace, budget, out=None, force: bool = False, started_at: float | None = None):
+    """Measure, plan, train and ensemble within `budget` ('60m', seconds...). -> Submission.
 
+    The time spent is written into the state file after every stage and when interrupted (Ctrl-C,
+    an error), so a rerun continues the plan (without measuring again) with what is really left.
+    `started_at`: when the command started (the CLI: before importing Keras), counted in the budget.
+    """
     budget_seconds = parse_duration(budget)
+    if out is not None:
+        workspace.submission_path(out)  # a missing folder is refused now, not after the training
     state_path = workspace.folds / "auto" / f"plan-{budget_seconds:.0f}s.json"
     state = read_json(state_path) if state_path.exists() else {"budget_seconds": budget_seconds, "spent_seconds": 0.0,
                                                                   "stages": {}}
-    clock = Clock(budget_seconds, state["spent_seconds"])
+    clock = Clock(budget_seconds, state["spent_seconds"], **({"started": started_at} if started_at else {}))
     if state["spent_seconds"]:
         info(f"continuing the plan in {state_path}: {describe_seconds(state['spent_seconds'])} spent, "
              f"{describe_seconds(clock.left())} left")
+    stage = {"name": "data", "since": clock.started}  # the stage under way: its time is recorded whatever happens
 
-    def record(stage: str, since: float) -> None:
-        state["stages"][stage] = state["stages"].get(stage, 0.0) + time.time() - since
+    def record(name: str, since: float) -> None:
+        state["stages"][name] = state["stages"].get(name, 0.0) + time.time() - since
         state["spent_seconds"] = clock.spent()
+        stage["name"], stage["since"] = None, time.time()
         write_json(state_path, state)
 
-    started = time.time()
+    def begin(name: str) -> float:
+        stage["name"], stage["since"] = name, time.time()
+        return stage["since"]
+
+    try:
+        return _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, record, begin)
+    finally:
+        if stage["name"] is not None:  # interrupted or failed inside a stage: its time is spent all the same
+            try:
+                record(stage["name"], stage["since"])
+            except OSError:
+                pass  # a full disk: the state keeps the time of the last finished stage
+
+
+def _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, record, begin):
+    """run_auto's stages; `begin(stage)` and `record(stage, since)` keep the state file's time."""
+    from comp.data.folds import existing_k
+    from comp.engine.callbacks import DEADLINES_ENV  # imports keras: here, not at module top
+
+    started = begin("data")
     dataset = workdir_dataset(workspace)
     record("data", started)
-    started = time.time()
+    started = begin("measure")
     base = base_config(workspace, dataset)
     k = existing_k(workspace, dataset.fingerprint)
-    probes = probe(workspace, dataset, base, WIDTHS if budget_seconds >= SHORT_BUDGET_SECONDS else (1.0, 0.5))
-    record("measure", started)
-    if "plan" not in state:
+    if "plan" not in state:  # a plan made earlier is continued as it is: nothing to measure again
+        probes = probe(workspace, dataset, base, WIDTHS if budget_seconds >= SHORT_BUDGET_SECONDS else (1.0, 0.5))
         plan = make_plan(budget_seconds, clock.spent(), len(dataset.train_y), len(dataset.test_x), probes,
                          tta_policies(base), (k,) if k else FOLD_CHOICES)
         state["plan"] = asdict(plan)
-        write_json(state_path, state)
+    record("measure", started)
     plan = Plan(**state["plan"])
     console.print(plan_table(plan, len(dataset.train_y)))
     config = base.replace(width=plan.width, epochs=plan.epochs, folds=plan.folds, tta=plan.tta)
 
-    started = time.time()
+    started = begin("train folds")
     os.environ[DEADLINES_ENV] = json.dumps(fold_deadlines(started, clock, plan))
     try:
         run = train_config(workspace, config, folds="all")
@@ -343,15 +367,15 @@ def run_auto(workspace, budget, out=None, force: bool = False):
         os.environ.pop(DEADLINES_ENV, None)
     record("train folds", started)
     fits = full_fits_that_fit(plan, run, clock)
-    started = time.time()
+    started = begin("full-data fits")
     for seeds in range(1, fits + 1):
         train_config(workspace, config, full=seeds)
         record("full-data fits", started)
-        started = time.time()
+        started = begin("full-data fits")
         if seeds < fits and full_fits_that_fit(plan, run, clock, done=seeds) <= seeds:
             warn(f"the full-data fits run slower than planned: stopping after {seeds} of {fits} to stay in the budget")
             break
-    started = time.time()
+    started = begin("ensemble")
     name = out or f"auto-{describe_seconds(budget_seconds)}.csv"
     # A rerun of a finished plan writes the same CSV again (same runs): replacing it is expected.
     submission = ensemble(workspace, [run.name], out=name, force=force or state.get("ensembled", False))

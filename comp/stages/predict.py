@@ -63,6 +63,7 @@ def dataset_for_runs(workspace, runs: list[Run], prefer_recorded: bool = False):
             if workspace.data is not None or recorded is None:
                 raise
             data_dir = recorded
+    workspace.use_columns()  # the labels CSV's columns, as the runs were trained with
     source = open_source(data_dir, workspace.cache, skip_bad=workspace.skip_bad)
     same_data = [run for run in runs if run.fingerprint == source.fingerprint]
     size, resize = (same_data[0].image_size, same_data[0].resize) if same_data else ("auto", "squash")

@@ -18,7 +18,13 @@ from typing import Callable
 
 import numpy as np
 
-from comp.config.run_config import MACHINE_PRESETS, RunConfig, build_config, given_fields, load_config_file
+from comp.config.run_config import (
+    MACHINE_PRESETS,
+    RunConfig,
+    build_config,
+    given_fields,
+    load_config_file,
+)
 from comp.core.console import console, info, warn
 from comp.core.errors import CompError, retrain_fold_fix
 from comp.core.paths import Workdir
@@ -328,6 +334,8 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
     if full_seeds and config.keep == "best":
         raise CompError("--full with keep = best: a full-data fit holds no rows out to pick an epoch on; "
                         "use keep = last")
+    if full_seeds:
+        refuse_full_without_twin(run_dir, config, split)
     prepare_run_dir(run_dir, config, dataset, split, force)
     unit, one = ("seed", train_one_full) if full_seeds else ("fold", train_one_fold)
     units = list(range(full_seeds)) if full_seeds else folds
@@ -338,7 +346,7 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
 
     def in_child(index: int) -> dict:
         return call_in_child(train_unit_task, unit, config, workspace.root, dataset.data_dir, workspace.skip_bad,
-                             index, what=f"{unit} {index}")
+                             index, what=f"{unit} {index}", log_dir=run_dir)
 
     if isolate:
         failed = run_folds(workspace, run_dir, units, force, in_child, unit)
@@ -352,6 +360,24 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
         raise CompError(f"{unit}(s) {', '.join(map(str, failed))} of run {config.run_name} died (see above); "
                         "rerun the same command to retry them")
     return Run(config.run_name, run_dir, read_manifest(run_dir / "config.json"))
+
+
+class NoKfoldTwin(CompError):
+    """--full asked of a run whose folds are not all finished: its full-data fits could never be
+    scored, weighted or submitted (comp ensemble leaves such a run out). The CLI appends the command."""
+
+    def __init__(self, message: str, run_name: str):
+        super().__init__(f"{message} the same call without full= (comp train without --full)")
+        self.message, self.run_name = message, run_name
+
+
+def refuse_full_without_twin(run_dir: Path, config: RunConfig, split: Split) -> None:
+    """Full-data fits only beside a finished K-fold run of the same settings (its OOF file written)."""
+    if (run_dir / "oof_probs.npy").exists() and (run_dir / "summary.json").exists():
+        return
+    done = sum(fold_done(run_dir / f"fold{k}") for k in range(split.k))
+    raise NoKfoldTwin(f"--full: run {config.run_name} has {done} of {split.k} folds finished; its full-data fits "
+                      "would be scored and weighted by them, so train the folds first:", config.run_name)
 
 
 def summarize_run(run_dir: Path, dataset, split: Split) -> dict | None:
@@ -430,6 +456,7 @@ def train_config(workspace: Workdir, config=None, *, folds="all", k: int | None 
     config = getattr(config, "best_config", config)  # a Study trains its best trial
     if k is not None:
         overrides["folds"] = k
+    resolve_config(workspace, "", config, dict(overrides), preset, use_latest_best=False)  # refused before any write
     source = workdir_source(workspace)
     run_config = resolve_config(workspace, source.fingerprint, config, overrides, preset)
     warn_gpu_settings_on_cpu(run_config)

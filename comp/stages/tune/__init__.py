@@ -226,6 +226,7 @@ def run_trials_in_children(storage, workspace, search: Search, cv_folds: int, ur
         try:
             outcomes.append(call_in_child(trial_task, workspace.root, workspace.data_dir, workspace.skip_bad,
                                           search.space, cv_folds, url, name, pruner, heartbeat, what="trial",
+                                          log_dir=workspace.folds / "logs",
                                           on_message=lambda number: current.update(number=number)))
         except ChildDied as died:
             number = current.get("number")
