@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    was_quiet = console.quiet  # restored at the end: main() called in-process (notebooks, tests) leaves no trace
     set_quiet(getattr(args, "quiet", False))
     try:
         # --preset gpu means the JAX backend unless one was named (the GPU machine has no TensorFlow).
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: everything written so far is consistent; rerun the same command to resume",
               file=sys.stderr)
         return INTERRUPTED_EXIT
+    finally:
+        console.quiet = was_quiet
     return result if isinstance(result, int) else 0
 
 
