@@ -16,7 +16,7 @@ import sys
 import time
 
 from comp.core.version import __version__
-from comp.core.console import console, set_quiet
+from comp.core.console import console, is_quiet, set_quiet
 from comp.core.backend import import_keras, set_backend
 from comp.core.errors import CompError, one_line
 from comp.core.isolate import INTERRUPTED_EXIT
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    was_quiet = console.quiet  # restored at the end: main() called in-process (notebooks, tests) leaves no trace
+    was_quiet = is_quiet()  # restored at the end: main() called in-process (notebooks, tests) leaves no trace
     set_quiet(getattr(args, "quiet", False))
     try:
         # --preset gpu means the JAX backend unless one was named (the GPU machine has no TensorFlow).
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return INTERRUPTED_EXIT
     finally:
-        console.quiet = was_quiet
+        set_quiet(was_quiet)
     return result if isinstance(result, int) else 0
 
 
