@@ -128,12 +128,15 @@ class Workspace(Workdir):
 
         return report(self, run, Path(out) if out else None, mistakes)
 
-    def score(self, submission, answers: str | os.PathLike | None = None) -> dict:
-        """Accuracy of a submission CSV against an answers CSV (default: answers.csv in the data folder)."""
+    def score(self, submission, answers: str | os.PathLike | None = None, metric: str | None = None) -> dict:
+        """A submission CSV scored against an answers CSV (default: answers.csv in the data folder) under
+        the competition's metric (`metric`, else the workspace's) and by accuracy:
+        {"metric", "value", "accuracy", "correct", "rows", "answers"}."""
         from comp.stages.submission import score_submission
 
         path = Path(getattr(submission, "path", submission))
-        return score_submission(path, Path(answers) if answers else self.data_dir / "answers.csv")
+        return score_submission(path, Path(answers) if answers else self.data_dir / "answers.csv",
+                                metric or self.metric)
 
 
 def _as_list(value) -> list:

@@ -125,3 +125,43 @@ def format_difference(interval: Interval, compact: bool = False) -> str:
 
 DIFFERENCE_LEGEND = ("paired 95% bootstrap interval of the accuracy difference on the same OOF rows; "
                      "real: it excludes 0")
+
+
+# -- intervals of any metric (comp.core.metrics) ------------------------------------------------
+
+METRIC_RESAMPLES = 1000  # each resample rescored by the metric itself: fewer than the accuracy's pattern trick
+
+
+class MetricBars:
+    """The competition's metric of several predictions on the same OOF rows, each with its bootstrap
+    interval, and the paired interval of a gain between two (positive = better, whatever the
+    metric's direction). A resample on which the metric is undefined (roc_auc with one class drawn)
+    leaves the intervals unknown."""
+
+    def __init__(self, metric: str, labels: np.ndarray, probs: list[np.ndarray], resamples: int = METRIC_RESAMPLES,
+                 seed: int = SEED):
+        from comp.core.errors import CompError
+        from comp.core.metrics import get_metric, score
+
+        self.metric = get_metric(metric)
+        labels = np.asarray(labels)
+        rows = len(labels)
+        self.estimates = np.array([score(self.metric, labels, p) for p in probs])
+        self.samples = np.full((len(probs), resamples), np.nan)
+        rng = np.random.default_rng(seed)
+        for r in range(resamples):
+            drawn = rng.integers(0, rows, rows)
+            for i, p in enumerate(probs):
+                try:
+                    self.samples[i, r] = score(self.metric, labels[drawn], p[drawn])
+                except CompError:
+                    break
+
+    def interval(self, i: int) -> Interval:
+        return percentile_interval(self.estimates[i], self.samples[i])
+
+    def gain(self, i: int, j: int) -> Interval:
+        """How much better prediction i is than j, resample by resample (paired)."""
+        sign = 1 if self.metric.greater_is_better else -1
+        return percentile_interval(sign * (self.estimates[i] - self.estimates[j]),
+                                   sign * (self.samples[i] - self.samples[j]))
