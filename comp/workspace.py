@@ -14,7 +14,9 @@ from comp.core.paths import DATA_ENV, PROJECT_FILE, Workdir, resolve_data_dir  #
 
 class Workspace(Workdir):
     """A workdir (`root`) and the competition data it works on (`data`, else remembered or found),
-    with the verbs a notebook calls; each verb calls one stage with typed values."""
+    with the verbs a notebook calls; each verb calls one stage with typed values. `metric`: the
+    competition's (comp.core.metrics.METRICS), remembered in comp.toml like `data`; else comp.toml's,
+    else accuracy. Train, ensemble, score and report speak it."""
 
     def source(self):
         """The data folder scanned and fingerprinted, nothing decoded yet (comp.data.sources.Source):
@@ -116,11 +118,12 @@ class Workspace(Workdir):
     def runs(self):
         """The leaderboard of finished runs as a pandas DataFrame, best first, with error bars: ci_low/ci_high
         (95% bootstrap interval of the OOF accuracy with TTA) and gain/gain_low/gain_high (the paired
-        interval of the difference from best_run, the best run on the same rows)."""
+        interval of the difference from best_run, the best run on the same rows); with the workspace's
+        metric, `metric` and `cv_metric` (its OOF value, re-scored from the saved probabilities) last."""
         from comp.stages.report import leaderboard
         from comp.store.runs import finished_runs
 
-        return leaderboard(finished_runs(self))
+        return leaderboard(finished_runs(self), self.metric)
 
     def report(self, run=None, out: str | os.PathLike | None = None, mistakes: int | None = None) -> dict:
         """Leaderboard CSV, confusion matrix and confident mistakes (PNGs) under folds/report/."""

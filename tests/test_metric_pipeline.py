@@ -162,3 +162,21 @@ def test_map_at_k_writes_space_separated_labels(tmp_path):
     validate_submission(tmp_path / "out.csv", fmt, classes, "map@3")
     with pytest.raises(CompError, match="scores probabilities"):
         check_format(fmt, classes, "log_loss")
+
+
+def test_report_has_a_column_of_the_metric(f1_work):
+    from comp import Workspace
+
+    assert main(["report", "--workdir", str(f1_work), "--quiet"]) == 0
+    board = pd.read_csv(f1_work / "folds" / "report" / "leaderboard.csv")
+    assert list(board.columns[-2:]) == ["metric", "cv_metric"] and board["metric"].iloc[0] == "f1_macro"
+    assert board["cv_metric"].iloc[0] == pytest.approx(Workspace(f1_work).run("r").oof_score(), abs=1e-4)
+
+
+def test_tune_follows_the_metric_direction(loss_work):
+    from comp import Workspace
+
+    study = Workspace(loss_work).tune(model="baseline", trials=1, epochs=1, width=0.5, isolate=False)
+    assert study.optuna.direction.name == "MINIMIZE"
+    assert study.optuna.user_attrs["objective"]["metric"] == "log_loss"
+    assert study.best_value > 0  # a log loss, not an accuracy

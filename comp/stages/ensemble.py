@@ -594,12 +594,18 @@ class MetricVerdict:
 
 
 def metric_verdict(metric: str, members: list[Member], labels: np.ndarray, choice: Blend,
-                   folds: np.ndarray | None) -> MetricVerdict:
+                   folds: np.ndarray | None, error_bars: BlendErrorBars) -> MetricVerdict:
+    """Under accuracy (the default) the error bars are the accuracy's own, and no rule is fitted: the
+    argmax of the probabilities is already the decision accuracy rewards, so the submission stays
+    what it was before the metric could be chosen."""
     from comp.core.decision import choose_rule
 
     oofs = [m.oof for m in members]
     honest = honest_blend(choice, oofs)
     honest = honest if honest is not None else blend(choice.method, oofs, choice.fitted)
+    if metric == "accuracy":
+        return MetricVerdict(metric, accuracy(honest, labels), error_bars.ensemble, error_bars.gain,
+                             members[error_bars.best].name, log_loss(honest, labels), None)
     bars = MetricBars(metric, labels, oofs + [honest])
     best = max(range(len(members)), key=lambda i: _score(oofs[i], labels, metric))
     ruled = None
@@ -628,7 +634,8 @@ def explain_verdict(verdict: MetricVerdict, rows: int) -> None:
              f"better in {ruled.gain_share:.0%} of resamples); applied to the test set: "
              f"{ruled.fitted_rule.describe()}")
     else:
-        info(f"decision rule: identity; {ruled.candidate} cross-fitted over the folds scored {ruled.crossfit_score:.4f} "
+        info(f"decision rule: identity; {ruled.candidate} cross-fitted over the folds scored "
+             f"{ruled.crossfit_score:.4f} "
              f"vs {ruled.plain_score:.4f} plain (gain 95% CI {format_difference(gain)}, better in only "
              f"{ruled.gain_share:.0%} of resamples, 95% needed), so it bought nothing sure and is not applied")
 
@@ -690,8 +697,9 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
     explain_blend(choice, method, len(labels))
     explain_error_bars(error_bars, members, choice, len(labels))
     # 4. The competition's metric: its error bars, and the decision rule cross-fitted over the folds.
-    verdict = metric_verdict(metric, members, labels, choice, oof_folds(chosen[0]))
-    explain_verdict(verdict, len(labels))
+    verdict = metric_verdict(metric, members, labels, choice, oof_folds(chosen[0]), error_bars)
+    if metric != "accuracy":  # under accuracy the lines above said it all
+        explain_verdict(verdict, len(labels))
     # 5. The CSV, checked, and its line in the history.
     probs = blend(choice.method, [m.test for m in members], choice.fitted)
     if verdict.choice is not None:

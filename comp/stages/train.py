@@ -240,7 +240,8 @@ def train_unit_task(unit: str, config: RunConfig, workspace_root: Path, data_dir
 def fold_line(fold: int, result: dict, unit: str = "fold") -> str:
     if unit != "fold":
         return f"{unit} {fold}: trained on every row ({result['seconds']:.0f}s)"
-    named = f"val {result['metric']} {result['val_metric']:.4f}, " if result.get("metric", "accuracy") != "accuracy" else ""
+    named = (f"val {result['metric']} {result['val_metric']:.4f}, "
+             if result.get("metric", "accuracy") != "accuracy" else "")
     return (f"fold {fold}: {named}val accuracy {result['val_accuracy']:.4f} "
             f"(best epoch {result['best_epoch']}, {result['seconds']:.0f}s)")
 
