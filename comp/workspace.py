@@ -102,7 +102,9 @@ class Workspace(Workdir):
                  allow_pretrained: bool = False, limit: int = 0):
         """Blend finished runs (Run objects or names; None: every run that fits) into a leaderboard CSV
         under submissions/, scored and weighted on out-of-fold rows. -> Submission (with .oof_interval
-        and .gain_over_best: 95% bootstrap intervals of its OOF accuracy and of its gain over .best_run)."""
+        and .gain_over_best: 95% bootstrap intervals of its OOF accuracy and of its gain over .best_run;
+        .metric, .oof_score, .metric_interval and .rule: the competition's metric, the decision rule
+        cross-fitted for it and applied to the test set, and what the OOF rows score under both)."""
         from comp.stages.ensemble import ensemble
 
         names = None if runs is None else [getattr(r, "name", r) for r in _as_list(runs)]

@@ -104,14 +104,19 @@ def test_f1_macro_pipeline_train_ensemble_score(f1_work, capsys):
 def test_log_loss_pipeline_writes_probabilities(loss_work, capsys):
     from comp import Workspace
 
-    submission = Workspace(loss_work).ensemble(out="loss.csv")
-    assert submission.metric == "log_loss" and submission.rule in ("identity", "temperature")
-    frame = pd.read_csv(submission.path)
+    path = loss_work / "submissions" / "loss.csv"
+    assert main(["ensemble", "--workdir", str(loss_work), "--out", "loss.csv"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ensemble OOF log_loss" in out and "decision rule:" in out
+    frame = pd.read_csv(path)
     assert list(frame.columns) == ["id", "class0", "class1", "class2"]
     assert np.allclose(frame.iloc[:, 1:].sum(1), 1, atol=1e-3)
     row = index_row(loss_work)
     assert row["metric"] == "log_loss" and float(row["oof_metric"]) > 0
-    scored = Workspace(loss_work).score(submission.path)
+    assert row["rule"] in ("identity", "temperature")
+    assert main(["score", str(path), "--workdir", str(loss_work)]) == 0
+    assert "log_loss" in capsys.readouterr().out
+    scored = Workspace(loss_work).score(path)
     assert scored["metric"] == "log_loss" and scored["value"] > 0 and 0 <= scored["accuracy"] <= 1
 
 
@@ -119,6 +124,7 @@ def test_binary_float_sample_gets_the_positive_class_probability(auc_work):
     from comp import Workspace
 
     submission = Workspace(auc_work).ensemble(out="auc.csv")
+    assert submission.metric == "roc_auc" and submission.rule == "identity" and 0 <= submission.oof_score <= 1
     frame = pd.read_csv(submission.path)
     assert list(frame.columns) == ["id", "target"]
     assert frame["target"].between(0, 1).all() and frame["target"].nunique() > 1  # probabilities, not labels
