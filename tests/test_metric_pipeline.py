@@ -186,3 +186,25 @@ def test_tune_follows_the_metric_direction(loss_work):
     assert study.optuna.direction.name == "MINIMIZE"
     assert study.optuna.user_attrs["objective"]["metric"] == "log_loss"
     assert study.best_value > 0  # a log loss, not an accuracy
+
+
+def test_score_reads_every_form(tmp_path):
+    from comp.stages.submission import score_submission
+
+    answers = tmp_path / "answers.csv"
+    answers.write_text("id,target\na,x\nb,y\nc,z\nd,x\n")
+    ranked = tmp_path / "ranked.csv"
+    ranked.write_text("id,target\na,x y z\nb,x y z\nc,y x\nd,z y x\n")
+    result = score_submission(ranked, answers, "map@3")
+    assert result["value"] == pytest.approx((1 + 1 / 2 + 0 + 1 / 3) / 4)
+    assert result["accuracy"] == pytest.approx(1 / 4)  # the first label is the guess
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,target\na,x\nb,y\nc,y\nd,x\n")
+    assert score_submission(labels, answers, "f1_macro")["value"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    binary = tmp_path / "binary_answers.csv"
+    binary.write_text("id,target\na,0\nb,1\nc,1\nd,0\n")
+    floats = tmp_path / "floats.csv"
+    floats.write_text("id,target\na,0.1\nb,0.8\nc,0.4\nd,0.3\n")
+    assert score_submission(floats, binary, "roc_auc")["value"] == pytest.approx(1.0)
+    with pytest.raises(CompError, match="unknown metric"):
+        score_submission(floats, binary, "auc")

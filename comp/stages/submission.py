@@ -273,6 +273,24 @@ def submission_probs(path: Path, ids: list[str], truth: list[str]) -> tuple[np.n
     return probs / probs.sum(1, keepdims=True), classes
 
 
+def listed_labels(path: Path, ids: list[str], classes: list[str]) -> np.ndarray | None:
+    """map@k of a space-separated submission: each row's labels as class indices, best first,
+    padded with -1 (a label not listed is never credited); None for the other forms."""
+    from comp.core.metrics import MAP_MAX_K
+
+    wide = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if wide.shape[1] != 2:
+        return None
+    wide[wide.columns[0]] = wide[wide.columns[0]].str.strip()
+    column = wide.set_index(wide.columns[0]).loc[ids].iloc[:, 0]
+    index = {c: i for i, c in enumerate(classes)}
+    listed = np.full((len(column), MAP_MAX_K), -1, dtype=np.int64)
+    for r, text in enumerate(column):
+        row = [index[k] for k in dict.fromkeys(_key(t) for t in text.split()) if k in index][:MAP_MAX_K]
+        listed[r, :len(row)] = row
+    return listed
+
+
 def score_submission(submission: Path, answers: Path, metric: str = "accuracy") -> dict:
     """The submission scored against the answers under the competition's metric, and by accuracy."""
     from comp.core.metrics import get_metric, score
@@ -297,5 +315,7 @@ def score_submission(submission: Path, answers: Path, metric: str = "accuracy") 
                         f"{', '.join(unknown[:5])}")
     labels = np.array([classes.index(t) for t in truth], dtype=np.int64)
     correct = probs.argmax(1) == labels
+    listed = listed_labels(submission, ans["id"].tolist(), classes) if get_metric(name).needs == "topk" else None
+    value = get_metric(name).fn(labels, listed, len(classes)) if listed is not None else score(name, labels, probs)
     return {"accuracy": float(correct.mean()), "correct": int(correct.sum()), "rows": len(labels),
-            "answers": answers, "metric": name, "value": score(name, labels, probs)}
+            "answers": answers, "metric": name, "value": float(value)}
