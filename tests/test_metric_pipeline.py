@@ -208,3 +208,12 @@ def test_score_reads_every_form(tmp_path):
     assert score_submission(floats, binary, "roc_auc")["value"] == pytest.approx(1.0)
     with pytest.raises(CompError, match="unknown metric"):
         score_submission(floats, binary, "auc")
+
+
+def test_predict_scores_tta_under_the_metric(f1_work, capsys):
+    from comp import Workspace
+    from comp.core.console import set_quiet
+
+    set_quiet(False)  # the fixture trained with --quiet, which stays set in this process
+    results = Workspace(f1_work).predict("r", tta="flip")
+    assert 0 <= results["probs"]["f1_macro"] <= 1 and "f1_macro" in capsys.readouterr().out

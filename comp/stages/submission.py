@@ -10,7 +10,8 @@
                                ci_low..ci_high (for method weights: of the checked blend),
                                best_run, and gain (over it) with its paired gain_low..gain_high;
                                the competition's metric (comp.core.metrics) and its OOF value
-                               oof_metric with its interval metric_low..metric_high, oof_log_loss,
+                               oof_metric (of the blend ci_accuracy is of: nothing fitted on the
+                               rows it scores) with its interval metric_low..metric_high, oof_log_loss,
                                the decision rule applied and the metric it earns (oof_metric_rule)
 
 `comp score SUBMISSION --answers FILE` grades a submission against known answers (the demo
