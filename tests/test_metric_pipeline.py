@@ -217,3 +217,19 @@ def test_predict_scores_tta_under_the_metric(f1_work, capsys):
     set_quiet(False)  # the fixture trained with --quiet, which stays set in this process
     results = Workspace(f1_work).predict("r", tta="flip")
     assert 0 <= results["probs"]["f1_macro"] <= 1 and "f1_macro" in capsys.readouterr().out
+
+
+def test_metric_bars_resample_the_metric_itself_in_its_direction():
+    from comp.core.metrics import score
+    from comp.core.stats import SEED, MetricBars
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 200)
+    good = np.eye(3)[labels] * 0.6 + 0.4 / 3
+    poor = rng.dirichlet(np.ones(3), 200)
+    for metric in ("log_loss", "f1_macro", "map@2"):
+        bars = MetricBars(metric, labels, [good, poor], resamples=20)
+        drawn = np.random.default_rng(SEED).integers(0, 200, 200)
+        assert bars.samples[1, 0] == pytest.approx(score(metric, labels[drawn], poor[drawn]))
+        gain = bars.gain(0, 1)
+        assert gain.estimate > 0 and gain.low > 0  # good beats poor, whichever way the metric points
