@@ -15,7 +15,9 @@ from comp.core.paths import DATA_ENV, PROJECT_FILE, Workdir, check_out_folder, r
 
 class Workspace(Workdir):
     """A workdir (`root`) and the competition data it works on (`data`, else remembered or found),
-    with the verbs a notebook calls; each verb calls one stage with typed values."""
+    with the verbs a notebook calls; each verb calls one stage with typed values. `metric`: the
+    competition's (comp.core.metrics.METRICS), remembered in comp.toml like `data`; else comp.toml's,
+    else accuracy. Train, ensemble, score and report speak it."""
 
     def source(self):
         """The data folder scanned and fingerprinted, nothing decoded yet (comp.data.sources.Source):
@@ -111,7 +113,9 @@ class Workspace(Workdir):
                  allow_pretrained: bool = False, limit: int = 0):
         """Blend finished runs (Run objects or names; None: every run that fits) into a leaderboard CSV
         under submissions/, scored and weighted on out-of-fold rows. -> Submission (with .oof_interval
-        and .gain_over_best: 95% bootstrap intervals of its OOF accuracy and of its gain over .best_run)."""
+        and .gain_over_best: 95% bootstrap intervals of its OOF accuracy and of its gain over .best_run;
+        .metric, .oof_score, .metric_interval and .rule: the competition's metric, the decision rule
+        cross-fitted for it and applied to the test set, and what the OOF rows score under both)."""
         from comp.stages.ensemble import ensemble
 
         if out is not None:
@@ -129,11 +133,12 @@ class Workspace(Workdir):
     def runs(self):
         """The leaderboard of finished runs as a pandas DataFrame, best first, with error bars: ci_low/ci_high
         (95% bootstrap interval of the OOF accuracy with TTA) and gain/gain_low/gain_high (the paired
-        interval of the difference from best_run, the best run on the same rows)."""
+        interval of the difference from best_run, the best run on the same rows); with the workspace's
+        metric, `metric` and `cv_metric` (its OOF value, re-scored from the saved probabilities) last."""
         from comp.stages.report import leaderboard
         from comp.store.runs import finished_runs
 
-        return leaderboard(finished_runs(self))
+        return leaderboard(finished_runs(self), self.metric)
 
     def report(self, run=None, out: str | os.PathLike | None = None, mistakes: int | None = None) -> dict:
         """Leaderboard CSV, confusion matrix and confident mistakes (PNGs) under folds/report/."""
@@ -141,12 +146,15 @@ class Workspace(Workdir):
 
         return report(self, run, Path(out) if out else None, mistakes)
 
-    def score(self, submission, answers: str | os.PathLike | None = None) -> dict:
-        """Accuracy of a submission CSV against an answers CSV (default: answers.csv in the data folder)."""
+    def score(self, submission, answers: str | os.PathLike | None = None, metric: str | None = None) -> dict:
+        """A submission CSV scored against an answers CSV (default: answers.csv in the data folder) under
+        the competition's metric (`metric`, else the workspace's) and by accuracy:
+        {"metric", "value", "accuracy", "correct", "rows", "answers"}."""
         from comp.stages.submission import score_submission
 
         path = Path(getattr(submission, "path", submission))
-        return score_submission(path, Path(answers) if answers else self.data_dir / "answers.csv")
+        return score_submission(path, Path(answers) if answers else self.data_dir / "answers.csv",
+                                metric or self.metric)
 
 
 def _check_size(image_size, resize: str) -> None:

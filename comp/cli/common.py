@@ -55,6 +55,7 @@ def global_parent(*which: str) -> argparse.ArgumentParser:
 def add_data_options(parser: argparse.ArgumentParser, limit: bool = True) -> None:
     group = parser.add_argument_group("data options")
     group.add_argument("--data", help="competition folder (default: $COMP_DATA, else comp.toml, else ./data)")
+    add_metric_option(group)
     if limit:
         group.add_argument("--limit", type=int, default=0,
                            help="use a deterministic stratified subsample of N train images (default: all)")
@@ -63,6 +64,13 @@ def add_data_options(parser: argparse.ArgumentParser, limit: bool = True) -> Non
                                            "filename, file, image, img...)")
     group.add_argument("--label-column", help="the labels CSV's label column (default: found by name: label, "
                                               "target, class, category...)")
+
+
+def add_metric_option(group) -> None:
+    from comp.core.metrics import METRICS
+
+    group.add_argument("--metric", help="the competition's metric, remembered in comp.toml like --data "
+                                        f"(default: comp.toml's, else accuracy); one of {', '.join(METRICS)}")
 
 
 def add_size_options(parser: argparse.ArgumentParser) -> None:
@@ -120,5 +128,9 @@ def config_overrides(args) -> dict:
 
 
 def workspace_from(args) -> Workspace:
-    return Workspace(args.workdir, data=getattr(args, "data", None), skip_bad=getattr(args, "skip_bad", False),
-                     id_column=getattr(args, "id_column", None), label_column=getattr(args, "label_column", None))
+    workspace = Workspace(args.workdir, data=getattr(args, "data", None), skip_bad=getattr(args, "skip_bad", False),
+                          id_column=getattr(args, "id_column", None), label_column=getattr(args, "label_column", None),
+                          metric=getattr(args, "metric", None))
+    if getattr(args, "metric", None):
+        _ = workspace.metric  # remembered in comp.toml now, whatever the command goes on to do
+    return workspace

@@ -5,7 +5,7 @@ from __future__ import annotations
 from comp.core.console import info
 from comp.stages.ensemble import METHODS
 from comp.config.tta_policy import AVERAGES, DEFAULT_AVERAGE
-from comp.cli.common import add_data_options, global_parent, workspace_from
+from comp.cli.common import add_data_options, add_metric_option, global_parent, workspace_from
 
 
 def register(subparsers) -> None:
@@ -31,10 +31,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run, needs_keras=False)
 
     score = subparsers.add_parser("score", parents=[global_parent("workdir", "quiet")],
-                                  help="accuracy of a submission CSV against an answers CSV")
+                                  help="a submission CSV scored against an answers CSV: the metric and accuracy")
     score.add_argument("submission", help="the submission CSV (id,target)")
     score.add_argument("--answers", help="answers CSV (id,target) (default: answers.csv in the data folder)")
     score.add_argument("--data", help="data folder holding answers.csv (default: the workdir's)")
+    add_metric_option(score)
     score.set_defaults(func=run_score, needs_keras=False)
 
 
@@ -57,6 +58,8 @@ def run_score(args) -> int:
 
     workspace = workspace_from(args)
     result = workspace.score(Path(args.submission).expanduser(), args.answers)
-    info(f"{args.submission}: accuracy [bold]{result['accuracy']:.4f}[/bold] "
-         f"({result['correct']:,} of {result['rows']:,} correct, answers {result['answers']})")
+    named = "" if result["metric"] == "accuracy" else f"{result['metric']} [bold]{result['value']:.4f}[/bold], "
+    info(f"{args.submission}: {named}accuracy {'[bold]' if not named else ''}{result['accuracy']:.4f}"
+         f"{'[/bold]' if not named else ''} ({result['correct']:,} of {result['rows']:,} correct, "
+         f"answers {result['answers']})")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from comp.core.console import info
 from comp.core.errors import CompError
 from comp.config.tta_policy import AVERAGES, DEFAULT_AVERAGE
-from comp.cli.common import global_parent, workspace_from
+from comp.cli.common import add_metric_option, global_parent, workspace_from
 
 
 def register(subparsers) -> None:
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
                                          "(a CSV of file,label,confidence)")
     parser.add_argument("--out", help="with --images: CSV path (default: predictions/<run>-<folder>.csv)")
     parser.add_argument("--data", help="competition folder (default: the one the run was trained on)")
+    add_metric_option(parser)
     parser.add_argument("--skip-bad", action="store_true", help="skip damaged images instead of stopping")
     parser.set_defaults(func=run)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from comp.stages.report import MISTAKES_SHOWN
-from comp.cli.common import global_parent, workspace_from
+from comp.cli.common import add_metric_option, global_parent, workspace_from
 
 
 def register(subparsers) -> None:
@@ -17,6 +17,7 @@ def register(subparsers) -> None:
     parser.add_argument("--mistakes", type=int, default=MISTAKES_SHOWN,
                         help=f"how many confident mistakes to show (default: {MISTAKES_SHOWN})")
     parser.add_argument("--data", help="competition folder (default: the one the runs were trained on)")
+    add_metric_option(parser)
     parser.add_argument("--skip-bad", action="store_true", help="as given to comp train, if it was")
     parser.set_defaults(func=run, needs_keras=False)
 

@@ -1,7 +1,8 @@
 """The workdir: its layout (folds/, cache, submissions/, studies/, comp.toml) and where its data is.
 Every stage takes a `Workdir`; nothing else invents a workdir folder.
 
-    <root>/comp.toml          remembers the data folder the first `--data` named
+    <root>/comp.toml          remembers the data folder the first `--data` named, and the
+                              competition's metric `--metric` named (comp.core.metrics)
     <root>/folds/             split, cache, runs and studies of the Optuna search
     <root>/submissions/       leaderboard CSVs and their index
     <root>/studies/           the transfer-learning track (never feeds submissions)
@@ -20,6 +21,7 @@ from comp.core.fileio import write_text
 
 PROJECT_FILE = "comp.toml"
 DATA_ENV = "COMP_DATA"
+DEFAULT_METRIC = "accuracy"  # what every stage scored before the metric could be chosen
 
 
 class Workdir:
@@ -28,13 +30,18 @@ class Workdir:
 
     def __init__(self, root: str | os.PathLike = ".", data: str | os.PathLike | None = None, *,
                  skip_bad: bool = False, remember: bool = True, id_column: str | None = None,
-                 label_column: str | None = None):
+                 label_column: str | None = None, metric: str | None = None):
         self.root = Path(root).expanduser().resolve()
         if self.root.exists() and not self.root.is_dir():
             raise CompError(f"--workdir {root}: a file, not a folder; give a folder (it is created if missing)")
         # The labels CSV's columns, when their names are not found (remembered in comp.toml by use_columns()).
         self.columns = {"id_column": id_column, "label_column": label_column}
         self.data = data  # as given; resolved lazily by data_dir
+        if metric is not None:
+            from comp.core.metrics import get_metric  # imports scipy: not at startup
+
+            get_metric(metric)  # an unknown name is refused at once, listing the valid ones
+        self.metric_arg = metric  # as given; resolved lazily by `metric` (remembered in comp.toml)
         self.skip_bad = skip_bad  # damaged images are skipped instead of stopping every command
         self.remember = remember  # an explicit data folder is written into comp.toml for later commands
 
@@ -86,13 +93,23 @@ class Workdir:
 
     def remember_data(self, data_dir: Path) -> None:
         """Write comp.toml the first time a command is given --data, so later commands can be bare."""
+        self.remember_value("data", str(data_dir))
+
+    def remember_value(self, key: str, value: str) -> None:
+        """One string setting of comp.toml (data, metric), the others kept."""
         project = self.read_project()
-        if project.get("data") == str(data_dir):
+        if project.get(key) == value:
             return
-        project["data"] = str(data_dir)
+        project[key] = value
         # A JSON string is a valid TOML basic string: quotes, backslashes and control characters escaped.
         lines = [f"{key} = {json.dumps(value)}" for key, value in project.items() if isinstance(value, str)]
-        write_text(self.project_file, "# written by comp: the data folder bare commands use\n" + "\n".join(lines) + "\n")
+        write_text(self.project_file, "# written by comp: the settings bare commands use (data folder, metric, labels columns)\n"
+                   + "\n".join(lines) + "\n")
+
+    @property
+    def metric(self) -> str:
+        """The competition's metric: `metric`, else comp.toml's, else accuracy."""
+        return resolve_metric(self, self.metric_arg, self.remember)
 
     def use_columns(self) -> None:
         """The labels CSV's columns given here, else remembered in comp.toml, put in the environment
@@ -101,11 +118,9 @@ class Workdir:
         given = {key: value for key, value in self.columns.items() if value}
         project = self.read_project() if self.project_file.exists() else {}
         if given and self.remember and any(project.get(key) != value for key, value in given.items()):
-            project.update(given)
-            lines = [f"{key} = {json.dumps(value)}" for key, value in project.items() if isinstance(value, str)]
             self.root.mkdir(parents=True, exist_ok=True)
-            write_text(self.project_file, "# written by comp: the data folder bare commands use\n"
-                       + "\n".join(lines) + "\n")
+            for key, value in given.items():
+                self.remember_value(key, value)
         for key, variable in (("id_column", "COMP_ID_COLUMN"), ("label_column", "COMP_LABEL_COLUMN")):
             value = given.get(key) or (project.get(key) if isinstance(project.get(key), str) else None)
             if value:
@@ -153,3 +168,24 @@ def resolve_data_dir(workspace: Workdir, data_arg: str | None, remember: bool = 
         "no data folder: pass --data DIR, or set $COMP_DATA, or run once with --data so "
         f"{workspace.project_file} remembers it, or put the download in {default}"
     )
+
+
+def resolve_metric(workspace: Workdir, metric_arg: str | None, remember: bool = True) -> str:
+    """--metric (remembered in comp.toml), else comp.toml's metric, else accuracy; always a registry name."""
+    from comp.core.metrics import get_metric
+
+    if metric_arg:
+        name = get_metric(metric_arg).name
+        if remember:
+            workspace.root.mkdir(parents=True, exist_ok=True)
+            workspace.remember_value("metric", name)
+        return name
+    remembered = workspace.read_project().get("metric")
+    if remembered:
+        if not isinstance(remembered, str):
+            raise CompError(f"{workspace.project_file}: metric must be a name like \"f1_macro\"; fix or delete it")
+        try:
+            return get_metric(remembered).name
+        except CompError as err:
+            raise CompError(f"{workspace.project_file}: {err}") from None
+    return DEFAULT_METRIC

@@ -125,3 +125,72 @@ def format_difference(interval: Interval, compact: bool = False) -> str:
 
 DIFFERENCE_LEGEND = ("paired 95% bootstrap interval of the accuracy difference on the same OOF rows; "
                      "real: it excludes 0")
+
+
+# -- intervals of any metric (comp.core.metrics) ------------------------------------------------
+
+METRIC_RESAMPLES = 1000  # each resample rescored by the metric itself: fewer than the accuracy's pattern trick
+METRIC_MIN_RESAMPLES = 200
+# Cells (rows x predictions, x classes for one-vs-rest AUC's ranking) scored in all: on large sets the
+# resample count shrinks towards METRIC_MIN_RESAMPLES so an ensemble's error bars stay seconds, not minutes.
+METRIC_WORK_CELLS = 1e8
+
+
+def metric_resamples(metric, rows: int, predictions: int, classes: int) -> int:
+    """How many resamples MetricBars draws: METRIC_RESAMPLES up to METRIC_WORK_CELLS of scoring, fewer above
+    (never below METRIC_MIN_RESAMPLES); a function of the sizes only, so reruns print the same."""
+    ranked = classes if metric.needs == "binary_prob" and classes > 2 else 1
+    cells = max(1, rows * predictions * ranked)
+    return int(min(METRIC_RESAMPLES, max(METRIC_MIN_RESAMPLES, METRIC_WORK_CELLS // cells)))
+
+
+class MetricBars:
+    """The competition's metric of several predictions on the same OOF rows, each with its bootstrap
+    interval, and the paired interval of a gain between two (positive = better, whatever the
+    metric's direction). A resample on which the metric is undefined (roc_auc with one class drawn)
+    leaves the intervals unknown."""
+
+    def __init__(self, metric: str, labels: np.ndarray, probs: list[np.ndarray], resamples: int | None = None,
+                 seed: int = SEED):
+        from comp.core.errors import CompError
+        from comp.core.metrics import LOG_LOSS_EPS, get_metric, prepare, score
+
+        self.metric = get_metric(metric)
+        labels = np.asarray(labels)
+        rows = len(labels)
+        self.estimates = np.array([score(self.metric, labels, p) for p in probs])
+        classes = probs[0].shape[1]
+        if resamples is None:
+            resamples = metric_resamples(self.metric, rows, len(probs), classes)
+        # What the metric reads, prepared once (argmax labels, top-k lists, ...): a resample then
+        # gathers those rows only. Log-loss is a mean over rows: its per-row losses are gathered.
+        if self.metric.name == "log_loss":
+            per_row = []
+            for p in probs:
+                clipped = np.clip(np.asarray(p, dtype=float), LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+                clipped = clipped / clipped.sum(1, keepdims=True)
+                per_row.append(-np.log(clipped[np.arange(rows), labels]))
+            def measure(i, drawn):
+                return float(per_row[i][drawn].mean())
+        else:
+            prepared = [prepare(self.metric.needs, np.asarray(p, dtype=float)) for p in probs]
+            def measure(i, drawn):
+                return self.metric.fn(labels[drawn], prepared[i][drawn], classes)
+        self.samples = np.full((len(probs), resamples), np.nan)
+        rng = np.random.default_rng(seed)
+        for r in range(resamples):
+            drawn = rng.integers(0, rows, rows)
+            for i in range(len(probs)):
+                try:
+                    self.samples[i, r] = measure(i, drawn)
+                except CompError:
+                    break
+
+    def interval(self, i: int) -> Interval:
+        return percentile_interval(self.estimates[i], self.samples[i])
+
+    def gain(self, i: int, j: int) -> Interval:
+        """How much better prediction i is than j, resample by resample (paired)."""
+        sign = 1 if self.metric.greater_is_better else -1
+        return percentile_interval(sign * (self.estimates[i] - self.estimates[j]),
+                                   sign * (self.samples[i] - self.samples[j]))

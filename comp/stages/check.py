@@ -136,7 +136,7 @@ def footprint_line(dataset: Dataset, needs: dict) -> str:
 
 
 def check_folder(data_dir: Path, cache_dir: Path | None, grid_path: Path, limit: int = 0,
-                 skip_bad: bool = False, image_size="auto", resize: str = "squash") -> dict:
+                 skip_bad: bool = False, image_size="auto", resize: str = "squash", metric: str | None = None) -> dict:
     """List every problem of `data_dir`; raise CompError when any is an error, else report the data
     (at `image_size`, fitted by `resize`: the size decides the disk and memory it needs)."""
     checked = inspect_data(data_dir, cache_dir, skip_bad, image_size, resize)
@@ -147,10 +147,40 @@ def check_folder(data_dir: Path, cache_dir: Path | None, grid_path: Path, limit:
     errors = errors_in(checked.problems)
     if errors:
         raise CompError(f"{len(errors)} error(s) in {data_dir}, listed above; the first: {errors[0].line()}")
-    return report(apply_limit(checked.dataset, limit), grid_path, cache_dir)
+    return report(apply_limit(checked.dataset, limit), grid_path, cache_dir, metric)
 
 
-def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None) -> dict:
+def value_kind(values) -> str:
+    """What a sample column holds, as comp.core.metrics.suggest_metric reads it."""
+    import pandas as pd
+
+    text = pd.Series(values, dtype=str).str.strip()
+    if text.str.contains(" ").any():
+        return "space_separated"
+    if text.str.fullmatch(r"-?\d+").all():
+        return "int"
+    return "float" if pd.to_numeric(text, errors="coerce").notna().all() else "text"
+
+
+def metric_line(dataset: Dataset, metric: str) -> tuple[str, str]:
+    """The competition's metric as the workdir names it, and the one the sample's shape suggests."""
+    import pandas as pd
+
+    from comp.core.metrics import get_metric, suggest_metric
+
+    sample = pd.read_csv(dataset.submission.path, dtype=str, keep_default_na=False)
+    kinds = [value_kind(sample[c]) for c in sample.columns]
+    suggested, why = suggest_metric(list(sample.columns), kinds, dataset.num_classes)
+    chosen = get_metric(metric)
+    direction = "higher" if chosen.greater_is_better else "lower"
+    console.print(f"metric: {chosen.name} ({chosen.summary}; {direction} is better; --metric NAME chooses the "
+                  "competition's, remembered in comp.toml)")
+    console.print(f"suggested metric: {suggested} ({why}) -- only a suggestion from the sample's shape; "
+                  "the competition's page decides")
+    return chosen.name, suggested
+
+
+def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, metric: str | None = None) -> dict:
     console.print(class_counts_table(dataset))
     stats = dataset.stats
     duplicates = find_duplicates(dataset)
@@ -165,6 +195,7 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None) -> 
         f"{duplicates['test_images_also_in_train']} test images also in train"
     )
     console.print(f"fingerprint: {dataset.fingerprint}")
+    chosen, suggested = metric_line(dataset, metric or "accuracy")
     needs = footprint(dataset, cache_dir)
     console.print(footprint_line(dataset, needs))
     sample_grid(dataset, grid_path)
@@ -178,10 +209,12 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None) -> 
         "image_shape": list(dataset.image_shape),
         "resize": dataset.resize,
         "footprint": needs,
+        "metric": chosen,
+        "suggested_metric": suggested,
     } | {k: stats[k] for k in ("sizes", "modes", "resized", "bad_files", "skipped_files")}
 
 
 def check_data(workspace, grid_path: Path, limit: int = 0, image_size="auto", resize: str = "squash") -> dict:
     """`comp data check` on the workspace's data folder."""
     return check_folder(workspace.data_dir, workspace.cache, grid_path, limit=limit, skip_bad=workspace.skip_bad,
-                        image_size=image_size, resize=resize)
+                        image_size=image_size, resize=resize, metric=workspace.metric)

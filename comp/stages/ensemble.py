@@ -33,12 +33,14 @@ import numpy as np
 from comp.core.console import console, info, warn
 from comp.core.errors import CompError
 from comp.store.runs import Run, check_same_data, finished_runs, require_finished
+from comp.core.metrics import better, get_metric, score
 from comp.core.scoring import accuracy, log_loss
 from comp.core.stats import (
     DIFFERENCE_LEGEND,
     UNKNOWN,
     ErrorBars,
     Interval,
+    MetricBars,
     correct_rows,
     format_difference,
     format_interval,
@@ -235,7 +237,7 @@ def load_member(run: Run, tag: str) -> Member:
     return Member(run, tag, oof, test, len(run.full_fits()) if full is not None else 0)
 
 
-def choose_member(run: Run, tags: list[str], labels: np.ndarray) -> Member:
+def choose_member(run: Run, tags: list[str], labels: np.ndarray, metric: str = "accuracy") -> Member:
     """The run's plain or TTA predictions, whichever scores better on its OOF rows (ties: plain).
 
     This is a choice made on the rows that then report the score, so it flatters the OOF a
@@ -244,17 +246,18 @@ def choose_member(run: Run, tags: list[str], labels: np.ndarray) -> Member:
     comparison towards plain; such runs are named by warn_keep_best.
     """
     candidates = [load_member(run, tag) for tag in tags]
-    chosen = max(candidates, key=lambda m: _score(m.oof, labels))  # max keeps the first of equals: plain
+    chosen = max(candidates, key=lambda m: _score(m.oof, labels, metric))  # max keeps the first of equals: plain
     if len(candidates) > 1:
-        plain, tta = (accuracy(m.oof, labels) for m in candidates)
+        plain, tta = (score(metric, labels, m.oof) for m in candidates)
         verdict = "kept" if chosen.tag else "dropped"
-        info(f"{run.name}: TTA {candidates[1].tta} {verdict} (OOF accuracy {tta:.4f} with it, {plain:.4f} "
+        info(f"{run.name}: TTA {candidates[1].tta} {verdict} (OOF {metric} {tta:.4f} with it, {plain:.4f} "
              "without; --tta sets one policy for every run)")
     return chosen
 
 
-def load_members(runs: list[Run], labels: np.ndarray, tta: str | None, average: str) -> list[Member]:
-    return [choose_member(run, member_tags(run, tta, average), labels) for run in runs]
+def load_members(runs: list[Run], labels: np.ndarray, tta: str | None, average: str,
+                 metric: str = "accuracy") -> list[Member]:
+    return [choose_member(run, member_tags(run, tta, average), labels, metric) for run in runs]
 
 
 # -- combining -------------------------------------------------------------------------------
@@ -291,23 +294,26 @@ def blend(method: str, probs: list[np.ndarray], weights: np.ndarray | None = Non
 # -- fitting weights -------------------------------------------------------------------------
 
 
-def _score(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Accuracy first (the leaderboard's metric); log-loss breaks ties between equal accuracies."""
-    return accuracy(probs, labels), -log_loss(probs, labels)
+def _score(probs: np.ndarray, labels: np.ndarray, metric: str = "accuracy") -> tuple[float, float]:
+    """The competition's metric first, turned so that larger is better; log-loss breaks ties."""
+    value = score(metric, labels, probs)
+    return (value if get_metric(metric).greater_is_better else -value), -log_loss(probs, labels)
 
 
-def fit_weights(oofs: list[np.ndarray], labels: np.ndarray, rounds: int = GREEDY_ROUNDS) -> np.ndarray:
+def fit_weights(oofs: list[np.ndarray], labels: np.ndarray, rounds: int = GREEDY_ROUNDS,
+                metric: str = "accuracy") -> np.ndarray:
     """Greedy ensemble selection with replacement; weights = how often each run was picked.
 
     Round one picks the best single run, and the best prefix of rounds is returned, so the
-    blend never scores below the best single run on the rows it was fitted on.
+    blend never scores below the best single run on the rows it was fitted on. Picks are judged
+    by the competition's `metric` in its direction (log-loss breaks ties).
     """
     counts = np.zeros(len(oofs))
     total = np.zeros_like(oofs[0])
     best_score, best_counts = None, None
     for step in range(1, rounds + 1):
-        scores = [_score((total + p) / step, labels) for p in oofs]
-        pick = max(range(len(oofs)), key=lambda i: scores[i])  # tuples: accuracy, then loss
+        scores = [_score((total + p) / step, labels, metric) for p in oofs]
+        pick = max(range(len(oofs)), key=lambda i: scores[i])  # tuples: the metric, then loss
         counts[pick] += 1
         total += oofs[pick]
         if best_score is None or scores[pick] > best_score:
@@ -315,7 +321,7 @@ def fit_weights(oofs: list[np.ndarray], labels: np.ndarray, rounds: int = GREEDY
     return best_counts / best_counts.sum()
 
 
-def checked_weights_blend(oofs: list[np.ndarray], labels: np.ndarray) -> np.ndarray | None:
+def checked_weights_blend(oofs: list[np.ndarray], labels: np.ndarray, metric: str = "accuracy") -> np.ndarray | None:
     """The weighted blend of every OOF row with weights fitted on the other rows (CHECK_PARTS-fold);
     None when a class has fewer than two rows to split.
 
@@ -331,12 +337,12 @@ def checked_weights_blend(oofs: list[np.ndarray], labels: np.ndarray) -> np.ndar
     blended = np.zeros_like(oofs[0])
     splitter = StratifiedKFold(parts, shuffle=True, random_state=CHECK_SEED)
     for fit_rows, check_rows in splitter.split(labels, labels):
-        weights = fit_weights([p[fit_rows] for p in oofs], labels[fit_rows])
+        weights = fit_weights([p[fit_rows] for p in oofs], labels[fit_rows], metric=metric)
         blended[check_rows] = blend_mean([p[check_rows] for p in oofs], weights)
     return blended
 
 
-def choose_method(mean_accuracy: float, checked_accuracy: float, flattered: list[str]) -> str:
+def choose_method(mean_accuracy: float, checked_accuracy: float, flattered: list[str], metric: str = "accuracy") -> str:
     """auto: fitted weights only when they beat the mean on rows they were not fitted on.
 
     Ties go to the mean: it fits nothing, so its OOF score is already honest. With keep=best
@@ -346,7 +352,7 @@ def choose_method(mean_accuracy: float, checked_accuracy: float, flattered: list
     """
     if flattered:
         return "mean"
-    return "weights" if checked_accuracy > mean_accuracy else "mean"
+    return "weights" if better(metric, checked_accuracy, mean_accuracy) else "mean"
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -386,27 +392,37 @@ class Blend:
     method: str
     weights: np.ndarray | None  # per member for mean and weights; None for geomean and vote
     fitted: np.ndarray  # the fitted weights (used when method is "weights")
-    scores: dict  # OOF accuracy of every method on all rows (weights: on the rows they were fitted on)
+    scores: dict  # OOF metric of every method on all rows (weights: on the rows they were fitted on)
     checked_probs: np.ndarray | None  # OOF rows blended by weights fitted on other rows (None: too few rows)
-    checked: float  # their accuracy: the weights' score on rows they were not fitted on
+    checked: float  # their metric: the weights' score on rows they were not fitted on
     flattered: list[str]  # keep=best runs: their OOF picked their epochs
+    metric: str = "accuracy"  # the competition's: what scores, fitted weights and auto's choice use
+    accuracies: dict = None  # OOF accuracy of every method, as scores
 
     @property
     def accuracy(self) -> float:
+        return (self.accuracies or self.scores)[self.method]
+
+    @property
+    def score(self) -> float:
+        """The chosen method's OOF value of the competition's metric."""
         return self.scores[self.method]
 
 
-def decide_blend(members: list[Member], labels: np.ndarray, requested: str) -> Blend:
-    """Fit weights, score every method on OOF rows, and pick --method (or auto's choice)."""
+def decide_blend(members: list[Member], labels: np.ndarray, requested: str, metric: str = "accuracy") -> Blend:
+    """Fit weights for the competition's metric, score every method on OOF rows, and pick --method
+    (or auto's choice)."""
     oofs = [m.oof for m in members]
-    fitted = fit_weights(oofs, labels) if len(members) > 1 else np.ones(1)
-    scores = {name: accuracy(blend(name, oofs, fitted), labels) for name in ("mean", "geomean", "vote", "weights")}
-    checked_probs = checked_weights_blend(oofs, labels) if len(members) > 1 else oofs[0]
-    checked = accuracy(checked_probs, labels) if checked_probs is not None else float("nan")
+    fitted = fit_weights(oofs, labels, metric=metric) if len(members) > 1 else np.ones(1)
+    blends = {name: blend(name, oofs, fitted) for name in ("mean", "geomean", "vote", "weights")}
+    scores = {name: score(metric, labels, probs) for name, probs in blends.items()}
+    accuracies = {name: accuracy(probs, labels) for name, probs in blends.items()}
+    checked_probs = checked_weights_blend(oofs, labels, metric) if len(members) > 1 else oofs[0]
+    checked = score(metric, labels, checked_probs) if checked_probs is not None else float("nan")
     flattered = [m.name for m in members if keeps_best(m.run)] if len(members) > 1 else []
-    method = requested if requested != "auto" else choose_method(scores["mean"], checked, flattered)
+    method = requested if requested != "auto" else choose_method(scores["mean"], checked, flattered, metric)
     weights = {"weights": fitted, "mean": np.full(len(members), 1 / len(members))}.get(method)
-    return Blend(method, weights, fitted, scores, checked_probs, checked, flattered)
+    return Blend(method, weights, fitted, scores, checked_probs, checked, flattered, metric, accuracies)
 
 
 # -- error bars ------------------------------------------------------------------------------
@@ -461,7 +477,7 @@ def explain_error_bars(error_bars: BlendErrorBars, members: list[Member], choice
 
 
 def explain_blend(choice: Blend, requested: str, rows: int) -> None:
-    info("ensemble OOF accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in choice.scores.items())
+    info(f"ensemble OOF {choice.metric}: " + ", ".join(f"{k} {v:.4f}" for k, v in choice.scores.items())
          + f"; weights on rows they were not fitted on: {choice.checked:.4f}")
     flattered = ", ".join(choice.flattered)
     if requested == "auto" and choice.flattered:
@@ -473,7 +489,7 @@ def explain_blend(choice: Blend, requested: str, rows: int) -> None:
     elif choice.method == "weights" and choice.flattered:
         warn(f"--method weights: fitted on the keep=best OOF of {flattered}, whose epochs were picked on those "
              "rows; the weights favour the most flattered run. --method mean fits nothing")
-    elif choice.method == "weights" and choice.checked < choice.scores["mean"]:
+    elif choice.method == "weights" and better(choice.metric, choice.scores["mean"], choice.checked):
         warn(f"the fitted weights scored {choice.checked:.4f} on rows they were not fitted on, below the plain "
              f"mean ({choice.scores['mean']:.4f}): with {rows:,} rows they likely fit noise; --method mean is safer")
 
@@ -516,7 +532,7 @@ def warn_constant(predicted: np.ndarray, classes: list[str], members: list[Membe
 
 
 def index_entry(workspace, out: Path, members: list[Member], choice: Blend, error_bars: BlendErrorBars, rows: int,
-                fingerprint: str) -> dict:
+                fingerprint: str, verdict: "MetricVerdict | None" = None) -> dict:
     """The row submissions/index.csv keeps about this submission (the error bars last: older files
     gain the columns when this row is appended)."""
     ensemble, gain = error_bars.ensemble, error_bars.gain
@@ -537,11 +553,91 @@ def index_entry(workspace, out: Path, members: list[Member], choice: Blend, erro
         "gain_low": _rounded(gain.low),
         "gain_high": _rounded(gain.high),
         "test_from": ";".join(m.test_source for m in members),  # full x<seeds> | folds
+        **(verdict.index_columns() if verdict is not None else {}),
     }
 
 
 def _rounded(value: float) -> str:
     return f"{value:.4f}" if np.isfinite(value) else ""  # unknown: empty, as in rows older than the column
+
+
+# -- the competition's metric: its error bars and the decision rule -----------------------------
+
+
+@dataclass
+class MetricVerdict:
+    """The blend under the competition's metric: its value and 95% bootstrap interval on the honest
+    OOF blend (nothing fitted on the rows it scores), its log-loss, and the decision rule chosen by
+    cross-fitting over the run's folds (comp.core.decision.choose_rule), applied to the test set."""
+
+    metric: str
+    value: float  # the metric of the honest OOF blend (for method weights: the checked blend)
+    interval: Interval
+    gain: Interval  # over the best member under the metric (paired)
+    best_run: str
+    loss: float  # log-loss of the honest OOF blend
+    choice: object | None  # comp.core.decision.Choice, None when the folds of the rows are unknown
+
+    @property
+    def rule(self) -> str:
+        return self.choice.rule_name if self.choice is not None else "identity"
+
+    @property
+    def final(self) -> float:
+        """The metric the submission's decision earns on OOF rows: cross-fitted when a rule was kept."""
+        return self.choice.crossfit_score if self.choice is not None and self.choice.kept else self.value
+
+    def index_columns(self) -> dict:
+        return {"metric": self.metric, "oof_metric": _rounded(self.value), "metric_low": _rounded(self.interval.low),
+                "metric_high": _rounded(self.interval.high), "oof_log_loss": _rounded(self.loss),
+                "rule": self.rule, "oof_metric_rule": _rounded(self.final)}
+
+
+def metric_verdict(metric: str, members: list[Member], labels: np.ndarray, choice: Blend,
+                   folds: np.ndarray | None, error_bars: BlendErrorBars) -> MetricVerdict:
+    """Under accuracy (the default) the error bars are the accuracy's own, and no rule is fitted: the
+    argmax of the probabilities is already the decision accuracy rewards, so the submission stays
+    what it was before the metric could be chosen."""
+    from comp.core.decision import choose_rule
+
+    oofs = [m.oof for m in members]
+    honest = honest_blend(choice, oofs)
+    honest = honest if honest is not None else blend(choice.method, oofs, choice.fitted)
+    if metric == "accuracy":
+        return MetricVerdict(metric, accuracy(honest, labels), error_bars.ensemble, error_bars.gain,
+                             members[error_bars.best].name, log_loss(honest, labels), None)
+    bars = MetricBars(metric, labels, oofs + [honest])
+    best = max(range(len(members)), key=lambda i: _score(oofs[i], labels, metric))
+    ruled = None
+    if folds is not None and len(np.unique(folds)) > 1:
+        ruled = choose_rule(honest, labels, folds, metric)
+    return MetricVerdict(metric, float(bars.estimates[-1]), bars.interval(len(members)),
+                         bars.gain(len(members), best), members[best].name, log_loss(honest, labels), ruled)
+
+
+def explain_verdict(verdict: MetricVerdict, rows: int) -> None:
+    """The metric's error bars and which decision rule was fitted, with what it bought."""
+    info(f"{verdict.metric}: ensemble {verdict.value:.4f} (95% CI {format_interval(verdict.interval)}), vs the "
+         f"best run {verdict.best_run} {verdict.gain.estimate:+.4f} (95% CI {format_difference(verdict.gain)}, "
+         f"+ = better); log-loss {verdict.loss:.4f}; bootstrap over {rows:,} OOF rows")
+    ruled = verdict.choice
+    if ruled is None:
+        info("decision rule: identity (the fold of each OOF row is unknown, so no rule can be cross-fitted)")
+        return
+    gain = Interval(ruled.crossfit_score - ruled.plain_score if get_metric(verdict.metric).greater_is_better
+                    else ruled.plain_score - ruled.crossfit_score, *ruled.gain_interval)
+    if ruled.candidate == "identity":
+        info(f"decision rule: identity (no rule to fit for {verdict.metric}); the probabilities as blended")
+    elif ruled.kept:
+        info(f"decision rule: [bold]{ruled.candidate}[/bold] fitted for {verdict.metric}, cross-fitted over the folds "
+             f"{ruled.plain_score:.4f} -> {ruled.crossfit_score:.4f} (gain 95% CI {format_difference(gain)}, "
+             f"better in {ruled.gain_share:.0%} of resamples); applied to the test set: "
+             f"{ruled.fitted_rule.describe()}")
+    else:
+        info(f"decision rule: identity; {ruled.candidate} cross-fitted over the folds scored "
+             f"{ruled.crossfit_score:.4f} "
+             f"vs {ruled.plain_score:.4f} plain (gain 95% CI {format_difference(gain)}, better in only "
+             f"{ruled.gain_share:.0%} of resamples, 95% needed), so it bought nothing sure and is not applied")
 
 
 @dataclass
@@ -559,6 +655,10 @@ class Submission:
     oof_interval: Interval
     best_run: str  # the member with the best OOF accuracy
     gain_over_best: Interval  # paired 95% interval of (ensemble - best_run) on the same rows
+    metric: str = "accuracy"  # the competition's metric
+    oof_score: float = float("nan")  # its OOF value for the submission's decision (after the rule)
+    metric_interval: Interval = UNKNOWN  # 95% bootstrap interval of the blend's metric
+    rule: str = "identity"  # the decision rule applied to the test probabilities
 
 
 def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str = "auto", tta: str | None = None,
@@ -567,6 +667,7 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
     """Blend finished runs (named, or every one that fits the data) into a leaderboard CSV. -> Submission."""
     from comp.stages.predict import dataset_for_runs
     from comp.stages.submission import append_index, check_format, submission_frame, write_submission
+    from comp.store.runs import oof_folds
 
     if method not in METHODS:
         raise CompError(f"--method {method}: choose one of {', '.join(METHODS)}")
@@ -580,30 +681,40 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
     candidates = candidate_runs(workspace, runs)
     dataset = dataset_for_runs(workspace, candidates)
     chosen = select_runs(workspace, dataset, candidates, runs is not None, limit, allow_pretrained)
-    check_format(dataset.submission, dataset.classes)
+    metric = workspace.metric
+    check_format(dataset.submission, dataset.classes, metric)
     # 2. Their predictions: OOF rows (to score and fit) and test images (to submit), plain or TTA.
     labels = dataset.train_y[chosen[0].oof_rows()]
-    members = load_members(chosen, labels, tta, average)
+    members = load_members(chosen, labels, tta, average, metric)
     review_members(members, labels)
     for member in (m for m in members if m.full_fits):
         info(f"{member.name}: test predictions from its {member.full_fits} full-data fit(s), scored and weighted "
              f"by its {member.run.k} folds' OOF predictions")
     # 3. How to combine them, decided on the OOF rows.
-    choice = decide_blend(members, labels, method)
+    choice = decide_blend(members, labels, method, metric)
     error_bars = blend_error_bars(members, labels, choice)
     console.print(members_table(members, labels, choice, error_bars))
     explain_blend(choice, method, len(labels))
     explain_error_bars(error_bars, members, choice, len(labels))
-    # 4. The CSV, checked, and its line in the history.
+    # 4. The competition's metric: its error bars, and the decision rule cross-fitted over the folds.
+    verdict = metric_verdict(metric, members, labels, choice, oof_folds(chosen[0]), error_bars)
+    if metric != "accuracy":  # under accuracy the lines above said it all
+        explain_verdict(verdict, len(labels))
+    # 5. The CSV, checked, and its line in the history.
     probs = blend(choice.method, [m.test for m in members], choice.fitted)
+    if verdict.choice is not None:
+        probs = verdict.choice.fitted_rule.apply(probs)
     warn_constant(probs.argmax(1), dataset.classes, members)
-    frame = submission_frame(dataset.submission, dataset.classes, probs)
-    write_submission(out, frame, dataset.submission, dataset.classes, force=force)
+    frame = submission_frame(dataset.submission, dataset.classes, probs, metric)
+    write_submission(out, frame, dataset.submission, dataset.classes, force=force, metric=metric)
     index = append_index(workspace, index_entry(workspace, out, members, choice, error_bars, len(labels),
-                                                dataset.fingerprint))
+                                                dataset.fingerprint, verdict))
     best_single = max(accuracy(m.oof, labels) for m in members)
-    info(f"wrote {out}: {len(frame):,} rows, method {choice.method}, OOF accuracy [bold]{choice.accuracy:.4f}[/bold] "
+    named = "" if metric == "accuracy" else f"OOF {metric} [bold]{verdict.final:.4f}[/bold] (rule {verdict.rule}), "
+    info(f"wrote {out}: {len(frame):,} rows, method {choice.method}, {named}OOF accuracy "
+         f"{'[bold]' if not named else ''}{choice.accuracy:.4f}{'[/bold]' if not named else ''} "
          f"(best single run {best_single:.4f}); history: {index} ({time.time() - started:.0f}s)")
     weights = {} if choice.weights is None else {m.name: float(w) for m, w in zip(members, choice.weights)}
     return Submission(out, choice.method, weights, choice.accuracy, len(labels), [m.name for m in members],
-                      error_bars.ensemble, members[error_bars.best].name, error_bars.gain)
+                      error_bars.ensemble, members[error_bars.best].name, error_bars.gain, metric, verdict.final,
+                      verdict.interval, verdict.rule)

@@ -140,12 +140,15 @@ def record_tta_result(run: Run, policy: str, results: dict) -> None:
     write_json(path, summary)
 
 
-def tta_table(run: Run, policy: str, variants: dict):
+def tta_table(run: Run, policy: str, variants: dict, metric: str = "accuracy"):
     from rich.table import Table
 
+    from comp.core.metrics import score
+
     labels = variants["labels"]
+    named = metric not in ("accuracy", "log_loss")  # those two have columns of their own
     table = Table(title=f"{run.name}: out-of-fold score of TTA {policy} ({len(labels):,} rows)")
-    for column in ("prediction", "accuracy", "log-loss", "gain vs none"):
+    for column in ("prediction", *([metric] if named else []), "accuracy", "log-loss", "gain vs none"):
         table.add_column(column, justify="left" if column == "prediction" else "right")
     base = accuracy(variants["none"], labels)
     rows = [("none (1 view)", "none")] if policy == "none" else [
@@ -153,7 +156,8 @@ def tta_table(run: Run, policy: str, variants: dict):
         (f"{policy}, mean of logits", "logits")]
     for text, key in rows:
         acc = accuracy(variants[key], labels)
-        table.add_row(text, f"{acc:.4f}", f"{log_loss(variants[key], labels):.4f}", f"{acc - base:+.4f}")
+        value = [f"{score(metric, labels, variants[key]):.4f}"] if named else []
+        table.add_row(text, *value, f"{acc:.4f}", f"{log_loss(variants[key], labels):.4f}", f"{acc - base:+.4f}")
     return table
 
 
@@ -178,8 +182,14 @@ def repredict(workspace, run: Run, tta: str | None = None, average: str = DEFAUL
     labels = variants["labels"]
     results = {name: {"accuracy": accuracy(variants[name], labels), "log_loss": log_loss(variants[name], labels)}
                for name in ("none", *AVERAGES)}
+    metric = workspace.metric
+    if metric not in ("accuracy", "log_loss"):  # the competition's metric beside them
+        from comp.core.metrics import score
+
+        for name in results:
+            results[name][metric] = score(metric, labels, variants[name])
     record_tta_result(run, policy, results)
-    console.print(tta_table(run, policy, variants))
+    console.print(tta_table(run, policy, variants, metric))
     info(f"wrote fold*/val_probs{variants['tag']}.npy, fold*/test_probs{variants['tag']}.npy and "
          f"oof_probs{variants['tag']}.npy in {run.path} ({time.time() - started:.0f}s)")
     return results

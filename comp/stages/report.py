@@ -62,12 +62,33 @@ def leaderboard_row(run: Run) -> dict:
     }
 
 
-def leaderboard(runs: list[Run]) -> pd.DataFrame:
-    """One row per run, best first (by CV accuracy with the run's TTA), with its error bars."""
+def metric_value(run: Run, metric: str) -> float:
+    """The run's OOF value of the competition's metric with its TTA, re-scored from its saved
+    probabilities (so runs made under another metric compare); NaN where it cannot be."""
+    try:
+        value = run.oof_score(metric)
+    except CompError:
+        return float("nan")
+    return float("nan") if value is None else round(value, 4)
+
+
+def leaderboard(runs: list[Run], metric: str = "accuracy") -> pd.DataFrame:
+    """One row per run, best first (by the competition's metric, else CV accuracy, with the run's
+    TTA), with its error bars; under a metric other than accuracy, `metric` and `cv_metric` (its
+    OOF value) are the last columns."""
+    from comp.core.metrics import get_metric
+
     frame = pd.DataFrame([leaderboard_row(r) for r in runs])
-    frame = frame.sort_values(["cv_accuracy_tta", "cv_accuracy"], ascending=False, ignore_index=True)
     by_name = {r.name: r for r in runs}
-    return add_error_bars(frame, [by_name[name] for name in frame["run"]])
+    if metric == "accuracy":  # as before the metric could be chosen: no extra columns
+        frame = frame.sort_values(["cv_accuracy_tta", "cv_accuracy"], ascending=False, ignore_index=True)
+        return add_error_bars(frame, [by_name[name] for name in frame["run"]])
+    frame["cv_metric"] = [metric_value(by_name[name], metric) for name in frame["run"]]
+    ascending = not get_metric(metric).greater_is_better
+    frame = frame.sort_values(["cv_metric", "cv_accuracy_tta"], ascending=[ascending, False], ignore_index=True)
+    extra = frame[["cv_metric"]].assign(metric=metric)[["metric", "cv_metric"]]
+    frame = add_error_bars(frame.drop(columns=["cv_metric"]), [by_name[name] for name in frame["run"]])
+    return frame.join(extra)  # the competition's metric last, after the error bars
 
 
 def comparable_groups(runs: list[Run]) -> list[list[Run]]:
@@ -115,16 +136,20 @@ def leaderboard_table(frame: pd.DataFrame, fingerprint: str | None):
     from rich import box
     from rich.table import Table
 
-    table = Table(title=f"leaderboard: {len(frame)} finished run(s), accuracy on out-of-fold rows",
+    metric = frame["metric"].iloc[0] if "metric" in frame and len(frame) else "accuracy"
+    named = metric != "accuracy"
+    title = f"{metric} (best first) and accuracy" if named else "accuracy"
+    table = Table(title=f"leaderboard: {len(frame)} finished run(s), {title} on out-of-fold rows",
                   caption=f"95% CI: bootstrap over the OOF rows, with TTA. vs best: {DIFFERENCE_LEGEND}",
                   box=box.SIMPLE_HEAD, padding=0, show_edge=False)
-    for column in ("run", "model", "ep", "OOF", "+TTA", "95% CI", "vs best", "time"):
+    for column in ("run", "model", "ep", *([metric[:8]] if named else []), "OOF", "+TTA", "95% CI", "vs best", "time"):
         table.add_column(column, justify="left" if column in ("run", "model", "vs best") else "right",
                          overflow="fold", max_width=RUN_NAME_WIDTH if column == "run" else None)
     for _, r in frame.iterrows():  # best first: the order is the rank
         other = " [dim](other data)[/dim]" if r["fingerprint"] != fingerprint else ""
         gain = "best" if r["best_run"] == r["run"] else format_difference(row_interval(r, "gain", "gain"), compact=True)
-        table.add_row(f"{r['run']}{other}", str(r["model"]), str(r["epochs"]), f"{r['cv_accuracy']:.3f}",
+        value = [f"{r['cv_metric']:.3f}"] if named else []
+        table.add_row(f"{r['run']}{other}", str(r["model"]), str(r["epochs"]), *value, f"{r['cv_accuracy']:.3f}",
                       f"{r['cv_accuracy_tta']:.3f}", format_interval(row_interval(r, "ci", "cv_accuracy_tta")),
                       gain, _duration(r["seconds"]))
     return table
@@ -248,7 +273,7 @@ def report(workspace, run=None, out_dir: Path | None = None, mistakes: int | Non
         raise CompError(f"no finished run under {workspace.folds}; train one first (comp train --fold all)")
     chosen_hint = [load_run(workspace, run)] if run is not None else runs
     dataset = dataset_for_runs(workspace, chosen_hint, prefer_recorded=run is not None)
-    board = leaderboard(runs) if runs else pd.DataFrame(columns=["run", "fingerprint"])
+    board = leaderboard(runs, workspace.metric) if runs else pd.DataFrame(columns=["run", "fingerprint"])
     if runs:
         console.print(leaderboard_table(board, dataset.fingerprint))
         save_csv(out_dir / "leaderboard.csv", board)

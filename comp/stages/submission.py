@@ -8,7 +8,11 @@
                                method, TTA, OOF accuracy (the history of what was sent), and
                                its error bars (comp.core.stats): ci_accuracy with its 95% interval
                                ci_low..ci_high (for method weights: of the checked blend),
-                               best_run, and gain (over it) with its paired gain_low..gain_high
+                               best_run, and gain (over it) with its paired gain_low..gain_high;
+                               the competition's metric (comp.core.metrics) and its OOF value
+                               oof_metric (of the blend ci_accuracy is of: nothing fitted on the
+                               rows it scores) with its interval metric_low..metric_high, oof_log_loss,
+                               the decision rule applied and the metric it earns (oof_metric_rule)
 
 `comp score SUBMISSION --answers FILE` grades a submission against known answers (the demo
 set ships answers.csv), so the whole loop can be practised offline.
@@ -31,7 +35,8 @@ from comp.core.paths import Workdir
 INDEX_NAME = "index.csv"
 # New columns go at the end: an older index gains them (empty in its old rows) when a row is appended.
 INDEX_COLUMNS = ["time", "file", "runs", "weights", "method", "tta", "oof_accuracy", "oof_rows", "fingerprint",
-                 "ci_accuracy", "ci_low", "ci_high", "best_run", "gain", "gain_low", "gain_high", "test_from"]
+                 "ci_accuracy", "ci_low", "ci_high", "best_run", "gain", "gain_low", "gain_high", "test_from",
+                 "metric", "oof_metric", "metric_low", "metric_high", "oof_log_loss", "rule", "oof_metric_rule"]
 PROB_FORMAT = "%.6g"  # six significant digits: rows still sum to 1 within 1e-5, files stay small
 PROB_SUM_TOLERANCE = 1e-3  # what the after-write check allows a row's probabilities to miss 1 by
 
@@ -76,15 +81,36 @@ def class_columns(fmt: SubmissionFormat, classes: list[str]) -> list[int]:
     return [index[c] for c in columns]
 
 
-def check_format(fmt: SubmissionFormat, classes: list[str]) -> None:
-    """Refuse a sample comp cannot fill correctly; warn where the target's meaning is a guess."""
+def check_format(fmt: SubmissionFormat, classes: list[str], metric: str = "accuracy") -> None:
+    """Refuse a sample comp cannot fill correctly, or one the competition's metric cannot read (one
+    CompError line); warn where the target's meaning is a guess."""
+    from comp.core.metrics import get_metric
+
+    chosen = get_metric(metric)
+    reads_probs = chosen.needs in ("probs", "binary_prob")
+    if chosen.needs == "multilabel":
+        raise CompError(f"--metric {chosen.name} scores several labels a row; comp trains one label a row: "
+                        "choose a single-label metric")
     if fmt.target_kind == "fraction":
-        raise CompError(f"{fmt.path}: its {fmt.target_column} column holds fractions, a single probability (of "
-                        "one class); comp writes class labels (id,target) or a probability column per class "
-                        "(id,<class>,...). The runs' test probabilities are in folds/<run>/fold*/test_probs.npy "
-                        f"(columns: {', '.join(classes)})")
+        if len(classes) != 2 or not reads_probs:
+            why = (f"{len(classes)} classes, not two" if len(classes) != 2
+                   else f"the metric {chosen.name} scores labels, not probabilities")
+            raise CompError(f"{fmt.path}: its {fmt.target_column} column holds fractions, a single probability (of "
+                            f"one class), and comp cannot fill it: {why}. With two classes pass --metric roc_auc or "
+                            "log_loss (the competition's); comp otherwise writes class labels (id,target) or a "
+                            f"probability column per class (id,<class>,...); classes: {', '.join(classes)}")
+        positive_class(fmt, classes)
+        return
     if fmt.target_kind == "probs":
+        if chosen.needs == "topk":
+            raise CompError(f"{fmt.path}: a probability column per class, but the metric {chosen.name} scores a "
+                            "ranked list of labels a row; pass the competition's --metric (log_loss for this form)")
         class_columns(fmt, classes)
+        return
+    if reads_probs:
+        raise CompError(f"{fmt.path}: one {fmt.target_kind == 'int' and 'integer' or 'label'} a row in "
+                        f"{fmt.target_column}, but the metric {chosen.name} scores probabilities; pass the "
+                        "competition's --metric (accuracy or f1_macro for this form) or check the sample")
     if fmt.target_kind == "int" and not names_are_ints(classes):
         mapping = ", ".join(f"{i}={c}" for i, c in enumerate(classes[:5]))
         warn(f"{fmt.path.name} wants integer targets but the classes are names: writing each class's index in "
@@ -92,22 +118,48 @@ def check_format(fmt: SubmissionFormat, classes: list[str]) -> None:
              "numbers its classes the same way")
 
 
-def submission_frame(fmt: SubmissionFormat, classes: list[str], probs: np.ndarray) -> pd.DataFrame:
-    """One row per sample id (as written there), in its order, in its columns: labels or probabilities."""
+def positive_class(fmt: SubmissionFormat, classes: list[str]) -> int:
+    """One probability column on two classes: the class it is the probability of -- the one the
+    column is named after, else the second class (sorted names: 1 of 0/1, dog of cat/dog)."""
+    named = fmt.target_column.strip()
+    return classes.index(named) if named in classes else 1
+
+
+def top_k(metric: str) -> int:
+    """The k of map@k: how many labels a row the submission lists."""
+    from comp.core.metrics import get_metric
+
+    name = get_metric(metric).name
+    return int(name.split("@")[1]) if name.startswith("map@") else 1
+
+
+def submission_frame(fmt: SubmissionFormat, classes: list[str], probs: np.ndarray,
+                     metric: str = "accuracy") -> pd.DataFrame:
+    """One row per sample id (as written there), in its order, in its columns: labels, probabilities,
+    the positive class's probability (one float column, two classes) or, for map@k, the top k labels
+    separated by spaces, best first."""
+    from comp.core.metrics import get_metric
+
     if len(probs) != len(fmt.ids):
         raise CompError(f"{len(probs)} test predictions for {len(fmt.ids)} ids in {fmt.path}; "
                         "the runs were made on another test set")
     if fmt.target_kind == "probs":
         columns = dict(zip(fmt.columns[1:], probs[:, class_columns(fmt, classes)].T))
         return pd.DataFrame({fmt.id_column: fmt.raw_ids, **columns})
+    if fmt.target_kind == "fraction":
+        return pd.DataFrame({fmt.id_column: fmt.raw_ids, fmt.target_column: probs[:, positive_class(fmt, classes)]})
     values = target_values(classes, fmt.target_kind)
+    if get_metric(metric).needs == "topk":
+        ranked = np.argsort(-probs, axis=1, kind="stable")[:, :top_k(metric)]
+        return pd.DataFrame({fmt.id_column: fmt.raw_ids,
+                             fmt.target_column: [" ".join(str(values[i]) for i in row) for row in ranked]})
     return pd.DataFrame({fmt.id_column: fmt.raw_ids, fmt.target_column: [values[i] for i in probs.argmax(1)]})
 
 
 # -- writing and checking ----------------------------------------------------------------------
 
 
-def validate_submission(path: Path, fmt: SubmissionFormat, classes: list[str]) -> None:
+def validate_submission(path: Path, fmt: SubmissionFormat, classes: list[str], metric: str = "accuracy") -> None:
     """Re-read the file as a scorer would: same columns, ids (as written) and order; every target valid."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(frame.columns) != fmt.columns:
@@ -117,19 +169,21 @@ def validate_submission(path: Path, fmt: SubmissionFormat, classes: list[str]) -
         first = next((i for i, (a, b) in enumerate(zip(ids, fmt.raw_ids)) if a != b), min(len(ids), len(fmt.ids)))
         raise CompError(f"{path}: ids differ from {fmt.path.name} from row {first + 1} "
                         f"({len(ids)} rows written, {len(fmt.ids)} expected)")
-    if fmt.target_kind == "probs":
-        check_probabilities(path, frame[fmt.columns[1:]])
+    if fmt.target_kind in ("probs", "fraction"):
+        check_probabilities(path, frame[fmt.columns[1:]], rows_sum_to_one=fmt.target_kind == "probs")
         return
     allowed = {str(v) for v in target_values(classes, fmt.target_kind)}
     targets = frame[fmt.target_column].str.strip()
+    if top_k(metric) > 1:  # map@k: every space-separated label must be a class
+        targets = targets.str.split().explode().fillna("")
     bad = targets[~targets.isin(allowed)]
     if len(bad):
         raise CompError(f"{path}: {len(bad)} target(s) are not valid values (e.g. {bad.iloc[0]!r}); "
                         f"allowed: {', '.join(sorted(allowed))}")
 
 
-def check_probabilities(path: Path, columns: pd.DataFrame) -> None:
-    """Every cell a number in [0, 1], every row summing to 1."""
+def check_probabilities(path: Path, columns: pd.DataFrame, rows_sum_to_one: bool = True) -> None:
+    """Every cell a number in [0, 1], every row summing to 1 (a probability column per class)."""
     values = columns.apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = ~np.isfinite(values) | (values < 0) | (values > 1)
     if bad.any():
@@ -137,19 +191,19 @@ def check_probabilities(path: Path, columns: pd.DataFrame) -> None:
         raise CompError(f"{path}: {int(bad.sum())} cell(s) are not probabilities (e.g. row {row + 1}, "
                         f"{columns.columns[col]}: {columns.iat[row, col]!r})")
     off = np.abs(values.sum(1) - 1) > PROB_SUM_TOLERANCE
-    if off.any():
+    if rows_sum_to_one and off.any():
         raise CompError(f"{path}: {int(off.sum())} row(s) do not sum to 1 (e.g. row {np.argmax(off) + 1}: "
                         f"{values[np.argmax(off)].sum():.4f})")
 
 
 def write_submission(path: Path, frame: pd.DataFrame, fmt: SubmissionFormat, classes: list[str],
-                     force: bool = False) -> Path:
+                     force: bool = False, metric: str = "accuracy") -> Path:
     """Write atomically, after checking the written bytes; refuse to replace a file unless force."""
     if path.exists() and not force:
         raise CompError(f"{path}: already exists; choose another --out, or pass --force to replace it")
     with atomic_path(path) as tmp:  # no .csv on the temp name: never mistaken for a submission
         frame.to_csv(tmp, index=False, float_format=PROB_FORMAT)
-        validate_submission(tmp, fmt, classes)  # a file that fails never takes the real name
+        validate_submission(tmp, fmt, classes, metric)  # a file that fails never takes the real name
     return path
 
 
@@ -173,31 +227,77 @@ def _read_two_columns(path: Path, what: str) -> pd.DataFrame:
     return frame
 
 
-def _same_target(a: pd.Series, b: pd.Series) -> np.ndarray:
-    """Equal as text, or as integers when both sides are integers ("07" == "7")."""
-    same = (a.to_numpy() == b.to_numpy())
-    ints = a.str.fullmatch(r"-?\d+") & b.str.fullmatch(r"-?\d+")
-    if ints.any():
-        same[ints.to_numpy()] = (a[ints].astype(int).to_numpy() == b[ints].astype(int).to_numpy())
-    return same
+def _key(text: str) -> str:
+    """A target as compared: stripped, and an integer as its value ("07" is "7")."""
+    text = text.strip()
+    return str(int(text)) if text.lstrip("-").isdigit() else text
 
 
-def predicted_targets(path: Path) -> pd.DataFrame:
-    """A submission as id,target: its target column, or in the probability format the column
-    (a class name) holding each row's highest probability."""
-    frame = _read_two_columns(path, "the submission")
+def _class_order(key: str) -> tuple:
+    """Integers by value (qwk reads the classes as ordinal), then names."""
+    return (0, int(key), "") if key.lstrip("-").isdigit() else (1, 0, key)
+
+
+def submission_probs(path: Path, ids: list[str], truth: list[str]) -> tuple[np.ndarray, list[str]]:
+    """A submission read as probabilities [answers' rows, classes] and the class keys of its columns:
+    a probability column per class as written; one float column (two classes) as the probability of
+    the class it is named after, else the second; labels as one-hot rows; space-separated labels
+    (map@k) as ranked scores, best first."""
     wide = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if wide.shape[1] > 2:
-        values = wide.iloc[:, 1:].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    wide[wide.columns[0]] = wide[wide.columns[0]].str.strip()
+    wide = wide.set_index(wide.columns[0]).loc[ids]
+    if wide.shape[1] > 1:
+        values = wide.apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
         if not np.isfinite(values).all():
             raise CompError(f"{path}: a probability column per class, but not every cell is a number; "
                             "fix the submission")
-        frame["target"] = np.array([c.strip() for c in wide.columns[1:]])[values.argmax(1)]
-    return frame
+        return values, [_key(c) for c in wide.columns]
+    column = wide.iloc[:, 0].str.strip()
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().all() and not column.str.fullmatch(r"-?\d+").all():  # floats: P(positive class)
+        classes = sorted(set(truth), key=_class_order)
+        if len(classes) != 2:
+            raise CompError(f"{path}: one probability column, but the answers hold {len(classes)} classes, not two")
+        named = _key(wide.columns[0])
+        positive = classes.index(named) if named in classes else 1
+        p = column.astype(float).to_numpy()
+        probs = np.empty((len(p), 2))
+        probs[:, positive], probs[:, 1 - positive] = p, 1 - p
+        return probs, classes
+    ranked = [[_key(t) for t in text.split()] or [""] for text in column]
+    classes = sorted(set(truth) | {t for row in ranked for t in row}, key=_class_order)
+    index = {c: i for i, c in enumerate(classes)}
+    probs = np.zeros((len(ranked), len(classes)))
+    for r, row in enumerate(ranked):
+        for rank, label in enumerate(dict.fromkeys(row)):  # a repeated label keeps its best rank
+            probs[r, index[label]] = 1.0 / (rank + 1)
+    return probs / probs.sum(1, keepdims=True), classes
 
 
-def score_submission(submission: Path, answers: Path) -> dict:
-    sub = predicted_targets(submission)
+def listed_labels(path: Path, ids: list[str], classes: list[str]) -> np.ndarray | None:
+    """map@k of a space-separated submission: each row's labels as class indices, best first,
+    padded with -1 (a label not listed is never credited); None for the other forms."""
+    from comp.core.metrics import MAP_MAX_K
+
+    wide = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if wide.shape[1] != 2:
+        return None
+    wide[wide.columns[0]] = wide[wide.columns[0]].str.strip()
+    column = wide.set_index(wide.columns[0]).loc[ids].iloc[:, 0]
+    index = {c: i for i, c in enumerate(classes)}
+    listed = np.full((len(column), MAP_MAX_K), -1, dtype=np.int64)
+    for r, text in enumerate(column):
+        row = [index[k] for k in dict.fromkeys(_key(t) for t in text.split()) if k in index][:MAP_MAX_K]
+        listed[r, :len(row)] = row
+    return listed
+
+
+def score_submission(submission: Path, answers: Path, metric: str = "accuracy") -> dict:
+    """The submission scored against the answers under the competition's metric, and by accuracy."""
+    from comp.core.metrics import get_metric, score
+
+    name = get_metric(metric).name
+    sub = _read_two_columns(submission, "the submission")
     ans = _read_two_columns(answers, "the answers")
     missing = sorted(set(ans["id"]) - set(sub["id"]))
     extra = sorted(set(sub["id"]) - set(ans["id"]))
@@ -208,6 +308,15 @@ def score_submission(submission: Path, answers: Path) -> dict:
         if extra:
             parts.append(f"{len(extra)} submission id(s) not in the answers (e.g. {', '.join(extra[:3])})")
         raise CompError(f"{submission}: ids do not match {answers}: {'; '.join(parts)}")
-    merged = ans.merge(sub, on="id", suffixes=("_true", "_pred"))
-    correct = _same_target(merged["target_true"], merged["target_pred"])
-    return {"accuracy": float(correct.mean()), "correct": int(correct.sum()), "rows": len(merged), "answers": answers}
+    truth = [_key(t) for t in ans["target"]]
+    probs, classes = submission_probs(submission, ans["id"].tolist(), truth)
+    unknown = sorted(set(truth) - set(classes))
+    if unknown:
+        raise CompError(f"{submission}: the answers hold class(es) the submission has no column for: "
+                        f"{', '.join(unknown[:5])}")
+    labels = np.array([classes.index(t) for t in truth], dtype=np.int64)
+    correct = probs.argmax(1) == labels
+    listed = listed_labels(submission, ans["id"].tolist(), classes) if get_metric(name).needs == "topk" else None
+    value = get_metric(name).fn(labels, listed, len(classes)) if listed is not None else score(name, labels, probs)
+    return {"accuracy": float(correct.mean()), "correct": int(correct.sum()), "rows": len(labels),
+            "answers": answers, "metric": name, "value": float(value)}

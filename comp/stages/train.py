@@ -128,9 +128,10 @@ def split_for(workspace, dataset, config: RunConfig, resplit: bool = False) -> S
 # -- the run folder ------------------------------------------------------------------------------
 
 
-def prepare_run_dir(run_dir: Path, config: RunConfig, dataset, split: Split, force: bool) -> None:
-    """Refuse to continue a run on other data or another split; write the manifest."""
-    manifest = make_manifest(config.run_name, "kfold", config.to_dict(), dataset, split)
+def prepare_run_dir(run_dir: Path, config: RunConfig, dataset, split: Split, force: bool,
+                    metric: str = "accuracy") -> None:
+    """Refuse to continue a run on other data or another split; write the manifest (with the metric)."""
+    manifest = make_manifest(config.run_name, "kfold", config.to_dict(), dataset, split, metric=metric)
     config_path = run_dir / "config.json"
     if config_path.exists():
         saved = read_manifest(config_path)
@@ -235,8 +236,27 @@ def train_unit_task(unit: str, config: RunConfig, workspace_root: Path, data_dir
 def fold_line(fold: int, result: dict, unit: str = "fold") -> str:
     if unit != "fold":
         return f"{unit} {fold}: trained on every row ({result['seconds']:.0f}s)"
-    return (f"fold {fold}: val accuracy {result['val_accuracy']:.4f} "
+    named = (f"val {result['metric']} {result['val_metric']:.4f}, "
+             if result.get("metric", "accuracy") != "accuracy" else "")
+    return (f"fold {fold}: {named}val accuracy {result['val_accuracy']:.4f} "
             f"(best epoch {result['best_epoch']}, {result['seconds']:.0f}s)")
+
+
+def safe_score(metric: str, labels: np.ndarray, probs: np.ndarray) -> float:
+    """The metric, or NaN where it is undefined on these rows (roc_auc on a fold with one class)."""
+    from comp.core.metrics import score
+
+    try:
+        return score(metric, labels, probs)
+    except CompError:
+        return float("nan")
+
+
+def fold_metric(run_dir: Path, dataset, split: Split, fold: int, metric: str, tag: str = "") -> float:
+    """The competition's metric on a finished fold's validation rows, from its saved probabilities."""
+    _, val_pos = split.rows(fold, dataset.rows)
+    probs = load_npy(run_dir / f"fold{fold}" / f"val_probs{tag}.npy", retrain_fold_fix(run_dir, fold))
+    return safe_score(metric, dataset.train_y[val_pos], probs)
 
 
 def unit_dir(run_dir: Path, unit: str, index: int) -> Path:
@@ -336,7 +356,8 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
                         "use keep = last")
     if full_seeds:
         refuse_full_without_twin(run_dir, config, split)
-    prepare_run_dir(run_dir, config, dataset, split, force)
+    metric = workspace.metric
+    prepare_run_dir(run_dir, config, dataset, split, force, metric)
     unit, one = ("seed", train_one_full) if full_seeds else ("fold", train_one_fold)
     units = list(range(full_seeds)) if full_seeds else folds
     what = f"{full_seeds} full-data fit(s)" if full_seeds else f"folds {','.join(map(str, folds))} of {split.k}"
@@ -348,14 +369,20 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
         return call_in_child(train_unit_task, unit, config, workspace.root, dataset.data_dir, workspace.skip_bad,
                              index, what=f"{unit} {index}", log_dir=run_dir)
 
+    def scored(result: dict, index: int) -> dict:
+        """The fold's numbers plus the competition's metric on its validation rows (for its line)."""
+        if unit == "fold" and metric != "accuracy":
+            result = {**result, "metric": metric, "val_metric": fold_metric(run_dir, dataset, split, index, metric)}
+        return result
+
     if isolate:
-        failed = run_folds(workspace, run_dir, units, force, in_child, unit)
+        failed = run_folds(workspace, run_dir, units, force, lambda index: scored(in_child(index), index), unit)
     else:
         with TrainingProgress(len(units), config.fit_epochs) as progress:
             failed = run_folds(workspace, run_dir, units, force,
-                               lambda index: vars(one(config, dataset, split, run_dir, index, progress, teachers)),
-                               unit)
-    summarize_run(run_dir, dataset, split)
+                               lambda index: scored(vars(one(config, dataset, split, run_dir, index, progress,
+                                                             teachers)), index), unit)
+    summarize_run(run_dir, dataset, split, metric)
     if failed:
         raise CompError(f"{unit}(s) {', '.join(map(str, failed))} of run {config.run_name} died (see above); "
                         "rerun the same command to retry them")
@@ -380,19 +407,25 @@ def refuse_full_without_twin(run_dir: Path, config: RunConfig, split: Split) -> 
                       "would be scored and weighted by them, so train the folds first:", config.run_name)
 
 
-def summarize_run(run_dir: Path, dataset, split: Split) -> dict | None:
-    """Per-fold table; when every fold is done, the OOF file and the run summary (else None)."""
+def summarize_run(run_dir: Path, dataset, split: Split, metric: str | None = None) -> dict | None:
+    """Per-fold table; when every fold is done, the OOF file and the run summary (else None), with the
+    competition's `metric` (default: the one the manifest recorded) computed from the OOF probabilities."""
     from rich.table import Table
 
     manifest = read_manifest(run_dir / "config.json")
     tta = manifest["config"].get("tta", "none")
+    metric = metric or manifest.get("metric") or "accuracy"
+    named = metric != "accuracy"
     metrics = [(k, read_json(run_dir / f"fold{k}" / "metrics.json")) for k in range(split.k)
                if fold_done(run_dir / f"fold{k}")]
     table = Table(title=f"{run_dir.name}")
-    for column in ("fold", "val acc", "val acc TTA", "val loss", "best epoch", "epochs", "seconds"):
+    for column in ("fold", *([f"val {metric}"] if named else []), "val acc", "val acc TTA", "val loss", "best epoch",
+                   "epochs", "seconds"):
         table.add_column(column, justify="right")
     for fold, m in metrics:
-        table.add_row(str(fold), f"{m['val_accuracy']:.4f}", f"{m.get(f'val_accuracy.{tta}', m['val_accuracy']):.4f}",
+        value = [f"{fold_metric(run_dir, dataset, split, fold, metric):.4f}"] if named else []
+        table.add_row(str(fold), *value, f"{m['val_accuracy']:.4f}",
+                      f"{m.get(f'val_accuracy.{tta}', m['val_accuracy']):.4f}",
                       f"{m['val_loss']:.4f}", str(m.get("best_epoch", "-")), str(m.get("epochs_run", "-")),
                       f"{m['seconds']:.0f}")
     console.print(table)
@@ -402,15 +435,20 @@ def summarize_run(run_dir: Path, dataset, split: Split) -> dict | None:
     if len(metrics) < split.k:
         info(f"{len(metrics)} of {split.k} folds done; the OOF file is written when all are")
         return None
-    summary = write_oof(run_dir, dataset, split, manifest, [m for _, m in metrics])
+    summary = write_oof(run_dir, dataset, split, manifest, [m for _, m in metrics], metric)
+    if named:
+        info(f"CV {metric} [bold]{summary['cv_metric']:.4f}[/bold] (OOF probabilities), with TTA {tta}: "
+             f"{summary['cv_metric_tta']:.4f}")
     info(f"CV accuracy {summary['cv_accuracy']:.4f} (folds {summary['fold_accuracy_mean']:.4f} "
          f"± {summary['fold_accuracy_std']:.4f}), with TTA {tta}: {summary['cv_accuracy_tta']:.4f}; "
          f"OOF: {run_dir / 'oof_probs.npy'}")
     return summary
 
 
-def write_oof(run_dir: Path, dataset, split: Split, manifest: dict, metrics: list[dict]) -> dict:
-    """oof_probs[.<tta>].npy from the folds' validation predictions, oof_rows.npy, summary.json."""
+def write_oof(run_dir: Path, dataset, split: Split, manifest: dict, metrics: list[dict],
+              metric: str = "accuracy") -> dict:
+    """oof_probs[.<tta>].npy from the folds' validation predictions, oof_rows.npy, summary.json (with
+    the competition's metric of the OOF probabilities: cv_metric, cv_metric_tta)."""
     tta = manifest["config"].get("tta", "none")
     suffixes = [""] if tta == "none" else ["", f".{tta}"]
     oof = {s: np.full((len(dataset.rows), dataset.num_classes), np.nan, np.float32) for s in suffixes}
@@ -440,6 +478,9 @@ def write_oof(run_dir: Path, dataset, split: Split, manifest: dict, metrics: lis
         "fold_loss_std": float(np.std([m["val_loss"] for m in metrics])),
         "seconds": float(sum(m["seconds"] for m in metrics)),
         "rows": int(len(labels)),
+        "metric": metric,
+        "cv_metric": safe_score(metric, labels, plain),
+        "cv_metric_tta": safe_score(metric, labels, oof[suffixes[-1]]),
     }
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -655,7 +655,8 @@ def finetune(workspace, settings: FinetuneSettings, folds: int = 0, fold="all", 
     split = ensure_split(workspace, dataset.train_y, dataset.fingerprint, folds, settings.seed,
                          dataset.stats.get("train_files"))
     dataset = apply_limit(dataset, limit)
-    manifest = make_manifest(name, "transfer", config | {"limit": limit}, dataset, split, pretrained=True)
+    manifest = make_manifest(name, "transfer", config | {"limit": limit}, dataset, split, pretrained=True,
+                             metric=workspace.metric)
     write_json(folder / "config.json", manifest)
 
     def train(k: int) -> dict:

@@ -9,6 +9,7 @@ A run is a folder with a `config.json` manifest, written by the stage that made 
      "config": {...},                 RunConfig fields (kfold), the study's settings (transfer)
      "data": {"fingerprint", "classes", "rows", "limit", "image_shape", "resize", "data_dir"},
      "split": {"hash", "k"},          the fold split of folds/folds.json the run was trained on
+     "metric": "accuracy",            the competition's metric the workdir named (comp.core.metrics)
      "backend": "tensorflow", "comp_version": "0.1.0"}
 
 Beside it, every run writes the same prediction files: fold<k>/val_probs[.<tta>].npy,
@@ -50,7 +51,8 @@ def data_record(dataset) -> dict:
     }
 
 
-def make_manifest(name: str, kind: str, config: dict, dataset, split: Split, pretrained: bool = False) -> dict:
+def make_manifest(name: str, kind: str, config: dict, dataset, split: Split, pretrained: bool = False,
+                  metric: str = "accuracy") -> dict:
     import keras
 
     return {
@@ -61,6 +63,7 @@ def make_manifest(name: str, kind: str, config: dict, dataset, split: Split, pre
         "config": config,
         "data": data_record(dataset),
         "split": {"hash": split.hash, "k": split.k},
+        "metric": metric,  # the competition's metric when the run was made (comp.core.metrics)
         "backend": keras.backend.backend(),
         "comp_version": __version__,
     }
@@ -227,6 +230,22 @@ class Run:
         return self.read_test(self.own_tag)
 
     @property
+    def metric(self) -> str:
+        """The competition's metric recorded when the run was made (accuracy for older runs)."""
+        return self.manifest.get("metric") or "accuracy"
+
+    def oof_score(self, metric: str | None = None, tag: str | None = None) -> float | None:
+        """The run's OOF predictions re-scored under `metric` (default: the one it recorded) from
+        its saved probabilities, nothing retrained; `tag` "" for plain, default its own TTA. None
+        when the true labels of its rows are no longer at hand (its split is gone)."""
+        from comp.core.metrics import score
+
+        labels = oof_labels(self)
+        if labels is None:
+            return None
+        return score(metric or self.metric, labels, self.read_oof(self.own_tag if tag is None else tag))
+
+    @property
     def oof_accuracy(self) -> float | None:
         """Out-of-fold accuracy with the run's own TTA policy (None until every fold is done)."""
         summary = self.summary
@@ -344,6 +363,19 @@ def oof_labels(run: Run) -> np.ndarray | None:
     labels = pd.read_csv(meta_path.with_name("folds.csv"), usecols=["label"])["label"].to_numpy()
     rows = run.oof_rows()
     return labels[rows] if len(rows) and rows.max() < len(labels) else None
+
+
+def oof_folds(run: Run) -> np.ndarray | None:
+    """The fold of each of the run's OOF rows, from its split's folds.csv (decision rules are
+    cross-fitted over them); None when that split is gone or does not cover the rows."""
+    import pandas as pd
+
+    meta_path = split_meta_path(run)
+    if meta_path is None or not meta_path.with_name("folds.csv").exists():
+        return None
+    folds = pd.read_csv(meta_path.with_name("folds.csv"), usecols=["fold"])["fold"].to_numpy()
+    rows = run.oof_rows()
+    return folds[rows] if len(rows) and rows.max() < len(folds) else None
 
 
 def run_rows(run: Run, dataset) -> np.ndarray:

@@ -149,7 +149,7 @@ def prepare_search(workspace, config, overrides: dict, cv_folds: int, space) -> 
     folds = objective_folds(cv_folds, split.k)
     train_rows = len(split.rows(folds[0], dataset.rows)[0])
     search_space = build_space(base, train_rows, space, fixed_names(overrides), tta_pinned(config, overrides))
-    return Search(search_space, dataset, split, folds, current={})
+    return Search(search_space, dataset, split, folds, current={}, metric=workspace.metric)
 
 
 def quiet_optuna() -> None:
@@ -163,10 +163,16 @@ def open_study(search: Search, url: str, name: str, pruner: str, heartbeat: int)
     """(storage, study): the study created or continued, checked to score trials as this search does."""
     space = search.space
     storage = open_storage(url, heartbeat)
-    study = create_study(storage, name, make_pruner(pruner, len(search.folds) * space.base.fit_epochs), seed=space.base.seed)
+    from comp.core.metrics import get_metric
+
+    direction = "maximize" if get_metric(search.metric).greater_is_better else "minimize"
+    study = create_study(storage, name, make_pruner(pruner, len(search.folds) * space.base.fit_epochs),
+                         seed=space.base.seed, direction=direction)
+    # The metric only when it is not accuracy: studies from before it was recorded measured accuracy.
+    metric = {"metric": search.metric} if search.metric != "accuracy" else {}
     check_study(study, {"fingerprint": search.dataset.fingerprint, "folds_hash": search.split.hash,
                         "folds": search.folds, "model": space.base.model, "epochs": space.base.epochs,
-                        "limit": space.base.limit}, url)
+                        "limit": space.base.limit, **metric}, url)
     return storage, study
 
 
@@ -183,7 +189,7 @@ def run_trials(study, search: Search, study_dir: Path, trials: int, timeout: flo
 
 
 def trial_task(workspace_root: Path, data_dir: Path, skip_bad: bool, space: Space, cv_folds: int, url: str,
-               name: str, pruner: str, heartbeat: int) -> str:
+               name: str, pruner: str, heartbeat: int, metric: str = "accuracy") -> str:
     """One trial in a child process (comp.core.isolate): the study reached through its storage, exactly
     as a worker on another machine reaches it. Returns the trial's state."""
     from comp.data.sources import apply_limit
@@ -194,7 +200,8 @@ def trial_task(workspace_root: Path, data_dir: Path, skip_bad: bool, space: Spac
     workspace = Workdir(workspace_root, data_dir, skip_bad=skip_bad, remember=False)
     dataset = workdir_source(workspace).load(space.base.image_size, space.base.resize, say_size=False)
     split = split_for(workspace, dataset, space.base)
-    search = Search(space, apply_limit(dataset, space.base.limit), split, objective_folds(cv_folds, split.k), current={})
+    search = Search(space, apply_limit(dataset, space.base.limit), split, objective_folds(cv_folds, split.k),
+                    current={}, metric=metric)
     _, study = open_study(search, url, name, pruner, heartbeat)
     outcomes = run_trials(study, search, workspace.folds / name, 1, None)
     gc.collect()
@@ -225,8 +232,8 @@ def run_trials_in_children(storage, workspace, search: Search, cv_folds: int, ur
         current: dict = {}
         try:
             outcomes.append(call_in_child(trial_task, workspace.root, workspace.data_dir, workspace.skip_bad,
-                                          search.space, cv_folds, url, name, pruner, heartbeat, what="trial",
-                                          log_dir=workspace.folds / "logs",
+                                          search.space, cv_folds, url, name, pruner, heartbeat, search.metric,
+                                          what="trial", log_dir=workspace.folds / "logs",
                                           on_message=lambda number: current.update(number=number)))
         except ChildDied as died:
             number = current.get("number")
@@ -257,7 +264,7 @@ def tune(workspace, config=None, overrides: dict | None = None, *, trials: int =
     info(f"study [bold]{name}[/bold] in {display_url(url)}: {len(study.trials)} trials so far; this worker runs "
          f"{trials} more{f' (or stops after {timeout:g}s)' if timeout else ''}, {base.model}, {base.epochs} epochs on "
          f"fold{'s' if len(search.folds) > 1 else ''} {','.join(map(str, search.folds))} of {search.split.k}, "
-         f"{len(search.dataset.rows):,} rows")
+         f"{len(search.dataset.rows):,} rows; trials scored by {search.metric}")
     print_space(search.space)
     started = time.time()
     isolate = isolate_by_default() if isolate is None else isolate

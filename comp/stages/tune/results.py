@@ -84,11 +84,14 @@ def print_top(study) -> None:
     counts = {s: sum(t.state == s for t in trials) for s in TrialState}
     info(f"study {study.study_name}: {len(trials)} trials, " + ", ".join(
         f"{n} {s.name.lower()}" for s, n in counts.items() if n))
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True)
+    minimize = study.direction.name == "MINIMIZE"
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=not minimize)
     if not done:
         return
     table = Table(title=f"top {min(TOP_TRIALS, len(done))} trials")
-    for column in ("trial", "val acc", "folds", "epochs", "seconds", "parameters"):
+    metric = study.user_attrs.get("objective", {}).get("metric", "accuracy")
+    for column in ("trial", "val acc" if metric == "accuracy" else f"val {metric}", "folds", "epochs", "seconds",
+                   "parameters"):
         table.add_column(column, justify="left" if column == "parameters" else "right")
     for t in done[:TOP_TRIALS]:
         a = t.user_attrs

@@ -110,7 +110,7 @@ def make_pruner(name: str, total_steps: int):
     return optuna.pruners.NopPruner()
 
 
-def create_study(storage, name: str, pruner, seed: int):
+def create_study(storage, name: str, pruner, seed: int, direction: str = "maximize"):
     """Create the study, or load it when it exists: rerunning continues it.
 
     The sampler is seeded with `seed` and the number of trials the study already holds, so the
@@ -122,7 +122,7 @@ def create_study(storage, name: str, pruner, seed: int):
     """
     import optuna
 
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction, pruner=pruner,
                                 load_if_exists=True)
     # multivariate TPE models the parameters jointly (lr and batch size interact).
     study.sampler = optuna.samplers.TPESampler(multivariate=True, seed=seed_for(seed, len(study.trials)))

@@ -1,7 +1,9 @@
 """One trial of `comp tune`: train the sampled config on the objective folds, report every epoch.
 
-The trial's score is the mean validation accuracy of its folds; each epoch's accuracy is
-reported so the pruner can stop a trial that is already behind.
+The trial's score is the mean over its folds of the competition's metric on the validation rows
+(accuracy unless the workdir names another; the study's direction is the metric's); each epoch's
+validation accuracy (validation loss when the study minimises) is reported so the pruner can
+stop a trial that is already behind.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Search:
     split: Split
     folds: list[int]
     current: dict  # {"number": trial number running now}, for re-queuing it after Ctrl-C
+    metric: str = "accuracy"  # the competition's: the trials' score and the study's direction
 
 
 def report_step(fold_index: int, epoch: int, epochs: int) -> int:
@@ -41,19 +44,22 @@ def report_step(fold_index: int, epoch: int, epochs: int) -> int:
     return fold_index * epochs + epoch
 
 
-def make_reporter(trial, fold_index: int, epochs: int, last_fold: bool):
-    """on_epoch hook for train_fold: report validation accuracy, stop the trial if it is behind."""
+def make_reporter(trial, fold_index: int, epochs: int, last_fold: bool, minimize: bool = False):
+    """on_epoch hook for train_fold: report validation accuracy (loss when the study minimises, so
+    the pruner compares in the study's direction), stop the trial if it is behind."""
     import optuna
 
+    key = "val_loss" if minimize else "val_accuracy"
+
     def on_epoch(epoch: int, row: dict) -> None:
-        if "val_accuracy" not in row:  # val_every skipped this epoch: nothing to report
+        if key not in row:  # val_every skipped this epoch: nothing to report
             return
         step = report_step(fold_index, epoch, epochs)
-        trial.report(row["val_accuracy"], step)
+        trial.report(row[key], step)
         final = last_fold and epoch + 1 >= epochs  # pruning at the very end would only throw the score away
         if not final and trial.should_prune():
             trial.set_user_attr("pruned_at", {"fold_index": fold_index, "epoch": epoch + 1, "step": step})
-            raise optuna.TrialPruned(f"val accuracy {row['val_accuracy']:.4f} at fold {fold_index} epoch {epoch + 1}")
+            raise optuna.TrialPruned(f"{key.replace('_', ' ')} {row[key]:.4f} at fold {fold_index} epoch {epoch + 1}")
 
     return on_epoch
 
@@ -67,8 +73,20 @@ def _rss_mb() -> float | None:
     return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
+def fold_score(metric: str, result, labels: np.ndarray) -> float:
+    """A fold's validation score under the competition's metric, from the predictions it returned."""
+    from comp.core.metrics import score
+
+    if metric == "accuracy" or result.val_probs is None:
+        return result.val_accuracy
+    return score(metric, labels, result.val_probs)
+
+
 def objective(trial, search: Search) -> float:
-    """Train the trial's config on the objective folds; return their mean validation accuracy."""
+    """Train the trial's config on the objective folds; return the mean of their validation scores
+    under the competition's metric."""
+    from comp.core.metrics import get_metric
+
     import optuna
 
     from comp.core.isolate import tell_parent
@@ -93,9 +111,10 @@ def objective(trial, search: Search) -> float:
                 result = train_fold(
                     config, FoldRows(dataset.train_x, train_pos), dataset.train_y[train_pos],
                     FoldRows(dataset.train_x, val_pos), dataset.train_y[val_pos], dataset.num_classes, fold,
-                    on_epoch=make_reporter(trial, index, config.fit_epochs, index == len(search.folds) - 1),
+                    on_epoch=make_reporter(trial, index, config.fit_epochs, index == len(search.folds) - 1,
+                                           not get_metric(search.metric).greater_is_better),
                     progress=progress)
-                scores.append(result.val_accuracy)
+                scores.append(fold_score(search.metric, result, dataset.train_y[val_pos]))
                 epochs_run.append(result.epochs_run)
                 seconds.append(round(result.seconds, 2))
                 # Recorded after every fold, so a pruned trial still shows what it finished.
