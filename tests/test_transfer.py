@@ -20,7 +20,7 @@ from comp.stages.transfer import (
     BACKBONES,
     RESULT_COLUMNS,
     build_base,
-    build_model,
+    build_transfer_model,
     download_error,
     input_pipeline,
     parse_backbones,
@@ -158,7 +158,7 @@ def test_unfreeze_keeps_batchnorm_frozen_and_early_layers_frozen():
 
     keras.backend.clear_session()
     backbone = BACKBONES["ResNet50V2"]
-    model, base = build_model(backbone, "none", (SIZE, SIZE, 3), len(CLASSES))
+    model, base = build_transfer_model(backbone, "none", (SIZE, SIZE, 3), len(CLASSES))
     start = unfreeze_index(base, backbone, backbone.unfreeze_from)
     assert unfreeze_top(base, start) > 0
     by_name = {layer.name: layer for layer in base.layers}

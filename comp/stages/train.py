@@ -31,7 +31,7 @@ from comp.core.paths import Workdir
 from comp.core.fileio import load_npy, read_json, remove_tree, save_npy, write_json
 from comp.data.folds import Split, ensure_split
 from comp.stages.pseudo import load_teachers
-from comp.store.runs import Run, make_manifest, read_manifest, write_manifest
+from comp.store.runs import fold_done, make_manifest, read_manifest, Run, write_manifest
 from comp.core.scoring import accuracy, log_loss
 
 # Machine presets: RunConfig defaults for a kind of machine, under the model's own and a file's.
@@ -182,10 +182,6 @@ def fold_lock_path(workspace, run_name: str, fold: int, unit: str = "fold") -> P
 
 
 # -- the run ---------------------------------------------------------------------------------------
-
-
-def fold_done(fold_dir: Path) -> bool:
-    return (fold_dir / "metrics.json").exists()
 
 
 def train_one_fold(config: RunConfig, dataset, split: Split, run_dir: Path, fold: int, progress=None,

@@ -239,7 +239,7 @@ def build_base(backbone: Backbone, weights: str, size: tuple[int, int]):
     return base
 
 
-def build_model(backbone: Backbone, weights: str, image_shape, num_classes: int):
+def build_transfer_model(backbone: Backbone, weights: str, image_shape, num_classes: int):
     """(model, base): raw pixels -> upsample -> preprocess -> frozen base -> dropout -> softmax."""
     import keras
 
@@ -254,7 +254,7 @@ def build_model(backbone: Backbone, weights: str, image_shape, num_classes: int)
     return keras.Model(inputs, outputs, name=f"transfer_{backbone.name}"), base
 
 
-def make_optimizer(name: str, learning_rate: float):
+def make_transfer_optimizer(name: str, learning_rate: float):
     import keras
 
     if name == "sgd":
@@ -263,7 +263,7 @@ def make_optimizer(name: str, learning_rate: float):
 
 
 def compile_model(model, optimizer: str, learning_rate: float) -> None:
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate),
+    model.compile(optimizer=make_transfer_optimizer(optimizer, learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
@@ -426,7 +426,7 @@ def compare_one(backbone: Backbone, dataset, split, weights: str, epochs: int, b
     started = time.perf_counter()
     size = input_size(backbone, dataset.image_shape)
     info(f"[bold]{backbone.name}[/bold] at {size[0]}x{size[1]}, weights {Path(weights).name}")
-    model, _ = build_model(backbone, weights, dataset.image_shape, dataset.num_classes)
+    model, _ = build_transfer_model(backbone, weights, dataset.image_shape, dataset.num_classes)
     compile_model(model, "adam", HEAD_LR)
     result = fit(model, dataset, *split, epochs, batch_size, backbone.name)
     seconds = result.pop("epoch_seconds")
@@ -543,7 +543,7 @@ def finetune_fold(backbone: Backbone, dataset, split, settings: FinetuneSettings
     """
     start_model(settings.seed)
     started = time.perf_counter()
-    model, base = build_model(backbone, settings.weights, dataset.image_shape, dataset.num_classes)
+    model, base = build_transfer_model(backbone, settings.weights, dataset.image_shape, dataset.num_classes)
     layer = settings.unfreeze_from or backbone.unfreeze_from
     start = unfreeze_index(base, backbone, layer)  # before any training: a typo costs nothing
 

@@ -33,6 +33,13 @@ from comp.data.folds import Split, read_split
 MANIFEST = "config.json"
 SCHEMA = 2
 KINDS = ("kfold", "transfer")
+# A fold (or full-data fit) is done when its metrics.json exists: the engine writes it last, atomically.
+FOLD_DONE = "metrics.json"
+
+
+def fold_done(fold_dir: Path) -> bool:
+    """Whether a fold's (or a full-data fit's) folder holds a finished model and predictions."""
+    return (fold_dir / FOLD_DONE).exists()
 
 
 # -- the manifest ----------------------------------------------------------------------------
@@ -160,7 +167,7 @@ class Run:
 
     @property
     def folds_done(self) -> bool:
-        return self.k > 0 and all((self.fold_dir(k) / "metrics.json").exists() for k in range(self.k))
+        return self.k > 0 and all(fold_done(self.fold_dir(k)) for k in range(self.k))
 
     @property
     def finished(self) -> bool:
@@ -195,7 +202,7 @@ class Run:
 
     def full_fits(self) -> list[Path]:
         """The finished full-data fits (full/seed<i>: every train row, test predictions only)."""
-        return sorted(p.parent for p in (self.path / "full").glob("seed*/metrics.json"))
+        return sorted(p.parent for p in (self.path / "full").glob(f"seed*/{FOLD_DONE}"))
 
     def read_full_test(self, tag: str = "") -> np.ndarray | None:
         """Test probabilities of the full-data fits for a tag, averaged over seeds; None without any."""
@@ -308,7 +315,7 @@ def finished_runs(workspace) -> list[Run]:
 
 def require_finished(run: Run) -> None:
     if not run.folds_done:
-        missing = [k for k in range(run.k) if not (run.fold_dir(k) / "metrics.json").exists()] or ["(no fold count)"]
+        missing = [k for k in range(run.k) if not fold_done(run.fold_dir(k))] or ["(no fold count)"]
         raise CompError(f"{run.name}: fold(s) {', '.join(map(str, missing))} not finished; "
                         f"finish the run first (comp train ... --name {run.path.name})")
     if not run.finished:
