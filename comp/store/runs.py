@@ -359,30 +359,27 @@ def load_split(run: Run, labels: np.ndarray) -> Split:
     return read_split(meta_path, len(labels))
 
 
-def oof_labels(run: Run) -> np.ndarray | None:
-    """The true labels of the run's OOF rows, from its split's folds.csv (no image is decoded);
-    None when that split is gone or does not cover the rows."""
+def _split_column(run: Run, column: str) -> np.ndarray | None:
+    """One column of the run's split (folds/folds.csv) for each of its OOF rows; None when that split
+    is gone or does not cover the rows."""
     import pandas as pd
 
     meta_path = split_meta_path(run)
     if meta_path is None or not meta_path.with_name("folds.csv").exists():
         return None
-    labels = pd.read_csv(meta_path.with_name("folds.csv"), usecols=["label"])["label"].to_numpy()
+    values = pd.read_csv(meta_path.with_name("folds.csv"), usecols=[column])[column].to_numpy()
     rows = run.oof_rows()
-    return labels[rows] if len(rows) and rows.max() < len(labels) else None
+    return values[rows] if len(rows) and rows.max() < len(values) else None
+
+
+def oof_labels(run: Run) -> np.ndarray | None:
+    """The true labels of the run's OOF rows, from its split's folds.csv (no image is decoded)."""
+    return _split_column(run, "label")
 
 
 def oof_folds(run: Run) -> np.ndarray | None:
-    """The fold of each of the run's OOF rows, from its split's folds.csv (decision rules are
-    cross-fitted over them); None when that split is gone or does not cover the rows."""
-    import pandas as pd
-
-    meta_path = split_meta_path(run)
-    if meta_path is None or not meta_path.with_name("folds.csv").exists():
-        return None
-    folds = pd.read_csv(meta_path.with_name("folds.csv"), usecols=["fold"])["fold"].to_numpy()
-    rows = run.oof_rows()
-    return folds[rows] if len(rows) and rows.max() < len(folds) else None
+    """The fold of each of the run's OOF rows (decision rules are cross-fitted over them)."""
+    return _split_column(run, "fold")
 
 
 def run_rows(run: Run, dataset) -> np.ndarray:
