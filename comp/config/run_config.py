@@ -19,7 +19,7 @@ from pathlib import Path
 
 from comp.core.errors import CompError
 from comp.nets.models import model_defaults, MODELS, TRAINED_WHITENING_BIAS
-from comp.config.augment_presets import parse_presets
+from comp.config.augment_presets import PRESETS as AUGMENT_PRESETS, parse_presets
 from comp.config.tta_policy import parse_policy, policy_for_augment
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -320,7 +320,7 @@ FIELD_HELP = {
     "image_size": "N or HxW pixels the images are decoded at (one cache per size); auto: their own size "
                   "when all share one up to 64 px, else 128",
     "resize": "squash | crop | pad: how an image of another aspect ratio is fitted",
-    "augment": "augmentation presets, comma-separated (see comp.config.augment_presets), crop=N, reflect-crop=N, "
+    "augment": "augmentation presets, comma-separated: " + ", ".join(AUGMENT_PRESETS) + ", crop=N, reflect-crop=N, "
                "cutout-inside=N",
     "mixup": "mixup alpha (0 = off)",
     "cutmix": "cutmix alpha (0 = off)",
