@@ -18,6 +18,7 @@ import tomllib
 
 from comp.core.errors import CompError
 from comp.core.fileio import write_text
+from comp.core.metrics import get_metric
 
 PROJECT_FILE = "comp.toml"
 DATA_ENV = "COMP_DATA"
@@ -38,8 +39,6 @@ class Workdir:
         self.columns = {"id_column": id_column, "label_column": label_column}
         self.data = data  # as given; resolved lazily by data_dir
         if metric is not None:
-            from comp.core.metrics import get_metric  # imports scipy: not at startup
-
             get_metric(metric)  # an unknown name is refused at once, listing the valid ones
         self.metric_arg = metric  # as given; resolved lazily by `metric` (remembered in comp.toml)
         self.skip_bad = skip_bad  # damaged images are skipped instead of stopping every command
@@ -172,8 +171,6 @@ def resolve_data_dir(workspace: Workdir, data_arg: str | None, remember: bool = 
 
 def resolve_metric(workspace: Workdir, metric_arg: str | None, remember: bool = True) -> str:
     """--metric (remembered in comp.toml), else comp.toml's metric, else accuracy; always a registry name."""
-    from comp.core.metrics import get_metric
-
     if metric_arg:
         name = get_metric(metric_arg).name
         if remember:
