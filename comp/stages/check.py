@@ -19,6 +19,7 @@ from comp.core.console import console
 from comp.data.sources import ERROR, Dataset, Problem, apply_limit, errors_in, inspect_data, relative_name
 from comp.core.errors import CompError
 from comp.core.fileio import save_figure
+from comp.core.stats import IMBALANCED_RATIO, imbalance_ratio
 
 ROWS_PER_KIND = 5  # problems of one kind shown in the table before "... and N more"
 COMMON_SIZES = 5  # most common image sizes named in the size summary
@@ -57,6 +58,13 @@ def class_counts_table(dataset: Dataset) -> Table:
     for name, count in zip(dataset.classes, counts):
         table.add_row(name, f"{count:,}", f"{count / counts.sum():.1%}")
     return table
+
+
+def imbalance_line(ratio: float) -> str:
+    if ratio < IMBALANCED_RATIO:
+        return f"class imbalance: largest/smallest class {ratio:.1f}x"
+    return (f"class imbalance: largest/smallest class {ratio:.1f}x -- imbalanced: try --class-weight balanced or "
+            "--sampler balanced, and a metric that weighs classes (e.g. --metric f1_macro) if the leaderboard does")
 
 
 def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
@@ -182,6 +190,8 @@ def metric_line(dataset: Dataset, metric: str) -> tuple[str, str]:
 
 def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, metric: str | None = None) -> dict:
     console.print(class_counts_table(dataset))
+    ratio = imbalance_ratio(dataset.train_y, dataset.num_classes)
+    console.print(imbalance_line(ratio))
     stats = dataset.stats
     duplicates = find_duplicates(dataset)
     console.print(f"test: {len(dataset.test_ids):,} images; submission target: "
@@ -203,6 +213,7 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, met
     counts = np.bincount(dataset.train_y, minlength=dataset.num_classes)
     return {
         "classes": dict(zip(dataset.classes, counts.tolist())),
+        "imbalance_ratio": round(ratio, 3),
         "test_images": len(dataset.test_ids),
         "duplicates": duplicates,
         "fingerprint": dataset.fingerprint,
