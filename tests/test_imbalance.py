@@ -187,3 +187,45 @@ def test_check_shows_the_ratio_and_a_balanced_run_trains_and_records_it(tmp_path
     assert len(given) == 2
     for weights in given:
         assert weights[2] > weights[1] > weights[0] and 0.3 < weights[0] < 1
+
+
+# -- small data (issue #27, item 5): a fold gets enough steps whatever its row count -------------
+
+
+def two_blob_competition(root: Path, rows: int = 200) -> Path:
+    """A separable two-class set: dark images against bright ones, `rows` train images."""
+    from comp.data.demo import write_competition
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(rows) % 2
+    images = (np.where(labels[:, None, None, None] == 1, 170, 80)
+              + rng.normal(0, 20, (rows, 8, 8, 3))).clip(0, 255).astype(np.uint8)
+    test_labels = np.arange(8) % 2
+    test = (np.where(test_labels[:, None, None, None] == 1, 170, 80) + np.zeros((8, 8, 8, 3))).astype(np.uint8)
+    return write_competition(root, images, labels, ["dark", "bright"], test, test_labels, ext=".png")
+
+
+def test_a_small_set_gets_smaller_batches_and_more_epochs_and_learns(tmp_path, capsys):
+    from comp.stages.train import MIN_FOLD_STEPS, MIN_STEPS_PER_EPOCH
+
+    data = two_blob_competition(tmp_path / "data")
+    work = tmp_path / "work"
+    common = ["train", "--data", str(data), "--workdir", str(work), "--model", "baseline", "--folds", "2"]
+    # The model's batch (64 here, over 100 training rows a fold) left to comp: it halves, the epochs grow.
+    assert main([*common, "--name", "fitted"]) == 0
+    assert "small data: 100 training rows a fold; batch_size 64 -> 16" in capsys.readouterr().out
+    config = json.loads((work / "folds" / "fitted" / "config.json").read_text())["config"]
+    steps_per_epoch = 100 // config["batch_size"]
+    assert config["batch_size"] == 16 and steps_per_epoch < MIN_STEPS_PER_EPOCH  # the batch's floor
+    assert config["epochs"] * steps_per_epoch >= MIN_FOLD_STEPS
+    assert config["lr"] == pytest.approx(build_config({}, {"model": "baseline"}).lr / 4)
+    # Chosen by the caller: kept as said, one step an epoch, and that does not learn the blobs.
+    assert main([*common, "--name", "one-step", "--batch-size", "100", "--epochs", "10"]) == 0
+    assert "small data" not in capsys.readouterr().out
+
+    def oof_accuracy(name):
+        summary = json.loads((work / "folds" / name / "summary.json").read_text())
+        return summary["cv_accuracy"]
+
+    assert oof_accuracy("fitted") >= 0.95
+    assert oof_accuracy("one-step") < oof_accuracy("fitted") - 0.2
