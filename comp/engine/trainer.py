@@ -84,8 +84,9 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         rows_per_call = call_rows(max(config.batch_size, 256))
         validation = Validation(engine.predictor("none", rows_per_call), val_x, val_y, config.label_smoothing,
                                 config.val_every, total_epochs)
+        validation.last_epoch = state.get("end_epoch", total_epochs)  # a resumed fold its deadline shrank
         callback = FoldCallback(fold, fold_dir, net, state, config, on_epoch, progress, validation,
-                                steps_per_dispatch() if model.store is not None else 1)
+                                steps_per_dispatch() if model.store is not None else 1, steps)
         if progress:
             progress.fold_begin(fold, total_epochs, steps, state["epoch"])
         fit_started = time.time()
