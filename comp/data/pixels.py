@@ -249,13 +249,13 @@ def match_test_rows(test_csv: Path, roles: dict, sample_path: Path, sample_ids: 
                                      "each test id must appear once"))
         rows.setdefault(key, row)
     wanted = [id_key(i) for i in sample_ids]
-    errors += [PixelError(SAMPLE_ID_WITHOUT_ROW, sample_path, f"id {id_} has no row in {test_csv.name}",
-                          f"the sample's ids must be {test_csv.name}'s {column} values")
-               for id_, key in zip(sample_ids, wanted) if key not in rows]
     listed = set(wanted)
     errors += [PixelError(TEST_ID_NOT_IN_SAMPLE, test_csv, f"row {row + 1} (line {row + 2}): id {id_} is not in "
                           f"{sample_path.name}", "the test ids must be the sample's; remove the row or add its id")
                for row, (id_, key) in enumerate(zip(frame[column], keys)) if key not in listed]
+    errors += [PixelError(SAMPLE_ID_WITHOUT_ROW, sample_path, f"id {id_} has no row in {test_csv.name}",
+                          f"the sample's ids must be {test_csv.name}'s {column} values")
+               for id_, key in zip(sample_ids, wanted) if key not in rows]
     return np.array([rows.get(key, -1) for key in wanted], np.int64), errors
 
 
