@@ -139,6 +139,16 @@ def test_data_check_train_and_ensemble_through_the_cli(tmp_path, monkeypatch, ca
     assert list(written.columns) == list(sample.columns)
     assert written.iloc[:, 0].tolist() == sample.iloc[:, 0].tolist()
     assert set(written.iloc[:, 1]) <= {"0", "1", "2"}
+    if channels == 1:  # the report's mistakes grid and labelling image files take one channel too
+        assert main(["report", "--workdir", str(work), "--quiet"]) == 0
+        assert (work / "folds" / "report" / "mistakes.png").stat().st_size > 0
+        folder = tmp_path / "new"
+        folder.mkdir()
+        Image.fromarray(learnable_images(3, 1, 20)[0][1]).save(folder / "photo.png")  # RGB, another size
+        out = tmp_path / "labels.csv"
+        assert main(["predict", "--workdir", str(work), "--run", "r", "--images", str(folder), "--out", str(out),
+                     "--quiet"]) == 0
+        assert pd.read_csv(out, dtype=str)["label"].tolist()[0] in {"0", "1", "2"}
 
 
 # -- damaged CSVs --------------------------------------------------------------------------------
