@@ -86,6 +86,22 @@ def test_each_style_loads_the_exact_pixels_in_the_samples_order(tmp_path, style,
         assert dataset.stats["channel_order"] == order  # CIFAR's channel-by-channel rows are recognised
 
 
+def test_label_after_the_pixels_and_quoted_ids_with_commas(tmp_path):
+    """Columns in another place (read by pandas, not from the start of the lines) and ids that need quotes."""
+    root, train_x, train_y, test_x = write_pixel_competition(tmp_path / "d", "dacon")
+    for name in ("train.csv", "test.csv", "sample_submission.csv"):
+        frame = pd.read_csv(root / name, dtype=str)
+        frame["index"] = "img," + frame["index"]  # written "img,0"
+        if name != "sample_submission.csv":  # the sample's id comes first; in the others it goes last
+            frame = frame[[*frame.columns[1:], "index"]]
+        frame.to_csv(root / name, index=False)
+    assert '"img,0"' in (root / "test.csv").read_text()
+    dataset = load_dataset(root, None)
+    assert np.array_equal(dataset.train_x, train_x) and np.array_equal(dataset.train_y, train_y)
+    assert np.array_equal(dataset.test_x, test_x)
+    assert dataset.stats["train_files"][0] == "img,0"
+
+
 def test_classes_sort_as_numbers_and_the_folds_name_rows(tmp_path):
     root, *_ = write_pixel_competition(tmp_path / "d", "kaggle")
     train = pd.read_csv(root / "train.csv")
