@@ -39,8 +39,10 @@ def write_pixel_competition(root, style: str = "dacon", channels: int = 1, order
     """A pixel-CSV competition in one of the two id styles; (root, train images, labels, test images in
     the sample's order).
 
-    dacon:  train.csv index,label,pixel1..; test.csv index,pixel1..; sample index,label in another order
-    kaggle: train.csv label,pixel0..; test.csv pixel0.. (no id); sample ImageId,Label with 1..M in row order
+    dacon:    train.csv index,label,pixel1..; test.csv index,pixel1..; sample index,label in another order
+    kaggle:   train.csv label,pixel0..; test.csv pixel0.. (no id); sample ImageId,Label with 1..M in row order
+    dacon-cv: train.csv id,digit,letter,0..; test.csv id,letter,0..; sample id,digit (컴퓨터비전 학습: the
+              label is the column test.csv lacks, `letter` is a hint column, ignored)
     """
     root.mkdir(parents=True, exist_ok=True)
     train_x, train_y = learnable_images(3, per_class, SIDE, seed=0)
@@ -48,11 +50,20 @@ def write_pixel_competition(root, style: str = "dacon", channels: int = 1, order
     if channels == 1:
         train_x, test_x = gray(train_x), gray(test_x)
     first = 1 if style == "dacon" else 0
-    columns = [f"pixel{first + i}" for i in range(SIDE * SIDE * channels)]
+    prefix = "" if style == "dacon-cv" else "pixel"
+    columns = [f"{prefix}{first + i}" for i in range(SIDE * SIDE * channels)]
     train = pd.DataFrame(flat(train_x, order), columns=columns)
     test = pd.DataFrame(flat(test_x, order), columns=columns)
     train.insert(0, "label", train_y)
-    if style == "dacon":
+    if style == "dacon-cv":
+        train = train.rename(columns={"label": "digit"})
+        train.insert(1, "letter", "A")
+        test.insert(0, "letter", "B")
+        train.insert(0, "id", np.arange(len(train)) + 1)
+        test.insert(0, "id", np.arange(len(test)) + 2049)
+        sample_rows = np.arange(len(test))
+        sample = pd.DataFrame({"id": sample_rows + 2049, "digit": 0})
+    elif style == "dacon":
         train.insert(0, "index", np.arange(len(train)))
         test.insert(0, "index", np.arange(len(test)))
         sample_rows = np.random.default_rng(0).permutation(len(test))  # the sample's own order
@@ -66,7 +77,7 @@ def write_pixel_competition(root, style: str = "dacon", channels: int = 1, order
     return root, train_x, train_y, test_x[sample_rows]
 
 
-STYLES = [("dacon", 1, "hwc"), ("kaggle", 1, "hwc"), ("dacon", 3, "hwc"), ("kaggle", 3, "chw")]
+STYLES = [("dacon", 1, "hwc"), ("kaggle", 1, "hwc"), ("dacon-cv", 1, "hwc"), ("dacon", 3, "hwc"), ("kaggle", 3, "chw")]
 
 
 @pytest.mark.parametrize("style,channels,order", STYLES)
@@ -84,6 +95,8 @@ def test_each_style_loads_the_exact_pixels_in_the_samples_order(tmp_path, style,
     assert f"pixel CSV (train.csv, test.csv): {SIDE}x{SIDE} {colour}" in dataset.stats["layout"]
     if channels == 3:
         assert dataset.stats["channel_order"] == order  # CIFAR's channel-by-channel rows are recognised
+    if style == "dacon-cv":
+        assert "column letter ignored" in dataset.stats["layout"]
 
 
 def test_label_after_the_pixels_and_quoted_ids_with_commas(tmp_path):
@@ -235,6 +248,7 @@ def test_a_load_stops_on_a_bad_pixel_with_one_line_and_keeps_no_cache(tmp_path):
         message = str(err.value)
         assert message.startswith(f"{root / 'train.csv'}: row 4 (line 5): pixel6 is '300', not an integer 0..255")
         assert "1 more error(s)" in message and "\n" not in message
+    assert not list((tmp_path / "cache").rglob("*.npy"))  # no half-written cache left behind
 
 
 def test_the_cli_exits_2_without_a_traceback(tmp_path):

@@ -108,8 +108,11 @@ class PixelTable:
         colour = "grayscale" if self.channels == 1 else "RGB"
         ids = f"ids from column {self.test_id_column}" if self.test_id_column else "test rows in the sample's id order"
         channels = f", channels {ORDER_NOTES[order]}" if order and self.channels == 3 else ""
+        ignored = (f"; column{'s' if len(self.ignored_columns) > 1 else ''} {', '.join(self.ignored_columns)} "
+                   "ignored" if self.ignored_columns else "")
         return (f"pixel CSV ({self.train_csv.name}, {self.test_csv.name}): {self.side}x{self.side} {colour} "
-                f"({len(self.pixel_columns):,} pixel columns{channels}), {ids}")
+                f"({len(self.pixel_columns):,} pixel columns{channels}), labels from column {self.label_column}, "
+                f"{ids}{ignored}")
 
 
 # -- finding the layout ----------------------------------------------------------------------------
@@ -368,8 +371,8 @@ def line_problem(line: bytes, header: list[str], pixel_positions: list[int]) -> 
 
 
 def _batches(handle, rows: int) -> Iterator[tuple[list[int], list[bytes]]]:
-    """(line numbers, lines) of the non-blank lines after the header, `rows` at a time (pandas skips
-    blank lines too, so the rows counted here are the ones it reads)."""
+    """(line numbers, lines) of the non-blank lines after the header, `rows` at a time (the label and
+    id columns are read skipping blank lines too, so the rows counted agree)."""
     number = 1
     while True:
         raw = list(islice(handle, rows))
@@ -544,6 +547,7 @@ def pixel_arrays(table: PixelTable, train_y: np.ndarray, cache_dir: Path | None,
         images.flush()
         del images
         if meta is None:
+            (folder / IMAGES).unlink()  # no half-written cache left taking the disk
             return None, errors
         write_meta(folder, meta)  # last: its presence says the cache is complete
         return read_cache(folder), []
