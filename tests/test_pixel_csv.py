@@ -115,6 +115,20 @@ def test_label_after_the_pixels_and_quoted_ids_with_commas(tmp_path):
     assert dataset.stats["train_files"][0] == "img,0"
 
 
+def test_a_label_column_of_another_name_is_named_with_label_column(tmp_path, monkeypatch):
+    from comp.data.sources import LABEL_COLUMN_ENV
+
+    root, _, train_y, _ = write_pixel_competition(tmp_path / "d", "dacon")
+    pd.read_csv(root / "train.csv").rename(columns={"label": "answer"}).to_csv(root / "train.csv", index=False)
+    test = pd.read_csv(root / "test.csv")
+    test.insert(1, "answer", -1)  # in both CSVs: not found as the column test.csv lacks either
+    test.to_csv(root / "test.csv", index=False)
+    with pytest.raises(CompError, match="no label column beside its pixel columns .*index, answer.*--label-column"):
+        load_dataset(root, None)
+    monkeypatch.setenv(LABEL_COLUMN_ENV, "answer")  # what --label-column answer sets
+    assert np.array_equal(load_dataset(root, None).train_y, train_y)
+
+
 def test_classes_sort_as_numbers_and_the_folds_name_rows(tmp_path):
     root, *_ = write_pixel_competition(tmp_path / "d", "kaggle")
     train = pd.read_csv(root / "train.csv")
