@@ -67,6 +67,14 @@ def imbalance_line(ratio: float) -> str:
             "--sampler balanced, and a metric that weighs classes (e.g. --metric f1_macro) if the leaderboard does")
 
 
+def show_image(ax, image: np.ndarray) -> None:
+    """An (H, W, 3) or grayscale (H, W, 1) uint8 image on a matplotlib axis, as its pixels say."""
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image)
+
+
 def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
     import matplotlib
 
@@ -83,7 +91,7 @@ def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
             ax = axes[c, j]
             ax.axis("off")
             if j < len(chosen):
-                ax.imshow(dataset.train_x[chosen[j]])
+                show_image(ax, dataset.train_x[chosen[j]])
         axes[c, 0].set_title(name, fontsize=8, loc="left")
     save_figure(path, fig)
     plt.close(fig)
@@ -193,6 +201,8 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, met
     ratio = imbalance_ratio(dataset.train_y, dataset.num_classes)
     console.print(imbalance_line(ratio))
     stats = dataset.stats
+    if stats.get("layout"):
+        console.print(f"layout: {stats['layout']}")
     duplicates = find_duplicates(dataset)
     console.print(f"test: {len(dataset.test_ids):,} images; submission target: "
                   f"{dataset.submission.target_kind} ({dataset.submission.path.name})")
@@ -222,6 +232,7 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, met
         "footprint": needs,
         "metric": chosen,
         "suggested_metric": suggested,
+        "layout": stats.get("layout"),
     } | {k: stats[k] for k in ("sizes", "modes", "resized", "bad_files", "skipped_files")}
 
 
