@@ -76,7 +76,9 @@ class RunConfig:
     # Test-time augmentation used for the predictions this run writes.
     tta: str = "auto"  # none | flip | flip-shift | auto (the views training augmentation taught the net)
     # Execution.
-    precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision)
+    # float32 | bfloat16 | float16 (mixed precision) | auto (bfloat16 on a GPU or a CPU with native
+    # bfloat16, AVX512-BF16 or AMX; float32 elsewhere: comp.core.backend.resolve_precision)
+    precision: str = "float32"
     jit: str = "auto"  # auto | on | off ("auto" = Keras's choice: off on CPU with TF)
     folds: int = 5
     seed: int = 42
@@ -278,7 +280,7 @@ FIELD_RULES = {
     "mixup": Number(float, 0, 100),
     "cutmix": Number(float, 0, 100),
     "tta": Text(),  # parsed by comp.engine.tta in validate
-    "precision": Choice(("float32", "bfloat16", "float16")),
+    "precision": Choice(("float32", "bfloat16", "float16", "auto")),
     "jit": Choice(("auto", "on", "off")),
     "folds": Number(int, 2, 100),
     "seed": Number(int, 0, 2**32 - 1),
@@ -339,7 +341,7 @@ FIELD_HELP = {
     "mixup": "mixup alpha (0 = off)",
     "cutmix": "cutmix alpha (0 = off)",
     "tta": "none | flip | flip-shift | airbench | auto (what augmentation taught)",
-    "precision": "float32 | bfloat16 | float16",
+    "precision": "float32 | bfloat16 | float16 | auto (bfloat16 on a GPU or a CPU with AVX512-BF16/AMX)",
     "jit": "auto | on | off",
     "folds": "number of folds K",
     "seed": "random seed",

@@ -8,6 +8,7 @@ import keras
 
 from comp.config.run_config import RunConfig
 from comp.config.tta_policy import views_for
+from comp.core.backend import resolve_precision
 from comp.engine.augment import make_augment_layer, make_mix_layer
 from comp.engine.batchnorm import BatchStatistics
 from comp.engine.feed import FoldStore, store_capacity
@@ -27,7 +28,8 @@ PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float
 
 
 def set_precision(precision: str) -> None:
-    keras.config.set_dtype_policy(PRECISION_POLICIES[precision])
+    """Keras's global dtype policy for `precision` (RunConfig.precision, "auto" resolved here)."""
+    keras.config.set_dtype_policy(PRECISION_POLICIES[resolve_precision(precision)])
 
 
 # Folds and full-data fits one seed may have. Fold f of seed s draws every stream (initial weights,
