@@ -18,7 +18,7 @@ from comp.data.cache import gigabytes, iter_chunks
 from comp.core.console import console
 from comp.data.sources import ERROR, Dataset, Problem, apply_limit, errors_in, inspect_data, relative_name
 from comp.core.errors import CompError
-from comp.core.fileio import save_figure
+from comp.core.fileio import atomic_path
 
 ROWS_PER_KIND = 5  # problems of one kind shown in the table before "... and N more"
 COMMON_SIZES = 5  # most common image sizes named in the size summary
@@ -59,26 +59,43 @@ def class_counts_table(dataset: Dataset) -> Table:
     return table
 
 
-def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
-    import matplotlib
+GRID_TILE = 80  # px: the longer side of a sample in the grid (32-px images are enlarged to be seen)
+GRID_GAP = 8  # px between samples
+GRID_LABEL = 16  # px above each row for its class name
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def grid_tile_size(image_shape) -> tuple[int, int]:
+    """(width, height) of one sample in the grid: the images' aspect, the longer side GRID_TILE."""
+    height, width = image_shape[:2]
+    scale = GRID_TILE / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
+    """A PNG of `per_class` random train images per class, one row per class under its name.
+
+    Drawn with Pillow (already loaded to decode): matplotlib's 80 subplots took 1.7 s of a
+    2-second `comp data check`.
+    """
+    from PIL import Image, ImageDraw, ImageFont
 
     rng = np.random.default_rng(0)
-    rows = dataset.num_classes
-    fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 1.1, rows * 1.15), squeeze=False)
+    tile_w, tile_h = grid_tile_size(dataset.image_shape)
+    row_h = GRID_LABEL + tile_h + GRID_GAP
+    grid = Image.new("RGB", (GRID_GAP + per_class * (tile_w + GRID_GAP), GRID_GAP + dataset.num_classes * row_h),
+                     "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=12)
     for c, name in enumerate(dataset.classes):
         members = np.flatnonzero(dataset.train_y == c)
         chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
-        for j in range(per_class):
-            ax = axes[c, j]
-            ax.axis("off")
-            if j < len(chosen):
-                ax.imshow(dataset.train_x[chosen[j]])
-        axes[c, 0].set_title(name, fontsize=8, loc="left")
-    save_figure(path, fig)
-    plt.close(fig)
+        top = GRID_GAP + c * row_h
+        draw.text((GRID_GAP, top), name, fill="black", font=font)
+        for j, row in enumerate(chosen):
+            tile = Image.fromarray(np.asarray(dataset.train_x[row])).resize((tile_w, tile_h), Image.BILINEAR)
+            grid.paste(tile, (GRID_GAP + j * (tile_w + GRID_GAP), top + GRID_LABEL))
+    with atomic_path(path, suffix=".png") as tmp:
+        grid.save(tmp, format="PNG", compress_level=1)  # the default level 6 took 0.2 s, for 20% smaller
     return path
 
 
