@@ -24,22 +24,47 @@ ROWS_PER_KIND = 5  # problems of one kind shown in the table before "... and N m
 COMMON_SIZES = 5  # most common image sizes named in the size summary
 
 
-def _pixel_hashes(images: np.ndarray) -> list[str]:
-    """A digest per image, read a few MB at a time (the pages read are given back: a set larger than memory)."""
-    return [hashlib.blake2b(image.tobytes(), digest_size=12).hexdigest()
-            for chunk in iter_chunks(images) for image in chunk]
+HASH_SEED = 0  # the fixed weights of the fast pixel hash
+
+
+def _fast_hashes(images) -> np.ndarray:
+    """A 64-bit hash of each image's pixels, read a few MB at a time: its bytes as 64-bit words
+    (zero-padded) dotted with fixed random odd weights, wrapping modulo 2**64 -- one matrix
+    product a chunk, where a digest per image cost a Python call each (0.4 s on 60,000). Equal
+    images hash equal; unequal ones may collide, so `_pixel_keys` settles the rows that share one."""
+    row_bytes = int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize
+    words = -(-row_bytes // 8)
+    weights = np.random.default_rng(HASH_SEED).integers(1, 2**63, size=words, dtype=np.uint64) | np.uint64(1)
+    hashes = [np.zeros(0, np.uint64)]
+    for chunk in iter_chunks(images):
+        flat = chunk.reshape(len(chunk), -1).view(np.uint8)
+        if row_bytes % 8:
+            flat = np.pad(flat, ((0, 0), (0, words * 8 - row_bytes)))
+        hashes.append(np.ascontiguousarray(flat).view("<u8") @ weights)
+    return np.concatenate(hashes)
+
+
+def _pixel_keys(images, fast: np.ndarray, rows: np.ndarray) -> dict[int, tuple[int, str]]:
+    """What tells `rows` apart exactly: the fast hash and a digest of their bytes (read only for these rows)."""
+    return {int(row): (int(fast[row]), hashlib.blake2b(np.asarray(images[int(row)]).tobytes(),
+                                                        digest_size=12).hexdigest()) for row in rows}
 
 
 def find_duplicates(dataset: Dataset) -> dict:
-    """Exact pixel duplicates within train (with their labels) and between train and test."""
-    train_hashes = _pixel_hashes(dataset.train_x)
+    """Exact pixel duplicates within train (with their labels) and between train and test.
+
+    Only rows whose fast hash another row shares can be duplicates: their bytes settle it.
+    """
+    train_fast, test_fast = _fast_hashes(dataset.train_x), _fast_hashes(dataset.test_x)
+    values, counts = np.unique(train_fast, return_counts=True)
+    suspects = np.flatnonzero(np.isin(train_fast, values[counts > 1]) | np.isin(train_fast, test_fast))
     groups = defaultdict(list)
-    for row, digest in enumerate(train_hashes):
-        groups[digest].append(row)
+    for row, key in _pixel_keys(dataset.train_x, train_fast, suspects).items():
+        groups[key].append(row)
     within = [rows for rows in groups.values() if len(rows) > 1]
-    conflicting = [rows for rows in within if len(set(dataset.train_y[rows])) > 1]
-    test_hashes = _pixel_hashes(dataset.test_x)
-    across = [i for i, digest in enumerate(test_hashes) if digest in groups]
+    conflicting = [rows for rows in within if len(np.unique(dataset.train_y[rows], axis=0)) > 1]
+    test_keys = _pixel_keys(dataset.test_x, test_fast, np.flatnonzero(np.isin(test_fast, train_fast)))
+    across = [row for row, key in test_keys.items() if key in groups]
     return {
         "train_duplicate_groups": len(within),
         "train_duplicate_rows": sum(len(rows) - 1 for rows in within),
