@@ -691,11 +691,12 @@ def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem], n
     if csv_path is None and source == "":
         prefixes = _name_label_prefixes(images)
         if prefixes:
-            problems.append(Problem(WARNING, NAME_LABELS, train_dir, f"no labels CSV: each image's label is the text "
-                                    f"before the first . or _ of its name ({len(prefixes)} classes: "
-                                    f"{', '.join(sorted(prefixes)[:SHOWN_EXAMPLES])})",
-                                    f"the text before the first . or _ of each name ({len(prefixes)} classes); pass "
-                                    "--labels-from name:REGEX to read them otherwise, or add a labels CSV"))
+            classes = f"{len(prefixes)} classes: {', '.join(sorted(prefixes)[:SHOWN_EXAMPLES])}" + \
+                (", ..." if len(prefixes) > SHOWN_EXAMPLES else "")
+            problems.append(Problem(WARNING, NAME_LABELS, train_dir, "no labels CSV, and the file names start with a "
+                                    "few words: each image's label is the text before the first . or _ of its name",
+                                    f"{classes}; pass --labels-from name:REGEX to read them otherwise, or add a "
+                                    "labels CSV"))
             pattern = re.compile(NAME_PATTERN)
     if pattern is not None:
         return _scan_name_labels(images, pattern, problems)
