@@ -7,6 +7,7 @@ sizes, modes, duplicates and a sample grid.
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -119,8 +120,11 @@ def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
         for j, row in enumerate(chosen):
             tile = Image.fromarray(np.asarray(dataset.train_x[row])).resize((tile_w, tile_h), Image.BILINEAR)
             grid.paste(tile, (GRID_GAP + j * (tile_w + GRID_GAP), top + GRID_LABEL))
-    with atomic_path(path, suffix=".png") as tmp:
-        grid.save(tmp, format="PNG", compress_level=1)  # the default level 6 took 0.2 s, for 20% smaller
+    png = io.BytesIO()
+    grid.save(png, format="PNG", compress_level=1)  # the default level 6 took 0.2 s, for 20% smaller
+    if not (path.is_file() and path.read_bytes() == png.getvalue()):  # the same grid again: left as it is
+        with atomic_path(path, suffix=".png") as tmp:
+            tmp.write_bytes(png.getvalue())
     return path
 
 
