@@ -40,9 +40,10 @@ def test_images_whose_fast_hashes_collide_are_told_apart_by_their_bytes(monkeypa
     assert check.find_duplicates(images_with_duplicates()) == EXPECTED
 
 
-def test_the_sample_grid_has_a_row_per_class(tmp_path):
-    data = images_with_duplicates((8, 16, 3))  # wider than high: the tiles keep the aspect
-    data.classes, data.num_classes, data.image_shape = ["a", "b", "c"], 3, (8, 16, 3)
+@pytest.mark.parametrize("channels", [3, 1])  # RGB, and grayscale as a pixel CSV caches it
+def test_the_sample_grid_has_a_row_per_class(tmp_path, channels):
+    data = images_with_duplicates((8, 16, channels))  # wider than high: the tiles keep the aspect
+    data.classes, data.num_classes, data.image_shape = ["a", "b", "c"], 3, (8, 16, channels)
     path = check.sample_grid(data, tmp_path / "grid.png", per_class=4)
     tile_w, tile_h = check.grid_tile_size(data.image_shape)
     assert (tile_w, tile_h) == (check.GRID_TILE, check.GRID_TILE // 2)

@@ -19,7 +19,8 @@ from comp.core.scoring import accuracy as score_accuracy, log_loss
 from comp.engine.batchnorm import recalibrate_batchnorm
 from comp.engine.callbacks import FoldCallback, Validation, check_finite_probs
 from comp.engine.checkpoints import _resume
-from comp.engine.feed import BatchOrder, steps_per_dispatch, training_inputs, uses_device_rows
+from comp.engine.feed import (BatchOrder, balanced_class_weights, steps_per_dispatch, training_inputs,
+                              uses_device_rows)
 from comp.engine.inference import Predictor, call_rows
 from comp.engine.plots import plot_curves
 from comp.engine.programs import compile_counts, fold_seed, prepare_engine, set_precision
@@ -70,7 +71,9 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         engine = prepare_engine(config, train_x.shape[1:], num_classes, train_x, fold, steps, device_rows)
         model, net = engine.model, engine.net
         training_data, steps = training_inputs(train_x, train_y, config.batch_size, fold_seed(config, fold),
-                                                   model.store)
+                                               model.store, config.sampler)
+        if model.class_weights is not None:
+            model.set_class_weights(balanced_class_weights(train_y, num_classes))
         state = _resume(fold_dir, model, fold) if fold_dir else None
         resumed = state is not None
         if resumed and progress:
@@ -81,8 +84,9 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         rows_per_call = call_rows(max(config.batch_size, 256))
         validation = Validation(engine.predictor("none", rows_per_call), val_x, val_y, config.label_smoothing,
                                 config.val_every, total_epochs)
+        validation.last_epoch = state.get("end_epoch", total_epochs)  # a resumed fold its deadline shrank
         callback = FoldCallback(fold, fold_dir, net, state, config, on_epoch, progress, validation,
-                                steps_per_dispatch() if model.store is not None else 1)
+                                steps_per_dispatch() if model.store is not None else 1, steps)
         if progress:
             progress.fold_begin(fold, total_epochs, steps, state["epoch"])
         fit_started = time.time()

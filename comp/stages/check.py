@@ -20,6 +20,7 @@ from comp.core.console import console
 from comp.data.sources import ERROR, Dataset, Problem, apply_limit, errors_in, inspect_data, relative_name
 from comp.core.errors import CompError
 from comp.core.fileio import atomic_path
+from comp.core.stats import IMBALANCED_RATIO, imbalance_ratio
 
 ROWS_PER_KIND = 5  # problems of one kind shown in the table before "... and N more"
 COMMON_SIZES = 5  # most common image sizes named in the size summary
@@ -85,6 +86,21 @@ def class_counts_table(dataset: Dataset) -> Table:
     return table
 
 
+def imbalance_line(ratio: float) -> str:
+    if ratio < IMBALANCED_RATIO:
+        return f"class imbalance: largest/smallest class {ratio:.1f}x"
+    return (f"class imbalance: largest/smallest class {ratio:.1f}x -- imbalanced: try --class-weight balanced or "
+            "--sampler balanced, and a metric that weighs classes (e.g. --metric f1_macro) if the leaderboard does")
+
+
+def show_image(ax, image: np.ndarray) -> None:
+    """An (H, W, 3) or grayscale (H, W, 1) uint8 image on a matplotlib axis, as its pixels say."""
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image)
+
+
 GRID_TILE = 80  # px: the longer side of a sample in the grid (32-px images are enlarged to be seen)
 GRID_GAP = 8  # px between samples
 GRID_LABEL = 16  # px above each row for its class name
@@ -118,7 +134,9 @@ def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
         top = GRID_GAP + c * row_h
         draw.text((GRID_GAP, top), name, fill="black", font=font)
         for j, row in enumerate(chosen):
-            tile = Image.fromarray(np.asarray(dataset.train_x[row])).resize((tile_w, tile_h), Image.BILINEAR)
+            pixels = np.asarray(dataset.train_x[row])
+            tile = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)  # grayscale: one channel
+            tile = tile.convert("RGB").resize((tile_w, tile_h), Image.BILINEAR)
             grid.paste(tile, (GRID_GAP + j * (tile_w + GRID_GAP), top + GRID_LABEL))
     png = io.BytesIO()
     grid.save(png, format="PNG", compress_level=1)  # the default level 6 took 0.2 s, for 20% smaller
@@ -228,7 +246,11 @@ def metric_line(dataset: Dataset, metric: str) -> tuple[str, str]:
 
 def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, metric: str | None = None) -> dict:
     console.print(class_counts_table(dataset))
+    ratio = imbalance_ratio(dataset.train_y, dataset.num_classes)
+    console.print(imbalance_line(ratio))
     stats = dataset.stats
+    if stats.get("layout"):
+        console.print(f"layout: {stats['layout']}")
     duplicates = find_duplicates(dataset)
     console.print(f"test: {len(dataset.test_ids):,} images; submission target: "
                   f"{dataset.submission.target_kind} ({dataset.submission.path.name})")
@@ -249,6 +271,7 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, met
     counts = np.bincount(dataset.train_y, minlength=dataset.num_classes)
     return {
         "classes": dict(zip(dataset.classes, counts.tolist())),
+        "imbalance_ratio": round(ratio, 3),
         "test_images": len(dataset.test_ids),
         "duplicates": duplicates,
         "fingerprint": dataset.fingerprint,
@@ -257,6 +280,7 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, met
         "footprint": needs,
         "metric": chosen,
         "suggested_metric": suggested,
+        "layout": stats.get("layout"),
     } | {k: stats[k] for k in ("sizes", "modes", "resized", "bad_files", "skipped_files")}
 
 
