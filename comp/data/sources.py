@@ -280,11 +280,9 @@ def _is_image_name(name: str) -> bool:
 
 
 def _child(folder: Path, name: str) -> Path:
-    """`folder / name` for a name read from the folder's listing. pathlib's own listing shortcut
-    (`Path.iterdir` uses it: the name is known to be one component) where this Python has it: parsing
-    each path cost 0.2 s of a check of 60,000 files."""
-    make = getattr(folder, "_make_child_relpath", None)
-    return make(name) if make is not None else folder / name
+    """`folder / name` for a name read from the folder's listing (public pathlib only: its private
+    listing shortcut would save ~0.15 s of a check of 60,000 files)."""
+    return folder / name
 
 
 def _entries(folder: Path, problems: list[Problem]) -> list[os.DirEntry]:
