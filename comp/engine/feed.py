@@ -220,8 +220,9 @@ def uses_device_rows() -> bool:
 
 
 def steps_per_dispatch() -> int:
-
-    if keras.backend.backend() != "jax":
+    """Optimizer steps per fit batch: a scan of several on a JAX accelerator, one elsewhere and when
+    data parallel (a distribution splits a batch's first axis, which a scan's batch holds steps on)."""
+    if keras.backend.backend() != "jax" or keras.distribution.distribution() is not None:
         return 1
     return JAX_STEPS_PER_DISPATCH if accelerator() else JAX_CPU_STEPS_PER_DISPATCH
 
