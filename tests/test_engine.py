@@ -367,6 +367,41 @@ def _run_jax(script: str, env: dict | None = None) -> dict:
     return json.loads(line[len("RESULT"):])
 
 
+JAX_UNEQUAL_FOLDS = textwrap.dedent("""
+    import json
+    import numpy as np
+    import keras
+    from comp.config.run_config import build_config
+    from comp.engine import trainer
+
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (95, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 95)
+    # fast: one-cycle schedule, lookahead, alternating flips: all read the steps an epoch.
+    config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 16, "epochs": 3})
+    out = {"phases": [], "last_lr": [], "first_lr": []}
+    for k in range(3):  # folds train on 63, 63 and 64 rows: 3, 3 and 4 steps an epoch
+        val = np.arange(95) % 3 == k
+        rows = []
+        result = trainer.train_fold(config, x[~val], y[~val], x[val], y[val], 3, k, on_epoch=lambda e, r: rows.append(r))
+        out["phases"].append(result.phases)
+        out["first_lr"].append(rows[0]["lr"])
+        out["last_lr"].append(rows[-1]["lr"])
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_jax_folds_of_other_step_counts_compile_nothing_and_still_end_annealed():
+    out = _run_jax(JAX_UNEQUAL_FOLDS)
+    first, second, third = out["phases"]
+    assert first["programs"] > 0 and second["programs"] == 0 and third["programs"] == 0, out["phases"]
+    # The schedule runs over each fold's own steps: after each epoch every fold is as far through
+    # it (fold 2's 4 steps an epoch read as fold 0's 3), and each ends on its last value.
+    assert out["first_lr"][2] == pytest.approx(out["first_lr"][0], rel=1e-5)
+    assert out["last_lr"][2] == pytest.approx(out["last_lr"][0], rel=1e-5)
+
+
 @pytest.mark.slow
 def test_jax_folds_after_the_first_compile_nothing_and_equal_fresh_ones(tmp_path):
     cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

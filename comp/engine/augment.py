@@ -226,7 +226,8 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
     returns) to float images (0..255) when training=True.
 
     `steps_per_epoch` tells the alternating flip where epochs end: the layer counts its training
-    calls in a variable (saved with checkpoints), so it needs no callback and stays jittable.
+    calls in a variable (saved with checkpoints), so it needs no callback and stays jittable. The
+    steps per epoch are a variable too, so folds of other sizes run the same compiled step.
     """
     import keras
     from keras import ops
@@ -241,6 +242,9 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
             if params.get("flip") == "alternate":
                 self.steps_seen = self.add_weight(shape=(), dtype="int32", initializer="zeros",
                                                   trainable=False, name="steps_seen")
+                self.steps_per_epoch = self.add_weight(
+                    shape=(), dtype="int32", trainable=False, name="steps_per_epoch",
+                    initializer=keras.initializers.Constant(max(1, int(steps_per_epoch))))
             self.built = True  # its state is made above: nothing for fit to build by tracing a batch
 
         def _alternating_flip(self, images):
@@ -251,7 +255,7 @@ def make_augment_layer(preset: str | dict, seed: int, steps_per_epoch: int = 1):
             Airbench flips a random half once and then everything in odd epochs; this is the same.
             """
             pixel_sum = ops.cast(ops.sum(images, axis=(1, 2, 3)), "int32")  # exact: < 2**24 for 32x32x3
-            epoch = ops.floor_divide(self.steps_seen, steps_per_epoch)
+            epoch = ops.floor_divide(self.steps_seen, self.steps_per_epoch)
             mirrored = ops.equal(ops.mod(pixel_sum + epoch, 2), 1)
             return ops.where(mirrored, -1.0, 1.0)
 

@@ -186,9 +186,9 @@ class FoldCallback(keras.callbacks.Callback):
         clock = self.model.optimizer.schedule_clock
         cut, at_cut, rate = clock.read()
         at = at_cut + (step - cut) * rate  # the schedule's step now
-        total = self.config.total_steps(self.steps_per_epoch)
+        total = clock.total  # in the schedule's steps (those of the engine's first fold)
         # The schedule ends where the last epoch ends, less a fractional last epoch's idle tail.
-        tail = max(0, self.config.fit_epochs * self.steps_per_epoch - total)
+        tail = max(0, self.config.fit_epochs * self.steps_per_epoch - self.config.total_steps(self.steps_per_epoch))
         end_step = end * self.steps_per_epoch - tail
         if end_step > step and total > at:
             clock.set(step, at, (total - at) / (end_step - step))

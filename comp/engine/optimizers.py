@@ -55,9 +55,9 @@ class ScheduleClock:
 
     START = (0.0, 0.0, 1.0)
 
-    def __init__(self):
+    def __init__(self, total: int = 1):
         self.variable = None  # made by attach(), once the optimizer exists
-
+        self.total = total  # the schedules' last step, in the clock's steps
     def attach(self, optimizer) -> None:
         self.variable = optimizer.add_variable(shape=(3,), name="schedule_clock", initializer=lambda shape, dtype:
                                                ops.convert_to_tensor(self.START, "float32"))
@@ -233,7 +233,7 @@ def with_bias_lr_scale(optimizer_class, scale: float):
 
 def make_optimizer(config: RunConfig, steps_per_epoch: int):
     """The run's optimizer, its schedules on a ScheduleClock (`optimizer.schedule_clock`)."""
-    clock = ScheduleClock()
+    clock = ScheduleClock(config.total_steps(steps_per_epoch))
     lr = make_schedule(config, steps_per_epoch, clock)
     total = config.total_steps(steps_per_epoch)
     decay = config.weight_decay or None

@@ -71,8 +71,15 @@ class Engine:
     key: tuple
     model: TrainingModel
     net: keras.Model
+    steps_per_epoch: int  # of the fold it was compiled for: its schedules count in those steps
     predictors: dict = field(default_factory=dict)  # (policy, rows per call) -> Predictor
     statistics: BatchStatistics | None = None  # BatchNorm recalibration's compiled call
+
+    def fit_schedule(self, config: RunConfig, steps_per_epoch: int) -> None:
+        """Run the compiled schedules over a fold of `steps_per_epoch` steps an epoch: the clock
+        reaches the schedules' last step at this fold's last step (identity for the fold compiled)."""
+        total = config.total_steps(steps_per_epoch)
+        self.model.optimizer.schedule_clock.set(0.0, 0.0, config.total_steps(self.steps_per_epoch) / total)
 
     def predictor(self, policy: str, rows_per_call: int) -> Predictor:
         if (policy, rows_per_call) not in self.predictors:
@@ -84,11 +91,12 @@ class Engine:
 _engine: Engine | None = None  # the last config's engine in this process
 
 
-def program_key(config: RunConfig, image_shape, num_classes: int, steps_per_epoch: int, store_rows: int,
-                devices: int = 1) -> tuple:
+def program_key(config: RunConfig, image_shape, num_classes: int, store_rows: int, devices: int = 1) -> tuple:
+    """What the compiled programs depend on. Not the steps per epoch: the schedules read a clock
+    variable and the alternating flip a steps-per-epoch variable (Engine.fit_schedule)."""
     compiled = {k: v for k, v in config.to_dict().items() if k not in NOT_COMPILED}
     return (keras.backend.backend(), repr(sorted(compiled.items())), tuple(image_shape), num_classes,
-            steps_per_epoch, store_capacity(store_rows) if store_rows else 0, devices)
+            store_capacity(store_rows) if store_rows else 0, devices)
 
 
 def copy_initial_state(source: TrainingModel, target: TrainingModel) -> None:
@@ -116,7 +124,7 @@ def prepare_engine(config: RunConfig, image_shape, num_classes: int, sample_imag
     """
     global _engine
     devices = len(local_devices(config.devices))
-    key = program_key(config, image_shape, num_classes, steps_per_epoch, store_rows, devices)
+    key = program_key(config, image_shape, num_classes, store_rows, devices)
     reuse = _engine is not None and _engine.key == key
     if not reuse:
         _engine = None
@@ -132,7 +140,8 @@ def prepare_engine(config: RunConfig, image_shape, num_classes: int, sample_imag
     if reuse:
         copy_initial_state(model, _engine.model)
     else:
-        _engine = Engine(key, model, net)
+        _engine = Engine(key, model, net, steps_per_epoch)
+    _engine.fit_schedule(config, steps_per_epoch)
     return _engine
 
 
