@@ -117,6 +117,18 @@ def test_db_claims_are_taken_over_when_their_owner_goes_silent(tmp_path, capsys)
     assert theirs.claim("r", "fold", 0, redo_before=theirs.now() - dt.timedelta(seconds=60)) is None
 
 
+@pytest.mark.parametrize("storage,says", [("nosuchdb://x", "not a database URL"),
+                                          ("postgresql://nobody@127.0.0.1:1/none", "cannot open it")])
+def test_a_bad_storage_is_one_line_before_anything_is_written(tmp_path, storage, says, capsys):
+    data = make_competition(tmp_path / "d", per_class=6)
+    work = tmp_path / "w"
+    assert main(["train", "--data", str(data), "--workdir", str(work), *TINY, "--epochs", "1",
+                 "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --storage {storage.split('@')[0]}") and says in err and err.count("\n") == 1
+    assert not (work / "folds" / "r").exists()
+
+
 def test_status_of_a_workdir_without_runs(tmp_path, capsys):
     assert main(["status", "--workdir", str(tmp_path)]) == 0
     assert "no runs in this workdir" in capsys.readouterr().out

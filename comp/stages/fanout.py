@@ -36,7 +36,7 @@ def open_claims(workspace, storage: str | None = None, split_hash: str = "",
     from comp.stages.tune.storage import display_url, storage_url
 
     url = storage_url(storage, workspace)
-    return DbClaims(url, split_hash, heartbeat, display_url(url))
+    return DbClaims(url, split_hash, heartbeat, display_url(storage))  # as given, its password hidden
 
 
 def unit_dir(run_dir: Path, unit: str, index: int) -> Path:

@@ -346,6 +346,7 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
     if full_seeds:
         refuse_full_without_twin(run_dir, config, split)
     metric = workspace.metric
+    claims = open_claims(workspace, storage, split.hash, heartbeat)  # a bad --storage is refused before any write
     prepare_run_dir(run_dir, config, dataset, split, force, metric)
     unit, one = ("seed", train_one_full) if full_seeds else ("fold", train_one_fold)
     units = list(range(full_seeds)) if full_seeds else folds
@@ -353,7 +354,6 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
     info(f"run [bold]{config.run_name}[/bold]: {config.model}, {config.epochs} epochs, {what}, "
          f"{len(dataset.rows):,} rows -> {run_dir}")
     isolate = isolate_by_default() if isolate is None else isolate
-    claims = open_claims(workspace, storage, split.hash, heartbeat)
 
     def in_child(index: int) -> dict:
         return call_in_child(train_unit_task, unit, config, workspace.root, dataset.data_dir, workspace.skip_bad,

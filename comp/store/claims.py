@@ -311,8 +311,12 @@ class DbClaim(Claim):
             warn(f"claims database: heartbeat failed ({one_line(err, 200)}); retrying")
 
     def finish(self) -> None:
-        if not self._update(state=DONE):
-            self._say_lost("its files here are complete all the same")
+        try:
+            if not self._update(state=DONE):
+                self._say_lost("its files here are complete all the same")
+        except Exception as err:  # noqa: BLE001 -- the unit's files are written; the claim goes stale instead
+            warn(f"claims database: could not mark {self.key['unit']} {self.key['number']} done "
+                 f"({one_line(err, 200)}); its files are complete")
 
     def release(self) -> None:
         with contextlib.suppress(Exception):  # unreachable database: the claim goes stale instead
@@ -353,6 +357,17 @@ class DbClaims(Claims):
                                     " check the server, the address and the credentials") from None
                 time.sleep(0.5 + random.random())
 
+    @contextlib.contextmanager
+    def _reaching(self):
+        """A database that stops answering mid-run: one line, not a traceback; what was trained is kept."""
+        import sqlalchemy.exc
+
+        try:
+            yield
+        except sqlalchemy.exc.OperationalError as err:
+            raise CompError(f"{self.where}: the database stopped answering ({one_line(getattr(err, 'orig', err), 200)});"
+                            " the folds trained so far are kept: rerun the same command when it is back") from None
+
     def _key(self, run: str, unit: str, index: int) -> dict:
         return {"run": run, "split": self.split, "unit": unit, "number": index}
 
@@ -374,6 +389,10 @@ class DbClaims(Claims):
         return Holder(row.run, row.unit, row.number, state, row.owner, _aware(row.since), beat)
 
     def claim(self, run, unit, index, redo_before=None):
+        with self._reaching():
+            return self._claim(run, unit, index, redo_before)
+
+    def _claim(self, run, unit, index, redo_before):
         import sqlalchemy.exc
         from sqlalchemy import func, insert, update
 
@@ -406,19 +425,19 @@ class DbClaims(Claims):
         return DbClaim(self, key, self.owner) if taken else None
 
     def now(self) -> dt.datetime:
-        with self.engine.connect() as connection:
+        with self._reaching(), self.engine.connect() as connection:
             return self._now(connection)
 
     def holder(self, run, unit, index):
         key = self._key(run, unit, index)
-        with self.engine.connect() as connection:
+        with self._reaching(), self.engine.connect() as connection:
             row = self._row(connection, key)
             return Holder(run, unit, index, FREE) if row is None else self._holder(row, self._now(connection))
 
     def holders(self):
         from sqlalchemy import select
 
-        with self.engine.connect() as connection:
+        with self._reaching(), self.engine.connect() as connection:
             now = self._now(connection)
             rows = connection.execute(select(self.table).order_by(
                 self.table.c.run, self.table.c.unit, self.table.c.number)).all()
