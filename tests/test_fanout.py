@@ -167,7 +167,7 @@ def test_two_workers_on_one_postgresql_database_train_each_fold_once(tmp_path, d
     works = [tmp_path / f"machine{i}" for i in range(2)]
     for work in works:
         warm_cache(work, data_dir)
-    outputs = finish([worker(work, data_dir, "--epochs", "2", "--storage", postgres.url, "--heartbeat", "2")
+    outputs = finish([worker(work, data_dir, "--epochs", "2", "--storage", postgres.url, "--heartbeat", "5")
                       for work in works])
     assert trained_folds(outputs) == Counter(range(FOLDS))
     mine = [{k for k in range(FOLDS) if (work / "folds" / "r" / f"fold{k}" / "metrics.json").exists()}

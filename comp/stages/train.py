@@ -31,7 +31,6 @@ from comp.core.fileio import load_npy, read_json, remove_tree, save_npy, write_j
 from comp.data.folds import Split, ensure_split
 from comp.stages.pseudo import load_teachers
 from comp.stages.fanout import open_claims, summary_current, summary_lock, train_units, unit_dir
-from comp.store.claims import lock_path
 from comp.store.runs import fold_done, make_manifest, read_manifest, Run, write_manifest
 from comp.core.scoring import accuracy, log_loss
 
@@ -193,10 +192,6 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, dataset, split: Split, for
             raise CompError(f"{config_path}: run {config.run_name} exists with other settings ({', '.join(keys)}); "
                             "use another --name")
     write_manifest(run_dir, manifest)
-
-
-def fold_lock_path(workspace, run_name: str, fold: int, unit: str = "fold") -> Path:
-    return lock_path(workspace.folds, run_name, fold, unit)
 
 
 # -- the run ---------------------------------------------------------------------------------------
