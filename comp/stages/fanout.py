@@ -105,23 +105,24 @@ def train_claimed(claims: Claims, claim, run_dir: Path, unit: str, index: int, f
     from comp.core.isolate import ChildDied
 
     folder = unit_dir(run_dir, unit, index)
-    with heartbeating(claim, claims.heartbeat_seconds):
-        try:
+    try:
+        with heartbeating(claim, claims.heartbeat_seconds):  # stopped before the claim is finished or released
             if finished(folder, started):  # finished by another worker between the look and the claim
-                claim.finish()
-                return []
-            if force and folder.exists():
-                remove_tree(folder, inside=run_dir)
-            result = train(index)
-        except ChildDied as died:
-            claim.release()  # another worker (or a rerun) retries it
-            warn(f"{died}; the others go on, rerun the same command to retry it")
-            return [index]
-        except BaseException:
-            claim.release()
-            raise
-        claim.finish()
-    info(line(index, result))
+                result = None
+            else:
+                if force and folder.exists():
+                    remove_tree(folder, inside=run_dir)
+                result = train(index)
+    except ChildDied as died:
+        claim.release()  # another worker (or a rerun) retries it
+        warn(f"{died}; the others go on, rerun the same command to retry it")
+        return [index]
+    except BaseException:
+        claim.release()
+        raise
+    claim.finish()
+    if result is not None:
+        info(line(index, result))
     return []
 
 
