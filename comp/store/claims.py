@@ -35,6 +35,7 @@ from comp.core.errors import CompError, one_line
 
 HEARTBEAT_SECONDS = 30  # how often a training worker says it is alive
 GRACE_FACTOR = 4  # silent this many beats: its owner is taken for dead (generous: a busy CPU delays beats)
+CLOCK_SLACK = 1.0  # seconds more: SQLite's CURRENT_TIMESTAMP counts whole seconds
 TABLE = "comp_claims"
 ATTEMPTS = 5  # workers starting together on a new database race to create the table; retry
 SQLITE_LOCK_SECONDS = 60
@@ -384,7 +385,8 @@ class DbClaims(Claims):
     def _holder(self, row, now: dt.datetime) -> Holder:
         beat = _aware(row.heartbeat)
         state = row.state
-        if state == TRAINING and beat is not None and (now - beat).total_seconds() > GRACE_FACTOR * row.interval:
+        silent = (now - beat).total_seconds() if beat is not None else 0.0
+        if state == TRAINING and silent > GRACE_FACTOR * row.interval + CLOCK_SLACK:
             state = STALE
         return Holder(row.run, row.unit, row.number, state, row.owner, _aware(row.since), beat)
 
