@@ -56,18 +56,29 @@ class Workspace(Workdir):
         return resolve_config(self, self.source().fingerprint, config, overrides, preset)
 
     def train(self, config=None, *, folds="all", k: int | None = None, force: bool = False, resplit: bool = False,
-              preset: str | None = None, isolate: bool | None = None, full: int = 0, **overrides):
+              preset: str | None = None, isolate: bool | None = None, full: int = 0, storage: str | None = None,
+              heartbeat: float | None = None, **overrides):
         """K-fold training of one config: a RunConfig, a dict, a JSON file or recipe name, or None
         (the newest tune result on this data, else the model's defaults); keyword arguments override
         single fields (epochs=3, model="resnet"). `folds`: which folds to train now ("all", 0, [0, 2]);
         `k`: how many folds the split has (the config's `folds` field, default 5). `full=N`: instead
         of folds, N full-data fits (every train row, different seeds): ensemble submits their test
         predictions, scored and weighted by the folds' OOF predictions of the same run.
-        Finished folds are kept unless `force`. -> Run."""
+        Finished folds are kept unless `force`. Several workers may train one run at once, each fold
+        once: they claim folds through the `storage` database (as for tune; beating every `heartbeat`
+        seconds, taken over when silent for 4 beats), else through lock files in the workdir. -> Run."""
         from comp.stages.train import train_config
 
         return train_config(self, config, folds=folds, k=k, force=force, resplit=resplit, preset=preset,
-                            isolate=isolate, full=full, **overrides)
+                            isolate=isolate, full=full, storage=storage, heartbeat=heartbeat, **overrides)
+
+    def status(self, storage: str | None = None):
+        """Who trains what: a pandas DataFrame with a row per unit (fold or full-data fit "seed") of
+        every run here or in the `storage` claims database: run, unit, index, state (done, training,
+        stale: its worker went silent, free), owner (host:pid:token), since, heartbeat (UTC)."""
+        from comp.stages.status import unit_status
+
+        return unit_status(self, storage)
 
     def tune(self, config=None, *, trials: int = 20, timeout: float | None = None, cv_folds: int = 1,
              k: int | None = None, pruner: str = "median", space=None, storage: str | None = None,

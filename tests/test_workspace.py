@@ -6,13 +6,15 @@ import errno
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from comp.cli import main
 from comp.core.fileio import read_json
-from comp.stages.train import exclusive, fold_lock_path
+from comp.store.claims import FileClaims
 from comp.workspace import Workspace
 
 from .conftest import REPO, make_competition
@@ -33,18 +35,26 @@ def test_comp_toml_keeps_any_data_path(tmp_path, monkeypatch):
     assert Workspace(work).data_dir == other.resolve()
 
 
-def test_a_fold_another_process_trains_is_skipped(tmp_path, capsys):
+def test_a_fold_another_process_trains_is_waited_for(tmp_path, capsys):
     data = make_competition(tmp_path / "d", per_class=6)
     work = tmp_path / "w"
-    with exclusive(fold_lock_path(Workspace(work), "r", 0)) as mine:  # "another process" holds fold 0
-        assert mine
-        assert main(["train", "--data", str(data), "--workdir", str(work), *TINY[:-1], "--name", "r"]) == 0
+    claim = FileClaims(Workspace(work).folds).claim("r", "fold", 0)  # "another process" holds fold 0...
+    assert claim is not None
+
+    def release_after_fold_1():  # ...until this worker has trained the other fold
+        while not (work / "folds" / "r" / "fold1" / "metrics.json").exists():
+            time.sleep(0.1)
+        assert not (work / "folds" / "r" / "fold0").exists()
+        claim.release()
+
+    releaser = threading.Thread(target=release_after_fold_1, daemon=True)
+    releaser.start()
+    assert main(["train", "--data", str(data), "--workdir", str(work), *TINY[:-1], "--name", "r"]) == 0
+    releaser.join()
     out = capsys.readouterr().out
-    assert "fold 0: another process is training it; skipped" in out
-    assert (work / "folds" / "r" / "fold1" / "metrics.json").exists()
-    assert not (work / "folds" / "r" / "fold0").exists()
-    # Once free, the same command trains what is left and writes the OOF file.
-    assert main(["train", "--data", str(data), "--workdir", str(work), *TINY, "--name", "r"]) == 0
+    assert "fold 0: " in out and "is training it; this worker trains the others and then waits for it" in out
+    # Once free, the same worker trained it and wrote the OOF file.
+    assert read_json(work / "folds" / "r" / "fold0" / "metrics.json")["fold"] == 0
     assert (work / "folds" / "r" / "oof_probs.npy").exists()
 
 

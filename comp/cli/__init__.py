@@ -24,7 +24,7 @@ from comp.cli.common import add_global_options
 
 # One module per command group; each registers its own commands.
 COMMAND_MODULES = ["comp.cli.data", "comp.cli.train", "comp.cli.tune", "comp.cli.predict", "comp.cli.ensemble",
-                   "comp.cli.report", "comp.cli.transfer", "comp.cli.auto"]
+                   "comp.cli.report", "comp.cli.transfer", "comp.cli.auto", "comp.cli.status"]
 
 
 def build_parser() -> argparse.ArgumentParser:

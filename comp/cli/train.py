@@ -7,6 +7,7 @@ import sys
 import time
 
 from comp.core.console import console, info
+from comp.store.claims import GRACE_FACTOR, HEARTBEAT_SECONDS
 from comp.core.errors import CompError
 from comp.cli.common import add_config_options, add_data_options, config_overrides, global_parent, workspace_from
 
@@ -27,6 +28,13 @@ def register(subparsers) -> None:
                              "comp ensemble submits them, scored and weighted by this run's folds")
     parser.add_argument("--seeds", type=int, default=1, help="with --full: how many full-data fits (default: 1)")
     parser.add_argument("--resplit", action="store_true", help="write a new folds/folds.csv for this data")
+    group = parser.add_argument_group("several workers on one run (each fold trained once)")
+    group.add_argument("--storage", metavar="URL",
+                       help="claim folds in this database (as comp tune --storage: postgresql://user:pass@host/db "
+                            "for workers on many machines, or a SQLite path); default: lock files in the workdir")
+    group.add_argument("--heartbeat", type=float, metavar="SECONDS", default=HEARTBEAT_SECONDS,
+                       help=f"seconds between a training worker's heartbeats (default {HEARTBEAT_SECONDS}); a fold "
+                            f"whose worker is silent for {GRACE_FACTOR} beats is taken over")
     parser.add_argument("--list-models", action="store_true", help="list the model zoo and exit")
     parser.add_argument("--list-recipes", action="store_true", help="list the bundled recipes and exit")
     parser.set_defaults(func=run)
@@ -78,4 +86,4 @@ def twin_command(args) -> str:
 def _train(args, overrides: dict) -> None:
     workspace_from(args).train(args.config, folds=args.fold, k=overrides.pop("folds", None), force=args.force,
                                resplit=args.resplit, preset=args.preset, full=args.seeds if args.full else 0,
-                               **overrides)
+                               storage=args.storage, heartbeat=args.heartbeat, **overrides)

@@ -11,9 +11,7 @@ each fold runs in a child process (comp.core.isolate); the child calls `train_un
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +30,7 @@ from comp.core.paths import Workdir
 from comp.core.fileio import load_npy, read_json, remove_tree, save_npy, write_json
 from comp.data.folds import Split, ensure_split
 from comp.stages.pseudo import load_teachers
+from comp.stages.fanout import open_claims, summary_current, summary_lock, train_units, unit_dir
 from comp.store.runs import fold_done, make_manifest, read_manifest, Run, write_manifest
 from comp.core.scoring import accuracy, log_loss
 
@@ -195,36 +194,6 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, dataset, split: Split, for
     write_manifest(run_dir, manifest)
 
 
-@contextlib.contextmanager
-def exclusive(lock_path: Path):
-    """Hold an exclusive lock on `lock_path` for the block; yields False (at once) if another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking, as before
-        yield True
-        return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def fold_lock_path(workspace, run_name: str, fold: int, unit: str = "fold") -> Path:
-    # Outside the run folder: --force deletes that folder, and a lock must outlive it.
-    return workspace.folds / ".locks" / f"{run_name}.{unit}{fold}.lock"
-
-
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -299,47 +268,18 @@ def fold_metric(run_dir: Path, dataset, split: Split, fold: int, metric: str, ta
     return safe_score(metric, dataset.train_y[val_pos], probs)
 
 
-def unit_dir(run_dir: Path, unit: str, index: int) -> Path:
-    """Where one of a run's models lives: fold k of the split, or full-data fit (seed) i."""
-    return run_dir / f"fold{index}" if unit == "fold" else run_dir / "full" / f"seed{index}"
-
-
 def run_folds(workspace, run_dir: Path, folds: list[int], force: bool, train: Callable[[int], dict],
-              unit: str = "fold") -> list[int]:
+              unit: str = "fold", claims=None) -> list[int]:
     """The fold loop every run shares (comp train's folds and full-data seeds, comp transfer finetune).
 
-    Skips finished folds (unless `force`) and folds another process is training right now (so
-    two workers on one run share its folds), calls `train(fold)` for the others, and prints a line
-    per fold. A fold whose child process died is reported and the others go on; returns those.
+    Skips finished folds (unless `force`), calls `train(fold)` for the others that no other worker
+    holds (so workers on one run share its folds; comp.stages.fanout), waits for the ones others
+    hold, and prints a line per fold. `claims`: where workers claim folds (default: lock files in the
+    workdir). A fold whose child process died is reported and the others go on; returns those.
     `unit` "seed": the run's full-data fits instead (full/seed<i>).
     """
-    from comp.core.isolate import ChildDied
-
-    todo = []
-    for fold in folds:
-        fold_dir = unit_dir(run_dir, unit, fold)
-        if fold_done(fold_dir) and not force:
-            info(f"{unit} {fold}: finished earlier ({read_json(fold_dir / 'metrics.json')['val_accuracy']:.4f}), "
-                 "skipped")
-        else:
-            todo.append(fold)
-    failed = []
-    for fold in todo:
-        fold_dir = unit_dir(run_dir, unit, fold)
-        with exclusive(fold_lock_path(workspace, run_dir.name, fold, unit)) as mine:
-            if not mine:
-                info(f"{unit} {fold}: another process is training it; skipped")
-                continue
-            if force and fold_dir.exists():
-                remove_tree(fold_dir, inside=run_dir)
-            elif fold_done(fold_dir):  # finished by another process while this one waited
-                continue
-            try:
-                info(fold_line(fold, train(fold), unit))
-            except ChildDied as died:
-                warn(f"{died}; the others go on, rerun the same command to retry it")
-                failed.append(fold)
-    return failed
+    claims = claims or open_claims(workspace)
+    return train_units(claims, run_dir, folds, force, train, unit, lambda fold, result: fold_line(fold, result, unit))
 
 
 # Full-data fits hold no row out. They still validate on this many of their own training rows: a
@@ -378,13 +318,17 @@ def train_one_full(config: RunConfig, dataset, split: Split, run_dir: Path, seed
 
 
 def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[int], force: bool = False,
-              isolate: bool | None = None, full_seeds: int = 0) -> Run:
+              isolate: bool | None = None, full_seeds: int = 0, storage: str | None = None,
+              heartbeat: float | None = None) -> Run:
     """Train the chosen folds of `config` and summarise the run. `isolate`: one child process per
     fold (default: on TensorFlow, see comp.core.isolate).
 
     With `full_seeds` = N, the run's N full-data fits (every train row, no holdout, test
     predictions only; full/seed<i>) are trained instead of folds: ensemble then scores and weights
     the run on its folds' OOF predictions and submits the full-data fits' test predictions.
+
+    Several workers may train one run at once: they claim its folds through the `storage` database
+    (heartbeat every `heartbeat` seconds) or through lock files in the workdir (comp.stages.fanout).
     """
     from comp.core.isolate import call_in_child, isolate_by_default
     from comp.core.progress import TrainingProgress
@@ -397,6 +341,7 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
     if full_seeds:
         refuse_full_without_twin(run_dir, config, split)
     metric = workspace.metric
+    claims = open_claims(workspace, storage, split.hash, heartbeat)  # a bad --storage is refused before any write
     prepare_run_dir(run_dir, config, dataset, split, force, metric)
     unit, one = ("seed", train_one_full) if full_seeds else ("fold", train_one_fold)
     units = list(range(full_seeds)) if full_seeds else folds
@@ -416,13 +361,15 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
         return result
 
     if isolate:
-        failed = run_folds(workspace, run_dir, units, force, lambda index: scored(in_child(index), index), unit)
+        failed = run_folds(workspace, run_dir, units, force, lambda index: scored(in_child(index), index), unit,
+                           claims)
     else:
         with TrainingProgress(len(units), config.fit_epochs) as progress:
             failed = run_folds(workspace, run_dir, units, force,
                                lambda index: scored(vars(one(config, dataset, split, run_dir, index, progress,
-                                                             teachers)), index), unit)
-    summarize_run(run_dir, dataset, split, metric)
+                                                             teachers)), index), unit, claims)
+    with summary_lock(workspace, run_dir.name):  # one worker writes the OOF file, the others read it
+        summarize_run(run_dir, dataset, split, metric)
     if failed:
         raise CompError(f"{unit}(s) {', '.join(map(str, failed))} of run {config.run_name} died (see above); "
                         "rerun the same command to retry them")
@@ -475,7 +422,11 @@ def summarize_run(run_dir: Path, dataset, split: Split, metric: str | None = Non
     if len(metrics) < split.k:
         info(f"{len(metrics)} of {split.k} folds done; the OOF file is written when all are")
         return None
-    summary = write_oof(run_dir, dataset, split, manifest, [m for _, m in metrics], metric)
+    if summary_current(run_dir, split.k, metric):  # written by another worker of this run since its last fold
+        summary = read_json(run_dir / "summary.json")
+        info("the OOF file and summary are up to date (written after the last fold finished); kept")
+    else:
+        summary = write_oof(run_dir, dataset, split, manifest, [m for _, m in metrics], metric)
     if named:
         info(f"CV {metric} [bold]{summary['cv_metric']:.4f}[/bold] (OOF probabilities), with TTA {tta}: "
              f"{summary['cv_metric_tta']:.4f}")
@@ -528,7 +479,7 @@ def write_oof(run_dir: Path, dataset, split: Split, manifest: dict, metrics: lis
 
 def train_config(workspace: Workdir, config=None, *, folds="all", k: int | None = None, force: bool = False,
                  resplit: bool = False, preset: str | None = None, isolate: bool | None = None, full: int = 0,
-                 **overrides) -> Run:
+                 storage: str | None = None, heartbeat: float | None = None, **overrides) -> Run:
     """`Workspace.train`'s stage: resolve the config, load the data at its size, split, train the folds
     chosen (or `full` full-data fits). -> Run."""
     from comp.data.sources import apply_limit, workdir_source
@@ -549,4 +500,4 @@ def train_config(workspace: Workdir, config=None, *, folds="all", k: int | None 
                                                                    else [folds]))
     chosen = parse_fold_selection(folds_text, split.k)
     return train_run(workspace, run_config, limited, split, chosen, force=force,
-                     isolate=isolate, full_seeds=full)
+                     isolate=isolate, full_seeds=full, storage=storage, heartbeat=heartbeat)
