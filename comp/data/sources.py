@@ -192,7 +192,7 @@ class Dataset:
     data_dir: Path
     classes: list[str]
     train_x: np.ndarray | Rows  # (N,H,W,3) uint8
-    train_y: np.ndarray  # (N,) int64 class index
+    train_y: np.ndarray  # (N,) int64 class index; multi-label: (N, L) uint8 multi-hot (comp.data.multilabel)
     test_x: np.ndarray  # (M,H,W,3) uint8, in sample_submission order
     test_ids: list[str]
     submission: SubmissionFormat
@@ -206,6 +206,11 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        """Several labels a row (train_y a multi-hot matrix), trained with sigmoid outputs."""
+        return self.train_y.ndim == 2
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -464,8 +469,9 @@ def _read_labels_frame(path: Path, id_column: str | None, label_column: str | No
     return frame, None
 
 
-def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | None) -> str | None:
-    """What does not match between the learned classes and the sample submission's target values, or None."""
+def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | None, spaced: bool = False) -> str | None:
+    """What does not match between the learned classes and the sample submission's target values, or None.
+    `spaced`: multi-label, a target cell may list several labels separated by spaces."""
     if submission is None or not classes:
         return None
     if submission.target_kind == "probs":
@@ -479,6 +485,8 @@ def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | Non
                      .str.strip()) - {""}
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, KeyError):
         return None
+    if spaced:
+        values = {word for value in values for word in value.split()}
     if submission.target_kind == "int" and not all(c.lstrip("-").isdigit() for c in classes):
         return None  # integers stand for the class index: nothing to compare
     if submission.target_kind in ("name", "int") and not values <= set(classes):
@@ -497,6 +505,11 @@ def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem]):
                                 f"holds no class folders and {data_dir} has no labels CSV ({', '.join(LABEL_CSV_NAMES)})",
                                 "use train/<class>/*.jpg or add a labels CSV with columns id,label"))
         return [], [], []
+    from comp.data.multilabel import scan_multilabel_csv
+
+    multilabel = scan_multilabel_csv(csv_path, train_dir, images, problems)  # None: single-label
+    if multilabel is not None:
+        return multilabel
     frame, wrong = _read_labels_frame(csv_path, os.environ.get(ID_COLUMN_ENV) or None,
                                       os.environ.get(LABEL_COLUMN_ENV) or None)
     if wrong:
@@ -544,7 +557,8 @@ def scan(data_dir: Path) -> Layout:
         problems.append(Problem(ERROR, MISSING, train_dir, "missing",
                                 "the competition folder needs train/<class>/*.jpg (is --data the unpacked download?)"))
     submission = read_submission_format(data_dir, problems)
-    unlike = classes_unlike_sample(classes, submission) if from_csv and len(classes) > 1 else None
+    unlike = classes_unlike_sample(classes, submission, spaced=np.ndim(labels) == 2) \
+        if from_csv and len(classes) > 1 else None
     if unlike:
         problems.append(Problem(WARNING, CLASSES_NOT_IN_SAMPLE, submission.path, unlike,
                                 f"{unlike}: check that the labels come from the right column (--label-column)"))
@@ -555,8 +569,9 @@ def scan(data_dir: Path) -> Layout:
     elif submission is not None:
         test_files = match_test_files(test_dir, submission, problems)
     skipped = [p.path for p in problems if p.kind == NON_IMAGE]
-    return Layout(data_dir, classes, files, np.asarray(labels, dtype=np.int64), test_files, submission, skipped,
-                  problems)
+    # Class numbers (N,), or a multi-label CSV's multi-hot matrix (N, L) uint8 as it came (comp.data.multilabel).
+    labels = labels if isinstance(labels, np.ndarray) and labels.ndim == 2 else np.asarray(labels, dtype=np.int64)
+    return Layout(data_dir, classes, files, labels, test_files, submission, skipped, problems)
 
 
 # -- fingerprint: the content of every file ------------------------------------------------
@@ -855,7 +870,7 @@ class Source:
             data_dir=self.layout.data_dir,
             classes=self.layout.classes,
             train_x=arrays["train_x"],
-            train_y=arrays["train_y"],
+            train_y=arrays["train_y"].astype(np.uint8) if arrays["train_y"].ndim == 2 else arrays["train_y"],
             test_x=arrays["test_x"],
             test_ids=self.layout.submission.ids,
             submission=self.layout.submission,
@@ -919,6 +934,8 @@ def limit_rows(labels: np.ndarray, limit: int) -> np.ndarray:
     """A deterministic stratified subsample of row indices (all rows when limit is 0 or too big)."""
     if not limit or limit >= len(labels):
         return np.arange(len(labels))
+    if labels.ndim == 2:  # multi-label: no class to stratify by; a seeded random subsample
+        return np.sort(np.random.default_rng(LIMIT_SEED).permutation(len(labels))[:limit])
     from sklearn.model_selection import train_test_split
 
     num_classes = len(np.unique(labels))

@@ -23,6 +23,16 @@ def smoothed_cross_entropy(logits, targets, label_smoothing: float, num_classes:
     return ops.mean(-ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
 
 
+def binary_cross_entropy(logits, targets, label_smoothing: float):
+    """Multi-label: mean over cells of the sigmoid cross-entropy of logits against (mixed) 0/1
+    targets, each smoothed toward 1/2 (keras.ops). Computed from logits, stable for any value:
+    max(z, 0) - z t + log(1 + exp(-|z|))."""
+    logits, targets = ops.cast(logits, "float32"), ops.cast(targets, "float32")
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / 2
+    return ops.mean(ops.relu(logits) - logits * targets + ops.log1p(ops.exp(-ops.abs(logits))))
+
+
 class TrainingModel(keras.Model):
     """fit() wrapper: augmentation and mixup inside the compiled train step.
 
@@ -32,13 +42,17 @@ class TrainingModel(keras.Model):
     of the one-step program (see train_step).
     """
 
-    def __init__(self, net, augment, mix, num_classes: int, label_smoothing: float, store=None, **kwargs):
+    def __init__(self, net, augment, mix, num_classes: int, label_smoothing: float, store=None,
+                 multilabel: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.net, self.augment, self.mix, self.store = net, augment, mix, store
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        # Multi-label: labels are multi-hot rows, the outputs sigmoids, the loss binary cross-entropy.
+        self.multilabel = multilabel
         # The model's own metric (not compile's): it exists before the first batch, so fit never
         # has to trace the model on a sample batch to build it.
-        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.accuracy_metric = (keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0) if multilabel
+                                else keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
         self.built = True  # the net is a built functional model; augment, mix and store build in __init__
 
     def build(self, input_shape=None):
@@ -52,13 +66,15 @@ class TrainingModel(keras.Model):
     def call(self, inputs, training=False):
         pixels, labels = self.pixels_and_labels(inputs)
         images = ops.cast(pixels, "float32")  # data travels as uint8; cast on the device
-        targets = ops.one_hot(labels, self.num_classes)
+        targets = ops.cast(labels, "float32") if self.multilabel else ops.one_hot(labels, self.num_classes)
         if training:
             images = self.augment(images, training=True)
             images, targets = self.mix(images, targets, training=True)
         return {"logits": self.net(images, training=training), "targets": targets, "labels": labels}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self.multilabel:
+            return binary_cross_entropy(y_pred["logits"], y_pred["targets"], self.label_smoothing)
         return smoothed_cross_entropy(y_pred["logits"], y_pred["targets"], self.label_smoothing, self.num_classes)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):

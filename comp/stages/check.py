@@ -37,7 +37,7 @@ def find_duplicates(dataset: Dataset) -> dict:
     for row, digest in enumerate(train_hashes):
         groups[digest].append(row)
     within = [rows for rows in groups.values() if len(rows) > 1]
-    conflicting = [rows for rows in within if len(set(dataset.train_y[rows])) > 1]
+    conflicting = [rows for rows in within if len(np.unique(dataset.train_y[rows], axis=0)) > 1]
     test_hashes = _pixel_hashes(dataset.test_x)
     across = [i for i, digest in enumerate(test_hashes) if digest in groups]
     return {
@@ -48,14 +48,34 @@ def find_duplicates(dataset: Dataset) -> dict:
     }
 
 
+def class_counts(dataset: Dataset) -> np.ndarray:
+    """Images of each class; multi-label: images carrying each label."""
+    if dataset.multilabel:
+        return dataset.train_y.sum(0).astype(np.int64)
+    return np.bincount(dataset.train_y, minlength=dataset.num_classes)
+
+
+def members_of(dataset: Dataset, label: int) -> np.ndarray:
+    """Rows of a class, or (multi-label) rows carrying the label."""
+    return np.flatnonzero(dataset.train_y[:, label] if dataset.multilabel else dataset.train_y == label)
+
+
 def class_counts_table(dataset: Dataset) -> Table:
-    counts = np.bincount(dataset.train_y, minlength=dataset.num_classes)
-    table = Table(title=f"train: {len(dataset.train_y):,} images in {dataset.num_classes} classes")
+    counts = class_counts(dataset)
+    if dataset.multilabel:
+        from comp.data.multilabel import label_counts_line
+
+        title = (f"train: {len(dataset.train_y):,} images, multi-label over {dataset.num_classes} labels: "
+                 f"{label_counts_line(dataset.train_y)}")
+    else:
+        title = f"train: {len(dataset.train_y):,} images in {dataset.num_classes} classes"
+    table = Table(title=title)
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("share", justify="right")
     for name, count in zip(dataset.classes, counts):
-        table.add_row(name, f"{count:,}", f"{count / counts.sum():.1%}")
+        share = count / (len(dataset.train_y) if dataset.multilabel else counts.sum())  # of images: labels overlap
+        table.add_row(name, f"{count:,}", f"{share:.1%}")
     return table
 
 
@@ -69,7 +89,7 @@ def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
     rows = dataset.num_classes
     fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 1.1, rows * 1.15), squeeze=False)
     for c, name in enumerate(dataset.classes):
-        members = np.flatnonzero(dataset.train_y == c)
+        members = members_of(dataset, c)
         chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
         for j in range(per_class):
             ax = axes[c, j]
@@ -171,6 +191,9 @@ def metric_line(dataset: Dataset, metric: str) -> tuple[str, str]:
     sample = pd.read_csv(dataset.submission.path, dtype=str, keep_default_na=False)
     kinds = [value_kind(sample[c]) for c in sample.columns]
     suggested, why = suggest_metric(list(sample.columns), kinds, dataset.num_classes)
+    if dataset.multilabel:
+        suggested, why = "f1_samples", ("several labels a row: F1 over labels (f1_samples, f1_micro or f1_macro, "
+                                        "as the competition says)")
     chosen = get_metric(metric)
     direction = "higher" if chosen.greater_is_better else "lower"
     console.print(f"metric: {chosen.name} ({chosen.summary}; {direction} is better; --metric NAME chooses the "
@@ -200,9 +223,10 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, met
     console.print(footprint_line(dataset, needs))
     sample_grid(dataset, grid_path)
     console.print(f"sample grid: {grid_path}")
-    counts = np.bincount(dataset.train_y, minlength=dataset.num_classes)
+    counts = class_counts(dataset)
     return {
         "classes": dict(zip(dataset.classes, counts.tolist())),
+        **({"task": "multilabel"} if dataset.multilabel else {}),
         "test_images": len(dataset.test_ids),
         "duplicates": duplicates,
         "fingerprint": dataset.fingerprint,
