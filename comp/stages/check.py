@@ -195,6 +195,10 @@ def metric_line(dataset: Dataset, metric: str) -> tuple[str, str]:
         suggested, why = "f1_samples", ("several labels a row: F1 over labels (f1_samples, f1_micro or f1_macro, "
                                         "as the competition says)")
     chosen = get_metric(metric)
+    if dataset.multilabel:  # a single-label name means its multi-label form; one without any is refused
+        from comp.core.metrics import metric_for
+
+        chosen = metric_for(metric, dataset.train_y)
     direction = "higher" if chosen.greater_is_better else "lower"
     console.print(f"metric: {chosen.name} ({chosen.summary}; {direction} is better; --metric NAME chooses the "
                   "competition's, remembered in comp.toml)")
