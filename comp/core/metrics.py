@@ -29,8 +29,8 @@ class Metric:
 
     `fn(labels, prepared, num_classes) -> float` where `prepared` is what `needs` names:
     "labels" (argmax labels [n]), "probs" ([n, C]), "binary_prob" ([n] positive-class
-    probability on two classes, else [n, C]), "topk" (labels [n, <=5], best first) or
-    "multilabel" (0/1 matrix [n, C]).
+    probability on two classes, else [n, C]), "topk" (labels [n, <=5], best first),
+    "multilabel" (0/1 matrix [n, C]) or "multilabel_probs" (per-label probabilities [n, C]).
     """
     name: str
     greater_is_better: bool
