@@ -539,7 +539,8 @@ def warn_near_chance(members: list[Member], labels: np.ndarray) -> None:
     chance, line = chance_line(labels)
     dull = [f"{m.name} ({accuracy(m.oof, labels):.4f})" for m in members if accuracy(m.oof, labels) < line]
     if dull:
-        warn(f"{', '.join(dull)}: OOF accuracy within noise of chance ({chance:.4f}, the largest class's share; "
+        what = "answering each label's commoner value" if labels.ndim == 2 else "the largest class's share"
+        warn(f"{', '.join(dull)}: OOF accuracy within noise of chance ({chance:.4f}, {what}; "
              f"below {line:.4f} = chance + {CHANCE_MARGIN_SE} standard errors on {len(labels):,} rows): "
              "the run learned next to nothing; check its curves (comp report) or leave it out of --runs")
 
