@@ -46,6 +46,7 @@ def make_multilabel_competition(root: Path, form: str, rows: int = 60, test_rows
     from PIL import Image
 
     train_y, test_y = label_matrix(rows, seed), label_matrix(test_rows, seed + 1)
+    test_y[0, :2] = 1  # the answers, too, show several labels in a row
     for folder, matrix, offset in (("train", train_y, 0), ("test", test_y, 1)):
         (root / folder).mkdir(parents=True)
         for i, image in enumerate(quadrant_images(matrix, seed + offset)):
@@ -57,11 +58,16 @@ def make_multilabel_competition(root: Path, form: str, rows: int = 60, test_rows
             root / "train.csv", index=False)
         pd.DataFrame({"id": test_ids, **{name: 0 for name in LABELS}}).to_csv(root / "sample_submission.csv",
                                                                                index=False)
+        pd.DataFrame({"id": test_ids, **{name: test_y[:, j] for j, name in enumerate(LABELS)}}).to_csv(
+            root / "answers.csv", index=False)
     else:
         spaced = [" ".join(LABELS[j] for j in np.flatnonzero(row)) for row in train_y]
         pd.DataFrame({"image": [f"{i}.png" for i in ids], "labels": spaced}).to_csv(root / "train.csv", index=False)
         pd.DataFrame({"image": [f"{i}.png" for i in test_ids], "labels": LABELS[0]}).to_csv(
             root / "sample_submission.csv", index=False)
+        pd.DataFrame({"image": [f"{i}.png" for i in test_ids],
+                      "labels": [" ".join(LABELS[j] for j in np.flatnonzero(row)) for row in test_y]}).to_csv(
+            root / "answers.csv", index=False)
     return root
 
 
@@ -142,6 +148,29 @@ def test_runs_learn_the_labels_and_thresholds_are_cross_fitted(work_name, reques
     assert summary["cv_accuracy"] > chance_line(labels)[1]  # label accuracy beyond chance
     row = index_row(work)
     assert row["metric"] == run.metric and row["rule"] in ("identity", "label_thresholds") and row["oof_metric"]
+
+
+@pytest.mark.parametrize("work_name, metric", [("columns_work", "f1_samples"), ("spaces_work", "f1_micro_multilabel")])
+def test_score_grades_a_multilabel_submission(work_name, metric, request, capsys):
+    from sklearn.metrics import f1_score
+
+    work = request.getfixturevalue(work_name)
+    capsys.readouterr()
+    assert main(["score", str(work / "submissions" / "sub.csv"), "--workdir", str(work)]) == 0
+    assert metric in capsys.readouterr().out
+    written = pd.read_csv(work / "submissions" / "sub.csv", dtype=str, keep_default_na=False)
+    answers = pd.read_csv(work.parent / "data" / "answers.csv", dtype=str, keep_default_na=False)
+    if work_name == "columns_work":
+        predicted, truth = written[LABELS].astype(int).to_numpy(), answers[LABELS].astype(int).to_numpy()
+    else:
+        predicted, truth = ([[int(name in cell.split()) for name in LABELS] for cell in frame["labels"]]
+                            for frame in (written, answers))
+    average = "samples" if metric == "f1_samples" else "micro"
+    expected = f1_score(np.asarray(truth), np.asarray(predicted), average=average, zero_division=0)
+    from comp.stages.submission import score_submission
+
+    result = score_submission(work / "submissions" / "sub.csv", work.parent / "data" / "answers.csv", metric)
+    assert result["value"] == pytest.approx(expected) and result["rows"] == 12 * len(LABELS)
 
 
 def test_ensemble_reports_the_cross_fitted_thresholds(columns_work, capsys):

@@ -334,10 +334,63 @@ def listed_labels(path: Path, ids: list[str], classes: list[str]) -> np.ndarray 
     return listed
 
 
+def multilabel_answers(answers: Path):
+    """The answers as multi-label targets (comp.data.multilabel.MultilabelTargets: a 0/1 column per
+    label with several 1s in some row, or space-separated labels), or None when they are single-label."""
+    from comp.data.multilabel import read_multilabel
+    from comp.data.sources import ID_COLUMN_NAMES, LABEL_COLUMN_NAMES
+
+    return read_multilabel(answers, (*ID_COLUMN_NAMES, "index"), LABEL_COLUMN_NAMES) if answers.is_file() else None
+
+
+def submitted_labels(path: Path, ids: list[str], classes: list[str]) -> np.ndarray:
+    """A multi-label submission as [answers' rows, labels] values: its label columns as written (0/1
+    or probabilities), or its space-separated labels as 0/1 (a label the answers lack is ignored)."""
+    wide = pd.read_csv(path, dtype=str, keep_default_na=False)
+    wide[wide.columns[0]] = wide[wide.columns[0]].str.strip()
+    missing = sorted(set(ids) - set(wide.iloc[:, 0]))
+    if missing:
+        raise CompError(f"{path}: {len(missing)} answer id(s) missing from the submission (e.g. "
+                        f"{', '.join(missing[:3])})")
+    wide = wide.set_index(wide.columns[0]).loc[ids]
+    if wide.shape[1] > 1:
+        absent = [c for c in classes if c not in wide.columns]
+        if absent:
+            raise CompError(f"{path}: no column for the label(s) {', '.join(absent[:5])} of the answers")
+        values = wide[classes].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        if not np.isfinite(values).all():
+            raise CompError(f"{path}: a column per label, but not every cell is a number; fix the submission")
+        return values
+    index = {c: i for i, c in enumerate(classes)}
+    values = np.zeros((len(ids), len(classes)))
+    for r, text in enumerate(wide.iloc[:, 0]):
+        values[r, [index[w] for w in text.split() if w in index]] = 1.0
+    return values
+
+
+def score_multilabel_submission(submission: Path, answers: Path, truth, metric: str) -> dict:
+    """A multi-label submission against multi-label answers; accuracy and its counts are of
+    (row, label) cells."""
+    from comp.core.metrics import metric_for, score
+
+    if not submission.is_file():
+        raise CompError(f"{submission}: no such file (the submission)")
+    ids = [str(i).strip() for i in truth.ids]
+    probs = submitted_labels(submission, ids, truth.classes)
+    right = (probs >= 0.5) == truth.matrix.astype(bool)
+    return {"accuracy": float(right.mean()), "correct": int(right.sum()), "rows": int(right.size),
+            "answers": answers, "metric": metric_for(metric, truth.matrix).name,
+            "value": float(score(metric, truth.matrix, probs))}
+
+
 def score_submission(submission: Path, answers: Path, metric: str = "accuracy") -> dict:
-    """The submission scored against the answers under the competition's metric, and by accuracy."""
+    """The submission scored against the answers under the competition's metric, and by accuracy
+    (multi-label answers: see score_multilabel_submission)."""
     from comp.core.metrics import get_metric, score
 
+    truth = multilabel_answers(answers)
+    if truth is not None:
+        return score_multilabel_submission(submission, answers, truth, metric)
     name = get_metric(metric).name
     sub = _read_two_columns(submission, "the submission")
     ans = _read_two_columns(answers, "the answers")
