@@ -225,6 +225,12 @@ def test_one_hot_columns_are_not_multilabel(tmp_path):
     assert read(frame_csv(tmp_path / "a.csv", {"image_id": ["x", "y"], "healthy": [1, 0], "rust": [0, 1]})) is None
 
 
+def test_zero_one_columns_beside_a_label_column_are_single_label(tmp_path):
+    # id,fold,label with two folds and two classes: two 0/1 columns, yet one label a row
+    assert read(frame_csv(tmp_path / "a.csv", {"id": list("abcd"), "fold": [0, 1, 1, 0],
+                                               "label": [1, 1, 0, 0]})) is None
+
+
 def test_space_separated_labels_are_multilabel(tmp_path):
     found = read(frame_csv(tmp_path / "a.csv", {"image": ["x.jpg", "y.jpg", "z.jpg"],
                                                 "labels": ["scab", "scab frog_eye", "frog_eye healthy"]}))

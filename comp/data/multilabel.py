@@ -8,7 +8,8 @@ label cell whose words are labels seen elsewhere (so a single class named "Commo
 class). A CSV with exactly one 1 a row is a one-hot single-label CSV, not this.
 
 The dataset then carries a multi-hot target matrix (N, L) uint8 in `train_y` in place of class
-numbers; `is_multilabel(train_y)` is how every later stage tells the two apart.
+numbers (`Dataset.multilabel`); every later stage tells the two apart by the targets' rank (2: one
+row of 0/1 per image), so the engine, the metrics and the decision rules need no other flag.
 """
 
 from __future__ import annotations
@@ -18,13 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-MULTILABEL = "multilabel"
 BINARY_VALUES = {"0", "1", "0.0", "1.0"}
-
-
-def is_multilabel(labels) -> bool:
-    """Whether targets are a multi-hot matrix (N, L) rather than class numbers (N,)."""
-    return np.ndim(labels) == 2
 
 
 @dataclass
@@ -112,12 +107,10 @@ def read_multilabel(path, id_names: tuple[str, ...], label_names: tuple[str, ...
     id_col = _id_column(frame, id_names, id_column)
     if frame[id_col].duplicated().any():
         return None  # the single-label reader names the repeated ids
-    if label_column is None:
-        columns = from_binary_columns(frame, id_col)
-        if columns is not None:
-            return columns
     labels = [label_column] if label_column in frame.columns else \
         [c for c in frame.columns if c != id_col and _key(c) in label_names]
+    if not labels and label_column is None:  # no label column: the labels may be 0/1 columns
+        return from_binary_columns(frame, id_col)
     if len(labels) != 1:
         return None
     return from_spaced_labels(frame, id_col, labels[0])
@@ -129,32 +122,3 @@ def label_counts_line(matrix: np.ndarray) -> str:
     return (f"{per_row.mean():.2f} labels a row on average ({np.mean(per_row == 0):.0%} with none, "
             f"{np.mean(per_row > 1):.0%} with several)")
 
-
-def scan_multilabel_csv(csv_path, train_dir, images: list, problems: list):
-    """(classes, files, multi-hot matrix) of a multi-label labels CSV matched to the train images,
-    each unmatched id or image recorded as a Problem; None when the CSV is not multi-label."""
-    import os
-
-    from comp.data import sources
-
-    targets = read_multilabel(csv_path, (*sources.ID_COLUMN_NAMES, "index"), sources.LABEL_COLUMN_NAMES,
-                              os.environ.get(sources.ID_COLUMN_ENV) or None,
-                              os.environ.get(sources.LABEL_COLUMN_ENV) or None)
-    if targets is None:
-        return None
-    by_key = {sources._id_key(p.name): p for p in images}
-    files, kept = [], []
-    for row, id_ in enumerate(targets.ids):
-        if sources._id_key(id_) not in by_key:
-            problems.append(sources.Problem(sources.ERROR, sources.LABEL_WITHOUT_IMAGE, csv_path,
-                                            f"id {id_} (row {row + 2}) has no image in {train_dir}",
-                                            "fix the CSV or add the image"))
-        else:
-            files.append(by_key[sources._id_key(id_)])
-            kept.append(row)
-    listed = {sources._id_key(i) for i in targets.ids}
-    for path in images:
-        if sources._id_key(path.name) not in listed:
-            problems.append(sources.Problem(sources.WARNING, sources.UNLABELED, path, f"not in {csv_path.name}",
-                                            f"add the images to {csv_path.name} to train on them"))
-    return targets.classes, files, targets.matrix[kept]

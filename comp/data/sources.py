@@ -505,9 +505,7 @@ def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem]):
                                 f"holds no class folders and {data_dir} has no labels CSV ({', '.join(LABEL_CSV_NAMES)})",
                                 "use train/<class>/*.jpg or add a labels CSV with columns id,label"))
         return [], [], []
-    from comp.data.multilabel import scan_multilabel_csv
-
-    multilabel = scan_multilabel_csv(csv_path, train_dir, images, problems)  # None: single-label
+    multilabel = _scan_multilabel_csv(csv_path, train_dir, images, problems)  # None: single-label
     if multilabel is not None:
         return multilabel
     frame, wrong = _read_labels_frame(csv_path, os.environ.get(ID_COLUMN_ENV) or None,
@@ -534,6 +532,33 @@ def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem]):
     classes = sorted({name for _, name in rows})
     index = {name: i for i, name in enumerate(classes)}
     return classes, [path for path, _ in rows], [index[name] for _, name in rows]
+
+
+def _scan_multilabel_csv(csv_path: Path, train_dir: Path, images: list[Path], problems: list[Problem]):
+    """(label names, files, multi-hot matrix) of a multi-label labels CSV (comp.data.multilabel) matched
+    to the train images, each unmatched id or image a Problem; None when the CSV is not multi-label."""
+    from comp.data.multilabel import read_multilabel
+
+    targets = read_multilabel(csv_path, (*ID_COLUMN_NAMES, "index"), LABEL_COLUMN_NAMES,
+                              os.environ.get(ID_COLUMN_ENV) or None, os.environ.get(LABEL_COLUMN_ENV) or None)
+    if targets is None:
+        return None
+    by_key = {_id_key(p.name): p for p in images}
+    files, kept = [], []
+    for row, id_ in enumerate(targets.ids):
+        if _id_key(id_) in by_key:
+            files.append(by_key[_id_key(id_)])
+            kept.append(row)
+        else:
+            problems.append(Problem(ERROR, LABEL_WITHOUT_IMAGE, csv_path,
+                                    f"id {id_} (row {row + 2}) has no image in {train_dir}",
+                                    "fix the CSV or add the image"))
+    listed = {_id_key(i) for i in targets.ids}
+    for path in images:
+        if _id_key(path.name) not in listed:
+            problems.append(Problem(WARNING, UNLABELED, path, f"not in {csv_path.name}",
+                                    f"add the images to {csv_path.name} to train on them"))
+    return targets.classes, files, targets.matrix[kept]
 
 
 def scan(data_dir: Path) -> Layout:
