@@ -265,6 +265,32 @@ def test_a_fold_past_its_deadline_stops_after_the_epoch_and_still_predicts(monke
     assert len(rows) == 1 + 4 and 0 <= on_time.val_accuracy <= 1  # its deadline is an hour away
 
 
+def test_a_deadline_that_halves_a_fold_shrinks_its_schedule_to_end_annealed(monkeypatch):
+    """Six epochs planned, three fit: the one-cycle schedule's remaining steps run in the three, so
+    the last step's learning rate is the schedule's end, and lookahead still ends on its average."""
+    import json
+    import time
+
+    images, labels = _fold_rows()
+    config = build_config({}, {"model": "baseline", "width": 0.25, "batch_size": 8, "epochs": 6, "optimizer": "sgd",
+                               "lr": 0.1, "schedule": "onecycle", "lr_end": 0.07, "lookahead": 0.95})
+    rows = []
+    monkeypatch.setenv(callbacks.DEADLINES_ENV, json.dumps({"0": time.time() + 3600}))
+    # Time for three epochs in all, whatever this machine's speed: after epoch e, 2 - e more fit.
+    monkeypatch.setattr(callbacks, "epochs_in_time", lambda deadline, seconds, now: 2 - len(rows))
+    short = trainer.train_fold(config, images[:56], labels[:56], images[56:], labels[56:], 3, 0,
+                               on_epoch=lambda epoch, row: rows.append(row))
+    assert len(rows) == 3 and short.epochs_run == 3
+    assert rows[-1]["lr"] == pytest.approx(0.1 * 0.07, rel=1e-4)  # annealed: the schedule's last value
+    assert rows[0]["lr"] > 0.05  # the first epoch ran on the planned schedule (near the peak)
+    monkeypatch.delenv(callbacks.DEADLINES_ENV)
+    whole = []
+    trainer.train_fold(config, images[:56], labels[:56], images[56:], labels[56:], 3, 0,
+                       on_epoch=lambda epoch, row: whole.append(row))
+    assert len(whole) == 6 and whole[0]["lr"] == pytest.approx(rows[0]["lr"])  # the engine's clock was reset
+    assert whole[2]["lr"] > 0.05 and whole[-1]["lr"] == pytest.approx(0.1 * 0.07, rel=1e-4)
+
+
 def test_keep_best_and_patience_need_validation_every_epoch():
     with pytest.raises(CompError, match=r"keep = best .* val_every = 0; set val_every = 1 \(--val-every 1\)"):
         build_config({}, {"model": "baseline", "keep": "best", "val_every": 0})

@@ -55,6 +55,10 @@ class RunConfig:
     ema: float = 0.0  # >0: keep an exponential moving average of weights with this momentum
     lookahead: float = 0.0  # >0: airbench's lookahead averaging, per-step decay (0.95); see trainer
     label_smoothing: float = 0.0
+    # Class imbalance. class_weight balanced: each class's loss weighs rows / (classes * its rows) of the
+    # fold's training rows. sampler balanced: batches draw every class equally often (with replacement).
+    class_weight: str = "none"
+    sampler: str = "shuffle"
     patience: int = 0  # early stopping on val accuracy; 0 = off
     # Validate after every N epochs (and the last); 0: never during training, the fold's final
     # predictions still score it (--preset gpu: a GPU epoch is about as long as a validation).
@@ -139,9 +143,13 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def identity_hash(self) -> str:
-        """Hash of everything that changes the trained weights (not the name)."""
+        """Hash of everything that changes the trained weights (not the name). Fields added later
+        count only when set away from their default, so earlier runs keep their names."""
         values = self.to_dict()
         values.pop("name")
+        for key, default in HASHED_WHEN_SET.items():
+            if values[key] == default:
+                values.pop(key)
         return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
     @property
@@ -162,6 +170,8 @@ class RunConfig:
     def run_name(self) -> str:
         return self.name or f"{self.model}-{self.identity_hash()}"
 
+
+HASHED_WHEN_SET = {"class_weight": "none", "sampler": "shuffle"}  # fields newer than the hash scheme: their defaults
 
 _dataclass_init = RunConfig.__init__
 
@@ -257,6 +267,8 @@ FIELD_RULES = {
     "ema": Number(float, 0, 1, high_open=True),
     "lookahead": Number(float, 0, 1, high_open=True),
     "label_smoothing": Number(float, 0, 1, high_open=True),
+    "class_weight": Choice(("none", "balanced")),
+    "sampler": Choice(("shuffle", "balanced")),
     "patience": Number(int, 0),
     "val_every": Number(int, 0, 100_000),
     "keep": Choice(("best", "last")),
@@ -314,6 +326,8 @@ FIELD_HELP = {
     "ema": "weight EMA momentum (0 = off)",
     "lookahead": "lookahead weight averaging, per-step decay e.g. 0.95 (0 = off)",
     "label_smoothing": "label smoothing",
+    "class_weight": "none | balanced: weigh each class's loss by rows / (classes x its rows), for imbalanced data",
+    "sampler": "shuffle | balanced: balanced draws batches with every class equally often (with replacement)",
     "patience": "early stopping patience on val accuracy (0 = off)",
     "val_every": "validate after every N epochs and the last (0: only the fold's final predictions)",
     "keep": "last | best epoch's model (best is picked on the OOF rows: flatters OOF)",

@@ -197,3 +197,13 @@ class MetricBars:
         sign = 1 if self.metric.greater_is_better else -1
         return percentile_interval(sign * (self.estimates[i] - self.estimates[j]),
                                    sign * (self.samples[i] - self.samples[j]))
+
+
+IMBALANCED_RATIO = 3.0  # largest class / smallest from here up: the imbalance options are worth trying
+
+
+def imbalance_ratio(labels: np.ndarray, num_classes: int) -> float:
+    """Rows of the largest class over rows of the smallest (1.0: balanced; a class without rows counts as 1).
+    Multi-label (labels a 0/1 matrix): rows carrying the commonest label over the rarest's."""
+    counts = labels.sum(0) if np.ndim(labels) == 2 else np.bincount(labels, minlength=num_classes)
+    return float(counts.max() / max(counts.min(), 1))

@@ -81,7 +81,7 @@ def _to_rgb(image):
 
 
 def fit(image, target_hw: tuple[int, int], resize: str):
-    """An RGB PIL image at exactly `target_hw` (height, width), its aspect handled by `resize`."""
+    """An RGB (or grayscale) PIL image at exactly `target_hw` (height, width), its aspect handled by `resize`."""
     from PIL import Image, ImageOps
 
     size = (target_hw[1], target_hw[0])  # PIL sizes are (width, height)
@@ -90,7 +90,7 @@ def fit(image, target_hw: tuple[int, int], resize: str):
     if resize == "crop":
         return ImageOps.fit(image, size, Image.BILINEAR)
     if resize == "pad":
-        return ImageOps.pad(image, size, Image.BILINEAR, color=(0, 0, 0))
+        return ImageOps.pad(image, size, Image.BILINEAR, color=0)  # black in RGB and in L (pixel CSVs)
     return image.resize(size, Image.BILINEAR)  # Pillow's BILINEAR widens its support when shrinking: no aliasing
 
 

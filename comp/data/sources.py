@@ -1,12 +1,13 @@
 """The competition data layer: find the files, decode them once, cache the arrays.
 
-Two layouts are understood:
-    DACON   train/<class>/*.jpg, test/*.jpg, sample_submission.csv
-    Kaggle  train/*.jpg + a labels CSV (id,label), test/*.jpg, sample_submission.csv
+Three layouts are understood:
+    DACON      train/<class>/*.jpg, test/*.jpg, sample_submission.csv
+    Kaggle     train/*.jpg + a labels CSV (id,label), test/*.jpg, sample_submission.csv
+    pixel CSV  train.csv ([id,]label,pixel0,...), test.csv, sample_submission.csv (comp.data.pixels)
 
 Every stage calls `load_dataset` (or `open_source(...).load(...)` when it must know the
-fingerprint before it knows the image size), which returns uint8 arrays (N,H,W,3) at the chosen
-image size plus the facts the later stages need to refuse mixing runs made on other data: the
+fingerprint before it knows the image size), which returns uint8 arrays (N,H,W,C) at the chosen
+image size (C is 3, or 1 for a grayscale pixel CSV) plus the facts the later stages need to refuse mixing runs made on other data: the
 class list and a fingerprint. The images are decoded once per size and resize mode by worker
 processes into a memory-mapped cache (comp.data.cache, comp.data.decode) and read from it as needed.
 
@@ -48,6 +49,7 @@ from comp.data.cache import (
 from comp.config.run_config import check_field, image_hw
 from comp.core.console import console, info, is_quiet, warn
 from comp.data.decode import SIXTEEN_BIT_MODES, chunked, decode_chunks, probe_sizes
+from comp.data.pixels import PixelError, PixelTable, find_pixel_csv, pixel_arrays, read_pixel_layout
 from comp.core.errors import CompError
 from comp.core.fileio import read_json, write_json, write_text
 
@@ -191,9 +193,9 @@ class Dataset:
 
     data_dir: Path
     classes: list[str]
-    train_x: np.ndarray | Rows  # (N,H,W,3) uint8
+    train_x: np.ndarray | Rows  # (N,H,W,C) uint8: C is 3 (RGB), or 1 for a grayscale pixel CSV
     train_y: np.ndarray  # (N,) int64 class index; multi-label: (N, L) uint8 multi-hot (comp.data.multilabel)
-    test_x: np.ndarray  # (M,H,W,3) uint8, in sample_submission order
+    test_x: np.ndarray  # (M,H,W,C) uint8, in sample_submission order
     test_ids: list[str]
     submission: SubmissionFormat
     fingerprint: str
@@ -229,9 +231,13 @@ class Layout:
     submission: SubmissionFormat | None
     skipped: list[Path]
     problems: list[Problem] = field(default_factory=list)
+    pixels: PixelTable | None = None  # a pixel-CSV folder: its images are rows of train/test CSVs
 
     @property
     def files(self) -> list[Path]:
+        """The files whose content is the data: the images, or a pixel CSV folder's two CSVs."""
+        if self.pixels is not None:
+            return self.pixels.files
         return [*self.train_files, *self.test_files]
 
     @cached_property
@@ -561,9 +567,37 @@ def _scan_multilabel_csv(csv_path: Path, train_dir: Path, images: list[Path], pr
     return targets.classes, files, targets.matrix[kept]
 
 
+def _pixel_problems(errors: list[PixelError]) -> list[Problem]:
+    return [Problem(ERROR, error.kind, error.path, error.detail, error.fix) for error in errors]
+
+
+def _scan_pixel_csv(data_dir: Path, train_csv: Path) -> Layout:
+    """A pixel-CSV folder (comp.data.pixels): classes and labels from the train CSV's label column,
+    the test rows matched to the sample's ids; no pixel is read here."""
+    problems: list[Problem] = []
+    submission = read_submission_format(data_dir, problems)
+    table, classes, labels, errors = read_pixel_layout(
+        data_dir, train_csv, submission.path if submission else None, submission.ids if submission else [],
+        {"id": ID_COLUMN_NAMES, "label": LABEL_COLUMN_NAMES},
+        {"id": os.environ.get(ID_COLUMN_ENV) or None, "label": os.environ.get(LABEL_COLUMN_ENV) or None},
+        _column_key, _id_key)
+    problems += _pixel_problems(errors)
+    if len(classes) == 1:
+        problems.append(Problem(ERROR, ONE_CLASS, train_csv, f"only one class ({classes[0]})",
+                                "a classifier needs at least two"))
+    unlike = classes_unlike_sample(classes, submission) if len(classes) > 1 else None
+    if unlike:
+        problems.append(Problem(WARNING, CLASSES_NOT_IN_SAMPLE, submission.path, unlike,
+                                f"{unlike}: check that the labels come from the right column (--label-column)"))
+    return Layout(data_dir, classes, [], labels, [], submission, [], problems, pixels=table)
+
+
 def scan(data_dir: Path) -> Layout:
     """Find train, test and the submission format, recording every problem met on the way."""
     data_dir = Path(data_dir)
+    pixel_csv = find_pixel_csv(data_dir, LABEL_CSV_NAMES)
+    if pixel_csv is not None:
+        return _scan_pixel_csv(data_dir, pixel_csv)
     train_dir, test_dir = data_dir / "train", data_dir / "test"
     problems: list[Problem] = []
     classes, files, labels = [], [], []
@@ -684,6 +718,9 @@ def data_fingerprint(layout: Layout, digests: list[str]) -> str:
 
 def native_sizes(source: "Source") -> Counter:
     """How many files have each (height, width), read from their headers (remembered per fingerprint)."""
+    table = source.layout.pixels
+    if table is not None:  # every row of a pixel CSV has the one size its column count gives
+        return Counter({table.size: len(table.train_names) + len(table.test_rows)})
     path = source.cache_dir / f"sizes-{source.fingerprint}.json" if source.cache_dir else None
     try:
         saved = read_json(path) if path and path.exists() else {}
@@ -877,20 +914,19 @@ class Source:
         warn_about(problems, self.layout.data_dir)
         return apply_limit(dataset, limit)
 
-    def decode(self, image_size="auto", resize: str = "squash", say_size: bool = True) -> tuple[Dataset, list[Problem]]:
-        """The dataset (from the cache, else decoded into it) and the problems only decoding finds."""
+    def decode(self, image_size="auto", resize: str = "squash",
+               say_size: bool = True) -> tuple[Dataset | None, list[Problem]]:
+        """The dataset (from the cache, else decoded into it) and the problems only decoding finds
+        (no dataset when a pixel CSV has bad rows)."""
         image_size = check_field("image_size", image_size, "options")
         resize = check_field("resize", resize, "options")
         target_hw, note = target_size(self, image_size)
         if note and say_size:
             info(note)
-        arrays = decoded_arrays(self, target_hw, resize)
+        arrays, problems = self.arrays(target_hw, resize)
+        if arrays is None:
+            return None, problems
         stats = arrays["stats"]
-        problems = damage_problems(self.layout.data_dir, list(zip(stats["bad_files"], stats["bad_reasons"])),
-                                   self.skip_bad)
-        if self.skip_bad and len(arrays["train_y"]) == 0:
-            problems.append(Problem(ERROR, NO_TRAIN_IMAGES, self.layout.data_dir / "train",
-                                    "no train image could be decoded", "replace the damaged images"))
         dataset = Dataset(
             data_dir=self.layout.data_dir,
             classes=self.layout.classes,
@@ -908,6 +944,22 @@ class Source:
                            "skipped_files": [relative_name(p, self.layout.data_dir) for p in self.layout.skipped]},
         )
         return dataset, problems
+
+    def arrays(self, target_hw: tuple[int, int], resize: str) -> tuple[dict | None, list[Problem]]:
+        """The decoded arrays and facts (`decoded_arrays`), and the problems decoding found."""
+        table = self.layout.pixels
+        if table is not None:
+            arrays, errors = pixel_arrays(table, self.layout.train_labels, self.cache_dir, self.fingerprint,
+                                          target_hw, resize)
+            return arrays, _pixel_problems(errors)
+        arrays = decoded_arrays(self, target_hw, resize)
+        stats = arrays["stats"]
+        problems = damage_problems(self.layout.data_dir, list(zip(stats["bad_files"], stats["bad_reasons"])),
+                                   self.skip_bad)
+        if self.skip_bad and len(arrays["train_y"]) == 0:
+            problems.append(Problem(ERROR, NO_TRAIN_IMAGES, self.layout.data_dir / "train",
+                                    "no train image could be decoded", "replace the damaged images"))
+        return arrays, problems
 
 
 def source_of(layout: Layout, cache_dir: Path | None, skip_bad: bool = False) -> Source:
@@ -931,6 +983,8 @@ def inspect_data(data_dir: Path, cache_dir: Path | None, skip_bad: bool = False,
     decoded so that damaged ones are listed too; no dataset is returned then.
     """
     layout = scan(Path(data_dir))
+    if errors_in(layout.problems) and layout.pixels is not None:  # its rows are checked when decoded
+        return DataCheck(layout.problems, None)
     if errors_in(layout.problems):
         found = decode_chunks(chunked(layout.files), None, None, "squash", f"{len(layout.files):,} images found")
         records = [record for start in sorted(found) for record in found[start]]

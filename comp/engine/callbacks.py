@@ -23,8 +23,9 @@ from comp.engine.inference import Predictor
 # and GPU epochs of a second or two do not spend their time writing files.
 CHECKPOINT_SECONDS = float(os.environ.get("COMP_CHECKPOINT_SECONDS", "30"))
 # Training deadlines per fold, {"fold": unix seconds} as JSON (comp auto sets it for its folds): a
-# fold whose next epoch would end past its deadline stops after this one, said, so a plan that runs
-# slower than measured still keeps its time budget.
+# fold that cannot run all its epochs before its deadline runs fewer, its schedule shrunk to them
+# (the schedule clock, FoldCallback.fit_deadline), said, so a plan that runs slower than measured
+# still keeps its time budget and every fold still ends annealed.
 DEADLINES_ENV = "COMP_FOLD_DEADLINES"
 
 
@@ -72,7 +73,10 @@ class Validation:
     labels: np.ndarray
     label_smoothing: float
     every: int  # RunConfig.val_every: after every this many epochs and the last; 0 = never
-    last_epoch: int
+    last_epoch: int  # the fold's last epoch (earlier when a deadline shrinks the fold)
+
+    def __post_init__(self):
+        self.planned_last = self.last_epoch
 
     def due(self, epoch: int) -> bool:
         return bool(self.every) and ((epoch + 1) % self.every == 0 or epoch + 1 == self.last_epoch)
@@ -96,6 +100,11 @@ class Validation:
         return {"val_loss": float(loss.mean()), "val_accuracy": float(np.mean((logits > 0) == (self.labels > 0)))}
 
 
+def epochs_in_time(deadline: float, epoch_seconds: float, now: float) -> int:
+    """Whole epochs of `epoch_seconds` that still end by `deadline`."""
+    return max(0, int((deadline - now) // max(epoch_seconds, 1e-3)))
+
+
 def training_deadline(fold: int) -> float | None:
     """Fold `fold`'s training deadline from DEADLINES_ENV, or None."""
     import json
@@ -113,8 +122,9 @@ class FoldCallback(keras.callbacks.Callback):
     async_safe = True
 
     def __init__(self, fold, fold_dir, net, state, config, on_epoch, progress, validation: Validation,
-                 steps_per_batch: int = 1):
+                 steps_per_batch: int = 1, steps_per_epoch: int = 1):
         super().__init__()
+        self.steps_per_epoch = steps_per_epoch
         self.fold, self.fold_dir, self.net, self.state, self.config = fold, fold_dir, net, state, config
         self.on_epoch, self.progress, self.validation = on_epoch, progress, validation
         self.steps_per_batch = steps_per_batch  # optimizer steps in one of fit's batches (JAX: a scan)
@@ -152,12 +162,11 @@ class FoldCallback(keras.callbacks.Callback):
             if self.fold_dir:  # for a resume that outlives this process
                 with atomic_path(self.fold_dir / "model.keras", suffix=".keras") as tmp:
                     self.net.save(tmp)
-        last = self.validation.last_epoch
-        if self.deadline and epoch + 1 < last and time.time() + row["seconds"] > self.deadline:
+        if self.deadline:
+            self.fit_deadline(epoch)
+        if state.get("end_epoch") == epoch + 1:
             self.model.stop_training = True  # fit still ends as usual: averaged weights, predictions
             state["stopped_for_time"] = epoch + 1
-            warn(f"fold {self.fold}: stopped after epoch {epoch + 1} of {last}: another would end past its "
-                 f"time budget")
         if self.fold_dir:
             save_csv(self.fold_dir / "history.csv", pd.DataFrame(state["history"]))
             if time.time() - self.last_checkpoint >= CHECKPOINT_SECONDS:
@@ -169,6 +178,30 @@ class FoldCallback(keras.callbacks.Callback):
             self.model.stop_training = True
         if self.on_epoch:
             self.on_epoch(epoch, row)  # may raise (e.g. optuna.TrialPruned) to stop the fold
+
+
+    def fit_deadline(self, epoch: int) -> None:
+        """Fit the fold's remaining epochs to its deadline: as many as still end in time (at the
+        fastest epoch seen), at most the planned ones; the schedule's remaining steps are run
+        faster or slower to end exactly there (the schedule clock), so the fold ends annealed."""
+        state, planned = self.state, self.validation.planned_last
+        fastest = min(row["seconds"] for row in state["history"])
+        end = min(planned, epoch + 1 + epochs_in_time(self.deadline, fastest, time.time()))
+        if end == state.get("end_epoch", planned):
+            return
+        state["end_epoch"] = self.validation.last_epoch = end
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        clock = self.model.optimizer.schedule_clock
+        cut, at_cut, rate = clock.read()
+        at = at_cut + (step - cut) * rate  # the schedule's step now
+        total = self.config.total_steps(self.steps_per_epoch)
+        # The schedule ends where the last epoch ends, less a fractional last epoch's idle tail.
+        tail = max(0, self.config.fit_epochs * self.steps_per_epoch - total)
+        end_step = end * self.steps_per_epoch - tail
+        if end_step > step and total > at:
+            clock.set(step, at, (total - at) / (end_step - step))
+        warn(f"fold {self.fold}: {end} of {planned} epochs fit its time budget; the schedule's remaining "
+             f"{max(0, total - at):.0f} steps run in {max(0, end_step - step)}, so the fold still ends annealed")
 
 
 def _current_lr(optimizer) -> float:

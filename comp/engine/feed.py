@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 from keras import ops
+from sklearn.utils.class_weight import compute_class_weight
 from comp.core.backend import accelerator
 
 
@@ -108,11 +109,16 @@ class BatchOrder(keras.callbacks.Callback):
     (a ragged last batch would compile a second one on JAX), and the rows left over differ from
     epoch to epoch, so every row is still seen. Rows are sorted within a batch (faster reads).
     Every input path (device rows, tf.data, ShuffledBatches) reads its batches from here.
+
+    With `row_weights` (--sampler balanced) an epoch's rows are drawn with replacement in
+    proportion to them instead (as PyTorch's WeightedRandomSampler draws), as many as a shuffle
+    would give: the same steps per epoch, classes met equally often.
     """
 
-    def __init__(self, rows: int, batch_size: int, seed: int):
+    def __init__(self, rows: int, batch_size: int, seed: int, row_weights: np.ndarray | None = None):
         super().__init__()
         self.rows, self.seed = rows, seed
+        self.row_probs = None if row_weights is None else np.asarray(row_weights, np.float64) / np.sum(row_weights)
         self.batch_size = min(batch_size, rows)
         self.steps = rows // self.batch_size
         self.epoch = 0
@@ -124,7 +130,11 @@ class BatchOrder(keras.callbacks.Callback):
     def batch_rows(self) -> np.ndarray:
         """(steps, batch_size) row indices of the current epoch's batches."""
         if self._batches is None or self._batches[0] != self.epoch:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.rows)
+            rng = np.random.default_rng([self.seed, self.epoch])
+            if self.row_probs is None:
+                order = rng.permutation(self.rows)
+            else:
+                order = rng.choice(self.rows, size=self.steps * self.batch_size, replace=True, p=self.row_probs)
             batches = order[:self.steps * self.batch_size].reshape(self.steps, self.batch_size)
             self._batches = (self.epoch, np.sort(batches, axis=1))
         return self._batches[1]
@@ -157,10 +167,10 @@ class ShuffledBatches(keras.utils.PyDataset):
     """Batches of {pixels, labels} gathered on the host, in the order of `self.order` (pass it to
     fit as a callback)."""
 
-    def __init__(self, images, labels, batch_size: int, seed: int):
+    def __init__(self, images, labels, batch_size: int, seed: int, row_weights: np.ndarray | None = None):
         super().__init__()
         self.images, self.labels = images, labels
-        self.order = BatchOrder(len(labels), batch_size, seed)
+        self.order = BatchOrder(len(labels), batch_size, seed, row_weights)
 
     def __len__(self):
         return self.order.steps
@@ -217,16 +227,34 @@ def steps_per_dispatch() -> int:
     return JAX_STEPS_PER_DISPATCH if accelerator() else JAX_CPU_STEPS_PER_DISPATCH
 
 
-def training_inputs(images, labels, batch_size: int, seed: int, store: FoldStore | None = None) -> tuple[dict, int]:
+def balanced_row_weights(labels: np.ndarray) -> np.ndarray:
+    """Each row's draw weight for --sampler balanced: 1 / its class's row count, so every class
+    present is drawn equally often."""
+    counts = np.bincount(labels)
+    return 1.0 / counts[labels]
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """--class-weight balanced: scikit-learn's "balanced" weights, rows / (classes * class rows),
+    of the classes in the fold's training rows; a class absent from them weighs 0 (no row has it)."""
+    present = np.unique(labels)
+    weights = np.zeros(num_classes, np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return weights
+
+
+def training_inputs(images, labels, batch_size: int, seed: int, store: FoldStore | None = None,
+                    sampler: str = "shuffle") -> tuple[dict, int]:
     """fit() arguments for the training rows (their BatchOrder among the callbacks), and the
-    optimizer steps per epoch.
+    optimizer steps per epoch. `sampler`: shuffle (every row once an epoch) or balanced.
 
     With a store: the rows go to the device once and batches are row numbers (RowBatches).
     Else TensorFlow gets a tf.data pipeline (C++, no Python per batch) while the rows fit
     TF_IN_MEMORY_BYTES, and ShuffledBatches otherwise, as the other backends do (read from the
     cache batch by batch). Every path draws the same batches.
     """
-    order = BatchOrder(len(labels), batch_size, seed)
+    row_weights = balanced_row_weights(labels) if sampler == "balanced" else None
+    order = BatchOrder(len(labels), batch_size, seed, row_weights)
     row_bytes = int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize
     if store is not None:
         store.fill(images, labels)
@@ -234,6 +262,6 @@ def training_inputs(images, labels, batch_size: int, seed: int, store: FoldStore
     elif keras.backend.backend() == "tensorflow" and len(labels) * row_bytes <= TF_IN_MEMORY_BYTES:
         x = tf_batches(np.asarray(images), labels, order)
     else:
-        x = ShuffledBatches(images, labels, batch_size, seed)
+        x = ShuffledBatches(images, labels, batch_size, seed, row_weights)
         order = x.order
     return {"x": x, "shuffle": False, "callbacks": [order]}, order.steps

@@ -43,17 +43,63 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
                 "end": self.end}
 
 
-def make_schedule(config: RunConfig, steps_per_epoch: int):
+class ScheduleClock:
+    """Where the schedules stand: the optimizer's step s reads as the schedule's step
+    at + (s - cut) * rate wherever a schedule reads the step (learning rate, lookahead, sgd-torch's
+    stops), from a variable (cut, at, rate). It starts as the identity, (0, 0, 1); a fold that gets
+    fewer epochs than planned (its deadline) runs the rest of its schedule faster, so it still ends
+    annealed (comp.engine.callbacks). A variable, so the compiled step never changes with it; an
+    optimizer variable, so it is checkpointed with the optimizer and mapped inside its update
+    (model variables are not, on JAX).
+    """
+
+    START = (0.0, 0.0, 1.0)
+
+    def __init__(self):
+        self.variable = None  # made by attach(), once the optimizer exists
+
+    def attach(self, optimizer) -> None:
+        self.variable = optimizer.add_variable(shape=(3,), name="schedule_clock", initializer=lambda shape, dtype:
+                                               ops.convert_to_tensor(self.START, "float32"))
+        optimizer.schedule_clock = self
+
+    def step(self, optimizer_step):
+        """The schedule's step at `optimizer_step` (exact while the clock is the identity)."""
+        return self.variable[1] + (ops.cast(optimizer_step, "float32") - self.variable[0]) * self.variable[2]
+
+    def read(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in ops.convert_to_numpy(self.variable))
+
+    def set(self, cut: float, at: float, rate: float) -> None:
+        self.variable.assign(ops.convert_to_tensor([cut, at, rate], "float32"))
+
+
+class OnClock(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule` read at the schedule clock's step, not the optimizer's."""
+
+    def __init__(self, schedule, clock: ScheduleClock):
+        self.schedule, self.clock = schedule, clock
+
+    def __call__(self, step):
+        return self.schedule(self.clock.step(step))
+
+    def get_config(self):
+        return self.schedule.get_config()
+
+
+def make_schedule(config: RunConfig, steps_per_epoch: int, clock=None):
     total = config.total_steps(steps_per_epoch)
     warmup = int(config.warmup_epochs * steps_per_epoch)
     if config.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
+        schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=config.lr * 1e-2 if warmup else config.lr,
             decay_steps=max(1, total - warmup), alpha=0.0,
             warmup_target=config.lr if warmup else None, warmup_steps=warmup)
-    if config.schedule == "onecycle":
-        return OneCycle(config.lr, warmup or int(config.lr_peak_at * total), total, config.lr_end)
-    return config.lr
+    elif config.schedule == "onecycle":
+        schedule = OneCycle(config.lr, warmup or int(config.lr_peak_at * total), total, config.lr_end)
+    else:
+        return config.lr
+    return schedule if clock is None else OnClock(schedule, clock)
 
 
 def is_batchnorm_bias(variable) -> bool:
@@ -80,13 +126,15 @@ class TorchSGD(keras.optimizers.Optimizer):
     bias's decay per step equals the other weights' (airbench's "scales lr but not weight decay").
     A whitening-layer bias stops (no step, no decay, no momentum) from step `whiten_bias_steps`, and
     every variable from step `total_steps`: the steps that finish a fractional last epoch do nothing.
+    Steps are the schedule clock's (`clock`, comp.engine.step.schedule_step) when given.
     """
 
     def __init__(self, learning_rate, momentum: float = 0.85, l2: float = 0.0, bias_lr_scale: float = 1.0,
-                 whiten_bias_steps: int | None = None, total_steps: int | None = None, name="torch_sgd", **kwargs):
+                 whiten_bias_steps: int | None = None, total_steps: int | None = None, name="torch_sgd",
+                 clock=None, **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum, self.l2, self.bias_lr_scale = momentum, l2, bias_lr_scale
-        self.whiten_bias_steps, self.total_steps = whiten_bias_steps, total_steps
+        self.whiten_bias_steps, self.total_steps, self.clock = whiten_bias_steps, total_steps, clock
 
     def build(self, variables):
         if self.built:
@@ -111,7 +159,8 @@ class TorchSGD(keras.optimizers.Optimizer):
         new_buffer = self.momentum * buffer + decayed
         new_variable = variable - ops.cast(learning_rate * scale, variable.dtype) * (decayed + self.momentum * new_buffer)
         if stop is not None:
-            moving = self.iterations < stop
+            step = self.iterations if self.clock is None else self.clock.step(self.iterations)
+            moving = step < stop
             new_buffer = ops.where(moving, new_buffer, ops.convert_to_tensor(buffer))
             new_variable = ops.where(moving, new_variable, ops.convert_to_tensor(variable))
         self.assign(buffer, new_buffer)
@@ -122,7 +171,7 @@ class TorchSGD(keras.optimizers.Optimizer):
                 "whiten_bias_steps": self.whiten_bias_steps, "total_steps": self.total_steps}
 
 
-def with_lookahead(optimizer_class, decay: float, total_steps: int):
+def with_lookahead(optimizer_class, decay: float, total_steps: int, clock=None):
     """`optimizer_class` plus airbench's lookahead weight averaging (schedule: comp.nets.lookahead).
 
     Each variable's average is an optimizer slot (stored and checkpointed with the others),
@@ -141,7 +190,9 @@ def with_lookahead(optimizer_class, decay: float, total_steps: int):
         def update_step(self, gradient, variable, learning_rate):
             super().update_step(gradient, variable, learning_rate)
             average = self.lookahead_averages[variable_index(self, variable)]
-            sync, pull = lookahead_pull(self.iterations + 1, decay, total_steps)  # the step being applied, from 1
+            step = self.iterations + 1  # the step being applied, from 1
+            at = None if clock is None else clock.step(step)
+            sync, pull = lookahead_pull(step, decay, total_steps, at)
             new_average = average + ops.cast(pull, variable.dtype) * (variable - average)
             self.assign(average, new_average)
             self.assign(variable, variable + ops.cast(sync, variable.dtype) * (new_average - variable))
@@ -181,14 +232,16 @@ def with_bias_lr_scale(optimizer_class, scale: float):
 
 
 def make_optimizer(config: RunConfig, steps_per_epoch: int):
-    lr = make_schedule(config, steps_per_epoch)
+    """The run's optimizer, its schedules on a ScheduleClock (`optimizer.schedule_clock`)."""
+    clock = ScheduleClock()
+    lr = make_schedule(config, steps_per_epoch, clock)
     total = config.total_steps(steps_per_epoch)
     decay = config.weight_decay or None
     if config.optimizer == "sgd-torch":
         whiten_bias_steps = math.ceil(round(config.whiten_bias_epochs * steps_per_epoch, 6))
         optimizer_class, options = TorchSGD, {
             "momentum": config.momentum, "l2": config.weight_decay, "bias_lr_scale": config.bias_lr_scale,
-            "whiten_bias_steps": whiten_bias_steps, "total_steps": total}
+            "whiten_bias_steps": whiten_bias_steps, "total_steps": total, "clock": clock}
         decay = None  # the L2 term above, not Keras's decoupled decay
     elif config.optimizer == "sgd":
         optimizer_class, options = keras.optimizers.SGD, {"momentum": config.momentum, "nesterov": True}
@@ -200,10 +253,12 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int):
     else:
         optimizer_class, options = keras.optimizers.Adam, {}
     if config.lookahead:
-        optimizer_class = with_lookahead(optimizer_class, config.lookahead, total)
+        optimizer_class = with_lookahead(optimizer_class, config.lookahead, total, clock)
     elif config.ema:
         options |= {"use_ema": True, "ema_momentum": config.ema}
-    return optimizer_class(lr, weight_decay=decay, **options)
+    optimizer = optimizer_class(lr, weight_decay=decay, **options)
+    clock.attach(optimizer)
+    return optimizer
 
 
 def jit_compile_setting(config: RunConfig):

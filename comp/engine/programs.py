@@ -50,7 +50,8 @@ def build_training_model(config: RunConfig, image_shape, num_classes: int, sampl
     mix = make_mix_layer(config.mixup, config.cutmix, seed + 1)
     augment.dtype_policy = keras.DTypePolicy("float32")  # augment in float32 even under bf16
     mix.dtype_policy = keras.DTypePolicy("float32")
-    return TrainingModel(net, augment, mix, num_classes, config.label_smoothing, store, multilabel), net
+    return TrainingModel(net, augment, mix, num_classes, config.label_smoothing, store,
+                         class_weighted=config.class_weight == "balanced", multilabel=multilabel), net
 
 
 # -- the engine: one compiled model per config, reused by its folds ---------------------------------

@@ -15,12 +15,19 @@ from keras import ops
 # the wrapper exists for fit().
 
 
-def smoothed_cross_entropy(logits, targets, label_smoothing: float, num_classes: int):
-    """Mean cross-entropy of logits against (soft) targets smoothed toward uniform (keras.ops)."""
+def smoothed_cross_entropy(logits, targets, label_smoothing: float, num_classes: int, class_weights=None):
+    """Mean cross-entropy of logits against (soft) targets smoothed toward uniform (keras.ops).
+
+    With `class_weights` (num_classes,), each row's loss is weighted by its target's class weight,
+    a mixed row's by the mix of its two classes' weights (the targets before smoothing: smoothing
+    spreads probability, not importance), as scikit-learn's sample weights would weigh it.
+    """
     logits, targets = ops.cast(logits, "float32"), ops.cast(targets, "float32")
+    row_weights = None if class_weights is None else ops.sum(targets * ops.cast(class_weights, "float32"), axis=-1)
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-    return ops.mean(-ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1))
+    losses = -ops.sum(targets * ops.log_softmax(logits, axis=-1), axis=-1)
+    return ops.mean(losses if row_weights is None else losses * row_weights)
 
 
 def binary_cross_entropy(logits, targets, label_smoothing: float):
@@ -43,10 +50,14 @@ class TrainingModel(keras.Model):
     """
 
     def __init__(self, net, augment, mix, num_classes: int, label_smoothing: float, store=None,
-                 multilabel: bool = False, **kwargs):
+                 class_weighted: bool = False, multilabel: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.net, self.augment, self.mix, self.store = net, augment, mix, store
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        # --class-weight balanced: the loss weight of each class, a variable the fold fills from its
+        # own training rows (set_class_weights), so every fold runs the one compiled program.
+        self.class_weights = self.add_weight(shape=(num_classes,), initializer="ones", trainable=False,
+                                             name="class_weights") if class_weighted else None
         # Multi-label: labels are multi-hot rows, the outputs sigmoids, the loss binary cross-entropy.
         self.multilabel = multilabel
         # The model's own metric (not compile's): it exists before the first batch, so fit never
@@ -57,6 +68,9 @@ class TrainingModel(keras.Model):
 
     def build(self, input_shape=None):
         pass  # built in __init__: fit must never trace the model on a sample batch to build it
+
+    def set_class_weights(self, weights) -> None:
+        self.class_weights.assign(ops.convert_to_tensor(weights, "float32"))
 
     def pixels_and_labels(self, batch):
         if "rows" in batch:
@@ -75,7 +89,8 @@ class TrainingModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self.multilabel:
             return binary_cross_entropy(y_pred["logits"], y_pred["targets"], self.label_smoothing)
-        return smoothed_cross_entropy(y_pred["logits"], y_pred["targets"], self.label_smoothing, self.num_classes)
+        return smoothed_cross_entropy(y_pred["logits"], y_pred["targets"], self.label_smoothing, self.num_classes,
+                                      self.class_weights)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.accuracy_metric.update_state(y_pred["labels"], y_pred["logits"])

@@ -13,13 +13,14 @@ import numpy as np
 from comp.nets import layers as _registered_layers  # noqa: F401 -- comp's layers, for load_model
 from comp.config.run_config import RunConfig
 from comp.config.tta_policy import views_for
-from comp.core.errors import retrain_fold_fix
+from comp.core.errors import CompError, retrain_fold_fix
 from comp.core.fileio import atomic_path, save_npy, write_json
 from comp.core.scoring import accuracy as score_accuracy, log_loss
 from comp.engine.batchnorm import recalibrate_batchnorm
 from comp.engine.callbacks import FoldCallback, Validation, check_finite_probs
 from comp.engine.checkpoints import _resume
-from comp.engine.feed import BatchOrder, steps_per_dispatch, training_inputs, uses_device_rows
+from comp.engine.feed import (BatchOrder, balanced_class_weights, steps_per_dispatch, training_inputs,
+                              uses_device_rows)
 from comp.engine.inference import Predictor, call_rows
 from comp.engine.plots import plot_curves
 from comp.engine.programs import compile_counts, fold_seed, prepare_engine, set_precision
@@ -65,13 +66,18 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
     started = time.time()
     compiles_before = compile_counts()
     multilabel = np.ndim(train_y) == 2  # multi-hot rows: sigmoid outputs, binary cross-entropy
+    if multilabel and (config.class_weight != "none" or config.sampler != "shuffle"):
+        raise CompError(f"--class-weight {config.class_weight} / --sampler {config.sampler}: they weigh the classes of "
+                        "single-label data; with multi-label targets use --class-weight none --sampler shuffle")
     try:
         device_rows = len(train_y) if uses_device_rows() else 0
         steps = BatchOrder(len(train_y), config.batch_size, 0).steps
         engine = prepare_engine(config, train_x.shape[1:], num_classes, train_x, fold, steps, device_rows, multilabel)
         model, net = engine.model, engine.net
         training_data, steps = training_inputs(train_x, train_y, config.batch_size, fold_seed(config, fold),
-                                                   model.store)
+                                               model.store, config.sampler)
+        if model.class_weights is not None:
+            model.set_class_weights(balanced_class_weights(train_y, num_classes))
         state = _resume(fold_dir, model, fold) if fold_dir else None
         resumed = state is not None
         if resumed and progress:
@@ -82,8 +88,9 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         rows_per_call = call_rows(max(config.batch_size, 256))
         validation = Validation(engine.predictor("none", rows_per_call), val_x, val_y, config.label_smoothing,
                                 config.val_every, total_epochs)
+        validation.last_epoch = state.get("end_epoch", total_epochs)  # a resumed fold its deadline shrank
         callback = FoldCallback(fold, fold_dir, net, state, config, on_epoch, progress, validation,
-                                steps_per_dispatch() if model.store is not None else 1)
+                                steps_per_dispatch() if model.store is not None else 1, steps)
         if progress:
             progress.fold_begin(fold, total_epochs, steps, state["epoch"])
         fit_started = time.time()

@@ -17,13 +17,18 @@ from keras import ops
 LOOKAHEAD_EVERY = 5  # airbench syncs every 5 steps: often enough to steady SGD, rare enough to be free
 
 
-def lookahead_pull(step, decay: float, total_steps: int):
+def lookahead_pull(step, decay: float, total_steps: int, schedule_step=None):
     """(sync, pull) at optimizer step `step` (counted from 1): 1.0 where the values jump to the
-    average, and how far the average moves toward the values there (0 elsewhere)."""
+    average, and how far the average moves toward the values there (0 elsewhere).
+
+    `schedule_step`: where the schedule stands at that step (comp.engine.step.schedule_step), if a
+    deadline made it run faster than the steps; syncs still come every LOOKAHEAD_EVERY steps.
+    """
     step = ops.cast(step, "float32")
-    on_time = ops.logical_and(ops.equal(ops.mod(step, LOOKAHEAD_EVERY), 0.0), step <= total_steps)
+    at = step if schedule_step is None else ops.cast(schedule_step, "float32")
+    on_time = ops.logical_and(ops.equal(ops.mod(step, LOOKAHEAD_EVERY), 0.0), at <= total_steps)
     sync = ops.cast(on_time, "float32")
     first_sync = ops.cast(ops.equal(step, float(LOOKAHEAD_EVERY)), "float32")
-    progress = ops.minimum(step / total_steps, 1.0)
+    progress = ops.minimum(at / total_steps, 1.0)
     keep = decay**LOOKAHEAD_EVERY * progress**3 * (1.0 - first_sync)
     return sync, sync * (1.0 - keep)

@@ -36,7 +36,7 @@ from comp.core.errors import CompError
 from comp.core.fileio import read_json, write_json
 from comp.data.sources import workdir_dataset
 from comp.stages.ensemble import ensemble
-from comp.stages.train import train_config
+from comp.stages.train import fit_batch, train_config
 
 MODEL = "airbench94"  # fast's net with airbench's exact recipe: +1.2 points over `fast` at equal CPU epochs, 6 TTA views not 10 (bench/RESULTS.md)
 GPU_PRESET = "gpu"  # on a GPU: the machine preset (fast-large, JAX, bf16), the best recipe measured on an H200
@@ -51,7 +51,6 @@ ENSEMBLE_SECONDS = 20.0  # loading the runs, blending, writing and checking the 
 PREDICT_SHARE = 0.15  # TTA may take at most this share of a fold's time, else fewer views
 PROBE_ROWS = 2048  # rows a probe trains on (fewer when the data has fewer)
 SHORT_BUDGET_SECONDS = 1200  # under this, only the widest and half width are measured (a probe costs ~10-30 s)
-MIN_STEPS_PER_EPOCH = 16  # small data: the batch shrinks until an epoch has this many steps
 PROBE_EPOCHS = 2  # the first includes the compile; the second is a steady epoch
 
 
@@ -282,21 +281,6 @@ def base_config(workspace, dataset):
         # (validating 10,000 rows every epoch cost 15% of a CPU fold's time).
         config = config.replace(val_every=0)
     return fit_batch(config, len(dataset.train_y) // 2)  # the fewest rows a fold trains on (2 folds)
-
-
-def fit_batch(config, train_rows: int):
-    """The batch halved until an epoch has MIN_STEPS_PER_EPOCH steps, the learning rate with it.
-
-    The recipes are tuned at a batch of 512 for tens of thousands of rows; on a small set that is one
-    step an epoch. Scaling the rate with the batch (the linear scaling rule) keeps the step the recipe
-    was tuned for, per image.
-    """
-    batch = config.batch_size
-    while batch > 16 and train_rows // batch < MIN_STEPS_PER_EPOCH:
-        batch //= 2
-    if batch == config.batch_size:
-        return config
-    return config.replace(batch_size=batch, lr=config.lr * batch / config.batch_size)
 
 
 def run_auto(workspace, budget, out=None, force: bool = False, started_at: float | None = None):

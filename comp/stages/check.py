@@ -19,6 +19,7 @@ from comp.core.console import console
 from comp.data.sources import ERROR, Dataset, Problem, apply_limit, errors_in, inspect_data, relative_name
 from comp.core.errors import CompError
 from comp.core.fileio import save_figure
+from comp.core.stats import IMBALANCED_RATIO, imbalance_ratio
 
 ROWS_PER_KIND = 5  # problems of one kind shown in the table before "... and N more"
 COMMON_SIZES = 5  # most common image sizes named in the size summary
@@ -79,6 +80,21 @@ def class_counts_table(dataset: Dataset) -> Table:
     return table
 
 
+def imbalance_line(ratio: float) -> str:
+    if ratio < IMBALANCED_RATIO:
+        return f"class imbalance: largest/smallest class {ratio:.1f}x"
+    return (f"class imbalance: largest/smallest class {ratio:.1f}x -- imbalanced: try --class-weight balanced or "
+            "--sampler balanced, and a metric that weighs classes (e.g. --metric f1_macro) if the leaderboard does")
+
+
+def show_image(ax, image: np.ndarray) -> None:
+    """An (H, W, 3) or grayscale (H, W, 1) uint8 image on a matplotlib axis, as its pixels say."""
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image)
+
+
 def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
     import matplotlib
 
@@ -95,7 +111,7 @@ def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
             ax = axes[c, j]
             ax.axis("off")
             if j < len(chosen):
-                ax.imshow(dataset.train_x[chosen[j]])
+                show_image(ax, dataset.train_x[chosen[j]])
         axes[c, 0].set_title(name, fontsize=8, loc="left")
     save_figure(path, fig)
     plt.close(fig)
@@ -209,7 +225,12 @@ def metric_line(dataset: Dataset, metric: str) -> tuple[str, str]:
 
 def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, metric: str | None = None) -> dict:
     console.print(class_counts_table(dataset))
+    ratio = imbalance_ratio(dataset.train_y, dataset.num_classes)
+    console.print(f"label imbalance: commonest/rarest label {ratio:.1f}x (per-label thresholds in comp ensemble "
+                  "answer it)" if dataset.multilabel else imbalance_line(ratio))
     stats = dataset.stats
+    if stats.get("layout"):
+        console.print(f"layout: {stats['layout']}")
     duplicates = find_duplicates(dataset)
     console.print(f"test: {len(dataset.test_ids):,} images; submission target: "
                   f"{dataset.submission.target_kind} ({dataset.submission.path.name})")
@@ -230,6 +251,7 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, met
     counts = class_counts(dataset)
     return {
         "classes": dict(zip(dataset.classes, counts.tolist())),
+        "imbalance_ratio": round(ratio, 3),
         **({"task": "multilabel"} if dataset.multilabel else {}),
         "test_images": len(dataset.test_ids),
         "duplicates": duplicates,
@@ -239,6 +261,7 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, met
         "footprint": needs,
         "metric": chosen,
         "suggested_metric": suggested,
+        "layout": stats.get("layout"),
     } | {k: stats[k] for k in ("sizes", "modes", "resized", "bad_files", "skipped_files")}
 
 

@@ -227,7 +227,15 @@ def decode_images(paths: list[Path], image_shape: list[int], resize: str,
     keep = np.array([error is None for error in errors])
     if not keep.any():
         raise CompError(f"{paths[0].parent}: none of its {len(paths)} image file(s) could be read")
+    if image_shape[-1] == 1:  # a run on a grayscale pixel CSV: its nets take one channel
+        images = grayscale(images)
     return images[keep], [p for p, k in zip(paths, keep) if k]
+
+
+def grayscale(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 1) luma of uint8 RGB images, by PIL's weights (its convert("L"))."""
+    luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
 
 
 def predict_images(run: Run, images: np.ndarray, policy: str, average: str) -> np.ndarray:

@@ -233,6 +233,8 @@ def plot_mistakes(images: np.ndarray, probs: np.ndarray, labels: np.ndarray, cla
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from comp.stages.check import show_image
+
     chosen = confident_mistakes(probs, labels, count)
     cols = MISTAKES_COLUMNS
     rows = max(1, -(-len(chosen) // cols))
@@ -240,7 +242,7 @@ def plot_mistakes(images: np.ndarray, probs: np.ndarray, labels: np.ndarray, cla
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), chosen):
-        ax.imshow(images[i])
+        show_image(ax, images[i])
         predicted = probs[i].argmax()
         ax.set_title(f"true {classes[labels[i]]}\npred {classes[predicted]} {probs[i, predicted]:.2f}", fontsize=7)
     fig.suptitle(f"{title}: {len(chosen)} most confident mistakes" if len(chosen) else f"{title}: no mistakes")

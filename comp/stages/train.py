@@ -12,6 +12,7 @@ each fold runs in a child process (comp.core.isolate); the child calls `train_un
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -34,9 +35,14 @@ from comp.stages.pseudo import load_teachers
 from comp.store.runs import fold_done, make_manifest, read_manifest, Run, write_manifest
 from comp.core.scoring import accuracy, log_loss
 
-# Machine presets: RunConfig defaults for a kind of machine, under the model's own and a file's.
 # Keys of a tune best.json that describe the search's budget, not the config to train.
 TUNING_BUDGET = ("epochs", "limit")
+# Small data: a fold's training gets at least this many optimizer steps, whatever its row count
+# (243 photos at the model's batch of 128 trained one step an epoch and learned nothing). Applied to
+# the batch size and the epochs only where nobody chose them (flags, a config file, a tune result).
+MIN_STEPS_PER_EPOCH = 16  # the batch halves until an epoch has this many steps...
+MIN_BATCH = 16  # ...but not below this
+MIN_FOLD_STEPS = 200  # then the epochs grow until a fold trains this many steps
 
 
 # -- choosing the config -------------------------------------------------------------------------
@@ -93,6 +99,7 @@ def resolve_config(workspace, fingerprint: str, config=None, overrides: dict | N
     if file_values and "tuned" in file_values:  # a tune result: its budget stays with the study
         file_values = {k: v for k, v in file_values.items() if k not in TUNING_BUDGET}
     folds_said = "folds" in overrides or "folds" in (file_values or {})
+    said = set(overrides) | set(file_values or {})  # a machine preset's values stay open to fit_to_rows
     if preset:
         if preset not in MACHINE_PRESETS:
             raise CompError(f"preset {preset!r}: choose one of {', '.join(MACHINE_PRESETS)}")
@@ -104,7 +111,42 @@ def resolve_config(workspace, fingerprint: str, config=None, overrides: dict | N
         k = existing_k(workspace, fingerprint)
         if k is not None:
             overrides["folds"] = k
-    return build_config(file_values, overrides, source)
+    config = build_config(file_values, overrides, source)
+    config.__dict__["_given"] = said  # what the caller chose; fit_to_rows changes only the rest
+    return config
+
+
+def fit_batch(config: RunConfig, train_rows: int) -> RunConfig:
+    """The batch halved until an epoch has MIN_STEPS_PER_EPOCH steps, the learning rate with it.
+
+    The recipes are tuned at batches of 64-512 for tens of thousands of rows; on a small set that
+    is one step an epoch. Scaling the rate with the batch (the linear scaling rule) keeps the step
+    the recipe was tuned for, per image.
+    """
+    batch = config.batch_size
+    while batch > MIN_BATCH and train_rows // batch < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    if batch == config.batch_size:
+        return config
+    return config.replace(batch_size=batch, lr=config.lr * batch / config.batch_size)
+
+
+def fit_to_rows(config: RunConfig, train_rows: int) -> RunConfig:
+    """`config` for folds of `train_rows` training rows: where the caller left them to the model's
+    defaults, the batch shrinks (fit_batch) and the epochs grow until a fold trains MIN_FOLD_STEPS
+    steps. Says what it changed."""
+    said = set(given_fields(config))
+    fitted = config if "batch_size" in said else fit_batch(config, train_rows)
+    steps_per_epoch = max(1, train_rows // min(fitted.batch_size, train_rows))
+    if "epochs" not in said and fitted.total_steps(steps_per_epoch) < MIN_FOLD_STEPS:
+        fitted = fitted.replace(epochs=math.ceil(MIN_FOLD_STEPS / steps_per_epoch))
+    if fitted is not config:
+        changes = [f"{name} {getattr(config, name):g} -> {getattr(fitted, name):g}"
+                   for name in ("batch_size", "lr", "epochs") if getattr(config, name) != getattr(fitted, name)]
+        info(f"small data: {train_rows:,} training rows a fold; {', '.join(changes)} so that an epoch has "
+             f"{steps_per_epoch} steps and a fold {fitted.total_steps(steps_per_epoch)} "
+             "(--batch-size / --epochs choose them yourself)")
+    return fitted
 
 
 def warn_gpu_settings_on_cpu(config: RunConfig) -> None:
@@ -499,8 +541,10 @@ def train_config(workspace: Workdir, config=None, *, folds="all", k: int | None 
     warn_gpu_settings_on_cpu(run_config)
     dataset = source.load(run_config.image_size, run_config.resize)
     split = split_for(workspace, dataset, run_config, resplit)
+    limited = apply_limit(dataset, run_config.limit)
+    run_config = fit_to_rows(run_config, min(len(split.rows(f, limited.rows)[0]) for f in range(split.k)))
     folds_text = folds if isinstance(folds, str) else ",".join(map(str, folds if isinstance(folds, (list, tuple, set))
                                                                    else [folds]))
     chosen = parse_fold_selection(folds_text, split.k)
-    return train_run(workspace, run_config, apply_limit(dataset, run_config.limit), split, chosen, force=force,
+    return train_run(workspace, run_config, limited, split, chosen, force=force,
                      isolate=isolate, full_seeds=full)

@@ -180,6 +180,8 @@ def input_pipeline(backbone: Backbone, image_shape: tuple[int, int, int]):
 
     inputs = keras.Input(shape=image_shape, name="pixels_0_255")
     x = inputs
+    if image_shape[-1] == 1:  # grayscale (a pixel CSV): the pretrained backbones take RGB
+        x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
     size = input_size(backbone, image_shape)
     if size != tuple(image_shape[:2]):
         x = keras.layers.Resizing(*size, interpolation="bilinear", name="upsample")(x)

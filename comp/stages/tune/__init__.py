@@ -33,6 +33,7 @@ from comp.config.run_config import RunConfig
 from comp.core.console import info, warn
 from comp.core.errors import CompError
 from comp.core.fileio import read_json
+from comp.core.stats import imbalance_ratio
 from comp.stages.tune.trial import Search, TrialFailed, objective
 from comp.stages.tune.results import after_trial, finish
 from comp.stages.tune.space import Space, build_space, print_space, searchable_kinds
@@ -148,7 +149,10 @@ def prepare_search(workspace, config, overrides: dict, cv_folds: int, space) -> 
     dataset = apply_limit(dataset, base.limit)
     folds = objective_folds(cv_folds, split.k)
     train_rows = len(split.rows(folds[0], dataset.rows)[0])
-    search_space = build_space(base, train_rows, space, fixed_names(overrides), tta_pinned(config, overrides))
+    # Multi-label: class weights and the balanced sampler weigh single-label classes; never searched.
+    imbalance = 1.0 if dataset.multilabel else imbalance_ratio(dataset.train_y, dataset.num_classes)
+    search_space = build_space(base, train_rows, space, fixed_names(overrides), tta_pinned(config, overrides),
+                               imbalance)
     return Search(search_space, dataset, split, folds, current={}, metric=workspace.metric)
 
 

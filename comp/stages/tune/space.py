@@ -14,6 +14,7 @@ from pathlib import Path
 from comp.config.run_config import RunConfig
 from comp.core.console import console
 from comp.core.errors import CompError
+from comp.core.stats import IMBALANCED_RATIO
 from comp.nets.models import model_defaults
 
 import tomllib
@@ -46,8 +47,10 @@ def batch_choices(base: int, train_rows: int) -> list[int]:
     return choices or [min(base, train_rows)]
 
 
-def default_space(base: RunConfig, train_rows: int) -> dict[str, dict]:
-    """A sensible space around the model's config: every entry is valid for every model."""
+def default_space(base: RunConfig, train_rows: int, imbalance: float = 1.0) -> dict[str, dict]:
+    """A sensible space around the model's config: every entry is valid for every model. On
+    imbalanced data (largest class / smallest >= IMBALANCED_RATIO) the class weights and the
+    sampler are searched too."""
     space = {
         "lr": {"low": base.lr / LR_SPAN, "high": base.lr * LR_SPAN, "log": True},
         "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
@@ -60,6 +63,9 @@ def default_space(base: RunConfig, train_rows: int) -> dict[str, dict]:
         "augment": {"choices": list(AUGMENT_CHOICES)},
         "label_smoothing": {"low": 0.0, "high": 0.2},
     }
+    if imbalance >= IMBALANCED_RATIO:
+        space["class_weight"] = {"choices": ["none", "balanced"]}
+        space["sampler"] = {"choices": ["shuffle", "balanced"]}
     if base.depth and model_defaults(base.model).get("depth"):  # baseline and fast ignore depth
         space["depth_scale"] = {"low": 0.5, "high": 2.0, "step": 0.5}
     return space
@@ -158,16 +164,17 @@ class Space:
 
 
 def build_space(base: RunConfig, train_rows: int, space=None, fixed: set[str] = frozenset(),
-                tta_pinned: bool = False) -> Space:
+                tta_pinned: bool = False, imbalance: float = 1.0) -> Space:
     """The search space around `base`.
 
     `space`: a space file path, or a dict of the same shape, narrowing/widening/fixing entries.
     `fixed`: searchable names the caller fixed (flags, keyword arguments): never searched.
     `tta_pinned`: the caller chose the TTA policy; otherwise trials that search the augmentation
-    re-derive it from the augmentation they train with.
+    re-derive it from the augmentation they train with. `imbalance`: the train rows' largest class
+    over their smallest.
     """
     kinds = searchable_kinds()
-    specs = default_space(base, train_rows)
+    specs = default_space(base, train_rows, imbalance)
     source = str(space) if isinstance(space, (str, Path)) else "search space"
     user = load_space_file(str(space)) if isinstance(space, (str, Path)) else dict(space or {})
     flagged = set(fixed) & set(kinds)
