@@ -257,7 +257,7 @@ def test_binary_cross_entropy_matches_a_numpy_reference():
     for smoothing in (0.0, 0.1):
         smoothed = targets * (1 - smoothing) + smoothing / 2
         p = 1 / (1 + np.exp(-logits.astype(np.float64)))
-        reference = -np.mean(smoothed * np.log(p) + (1 - smoothed) * np.log(1 - p))
+        reference = -np.mean(np.sum(smoothed * np.log(p) + (1 - smoothed) * np.log(1 - p), axis=1))
         value = float(ops.convert_to_numpy(binary_cross_entropy(logits, targets, smoothing)))
         assert value == pytest.approx(reference, rel=1e-5)
 

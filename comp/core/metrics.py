@@ -161,7 +161,8 @@ def label_accuracy(labels, predicted, num_classes=None) -> float:
 
 
 def binary_log_loss(labels, probs, num_classes=None) -> float:
-    """Mean binary cross-entropy over (row, label) cells, clipped as log_loss: what a sigmoid net minimises."""
+    """Mean binary cross-entropy over (row, label) cells, clipped as log_loss (the mean column-wise log
+    loss of multi-label competitions; the training loss sums over the labels instead)."""
     clipped = np.clip(probs, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
     truth = labels.astype(bool)
     return float(-np.mean(np.where(truth, np.log(clipped), np.log1p(-clipped))))

@@ -16,8 +16,10 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean cross-entropy of the true class's probability; multi-label: mean binary cross-entropy."""
+    """Mean cross-entropy of the true class's probability; multi-label: the binary cross-entropy
+    summed over the labels, averaged over the rows (the training loss, comp.engine.step)."""
     if np.ndim(labels) == 2:
         clipped = np.clip(probs, LOSS_FLOOR, 1 - LOSS_FLOOR)
-        return float(-np.mean(np.where(labels.astype(bool), np.log(clipped), np.log1p(-clipped))))
+        cells = np.where(labels.astype(bool), np.log(clipped), np.log1p(-clipped))
+        return float(-cells.sum(1).mean())
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], LOSS_FLOOR, 1)).mean())

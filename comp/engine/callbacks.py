@@ -97,7 +97,7 @@ class Validation:
         """binary_cross_entropy (comp.engine.step) in NumPy, and the share of cells right at 0.5."""
         targets = self.labels * (1.0 - self.label_smoothing) + self.label_smoothing / 2
         loss = np.maximum(logits, 0) - logits * targets + np.log1p(np.exp(-np.abs(logits)))
-        return {"val_loss": float(loss.mean()), "val_accuracy": float(np.mean((logits > 0) == (self.labels > 0)))}
+        return {"val_loss": float(loss.sum(-1).mean()), "val_accuracy": float(np.mean((logits > 0) == (self.labels > 0)))}
 
 
 def epochs_in_time(deadline: float, epoch_seconds: float, now: float) -> int:
