@@ -333,3 +333,23 @@ def test_probability_sample_gets_probabilities(tmp_path):
     frame = submission_frame(fmt, ["a", "b"], probs, "f1_samples", multilabel=True)
     assert list(frame.columns) == ["id", "b", "a"]
     assert frame["a"].tolist() == [0.9, 0.1] and frame["b"].tolist() == [0.2, 0.7]
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 0.4)])
+def test_mixup_and_cutmix_mix_multi_hot_targets(mixup, cutmix):
+    from keras import ops
+
+    from comp.engine.augment import make_mix_layer
+
+    targets = label_matrix(8, seed=6).astype(np.float32)
+    _, mixed = make_mix_layer(mixup, cutmix, seed=0)(ops.ones((8, 8, 8, 3)), ops.convert_to_tensor(targets),
+                                                     training=True)
+    mixed, partner = ops.convert_to_numpy(mixed), targets[::-1]  # the partner of row i is row 7 - i
+    shares = []
+    for i in range(8):  # each row a convex mix of its own multi-hot row and its partner's
+        differ = targets[i] != partner[i]
+        assert np.allclose(mixed[i][~differ], targets[i][~differ])
+        own = np.unique(np.round((mixed[i] - partner[i])[differ] / (targets[i] - partner[i])[differ], 5))
+        assert len(own) <= 1 and ((0 <= own) & (own <= 1)).all()
+        shares += own.tolist()
+    assert any(0 < share < 1 for share in shares)  # and some row is really mixed
