@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared command for a single-GPU machine with no network and no TensorFlow (JAX backend).
-# Two parts, each on by STAGES (default "engine leaderboard"):
+# Three parts, each on by STAGES (default "engine leaderboard multigpu"):
 #   engine       issue 13's check: 5-fold training of each model in $MODELS (default `fast`, today's
 #                recipe) with, per fold, where its seconds went (setup, first epoch with compiling,
 #                later epochs, after fit, start to written predictions) and the programs JAX made and
@@ -9,6 +9,9 @@
 #   leaderboard  issue 14's 10-minute pipeline: $RECIPE (default airbench96) as a 5-fold run (the data's one split,
 #                shared with the engine part) for the OOF estimate plus $SEEDS full-data fits (every train row) whose test predictions
 #                the ensemble submits -> $OUT/leaderboard.csv.
+#   multigpu     issue 26: fold 0 of `fast` on one device, then data parallel on $DEVICES (default all);
+#                seconds per epoch and validation accuracy of each. Skipped with a line on one device.
+#                Dry run on 4 virtual CPU devices: JAX_NUM_CPU_DEVICES=4 DEVICES=4 STAGES=multigpu ...
 # Prints the OOF accuracy and the wall time of every stage. Everything worth keeping (submission
 # CSVs, OOF arrays, summaries, per-fold metrics, this log) is copied to $OUT (the device tool's
 # folder; default /tmp/comp-gpu-out) as it is made, so a run cut short still returns its evidence.
@@ -34,7 +37,8 @@ shift || true
 # Measured before (bench/RESULTS.md, H200): fast-large 5 folds OOF 0.9200 with TTA in about 5 min,
 # fast-large + fast 0.9212 in 7 min 39 s. Issue 13's targets for `fast`: folds 1-4 each <= 8 s to
 # written predictions, fold 0 <= 20 s with a cold cache.
-STAGES=${STAGES:-engine leaderboard}
+STAGES=${STAGES:-engine leaderboard multigpu}
+DEVICES=${DEVICES:-all}  # multigpu: the data-parallel side
 MODELS=${MODELS:-fast}  # engine: each a 5-fold run
 RECIPE=${RECIPE:-airbench96}  # leaderboard: the recipe (airbench96: 0.9327 in PyTorch on this data)
 SEEDS=${SEEDS:-4}  # leaderboard: full-data fits submitted
@@ -151,5 +155,20 @@ if [[ " $STAGES " == *" leaderboard "* ]]; then
     stage ensemble
     keep "$run"
     cp "$WORK/submissions/index.csv" "$OUT/" 2>/dev/null || true
+fi
+if [[ " $STAGES " == *" multigpu "* ]]; then
+    count=$("$PYTHON" -c "import jax; print(len(jax.local_devices()))")
+    if [ "$count" -lt 2 ]; then
+        echo "[multigpu] $count local device(s): no data-parallel comparison on this machine"
+    else
+        for devices in 1 "$DEVICES"; do
+            train "mg-$devices" --model fast --folds 5 --fold 0 --devices "$devices" "$@"
+            stage "fold 0 of fast on $devices device(s)"
+            phases "mg-$devices"
+            keep "mg-$devices"
+            "$PYTHON" -c "import json; m = json.load(open('$WORK/folds/mg-$devices/fold0/metrics.json')); \
+print(f'[multigpu] devices $devices: val accuracy {m[\"val_accuracy\"]:.4f}, fold {m[\"seconds\"]:.1f} s')"
+        done
+    fi
 fi
 ls -la "$OUT"

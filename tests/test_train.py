@@ -145,11 +145,25 @@ def test_machine_presets_set_defaults_that_flags_override(tmp_path, monkeypatch)
 def test_gpu_settings_on_this_cpu_are_warned_about(capsys):
     from comp.stages.train import warn_gpu_settings_on_cpu
 
-    for flags in ({"jit": "on"}, {"precision": "bfloat16"}):
+    for flags in ({"jit": "on"}, {"precision": "float16"}):
         warn_gpu_settings_on_cpu(build_config({}, flags))
         assert "no GPU found" in capsys.readouterr().out  # CI machines have no GPU
-    warn_gpu_settings_on_cpu(build_config({}, {"jit": "auto", "precision": "float32"}))
-    assert capsys.readouterr().out == ""
+    for precision in ("float32", "auto"):
+        warn_gpu_settings_on_cpu(build_config({}, {"jit": "auto", "precision": precision}))
+        assert capsys.readouterr().out == ""
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_computes_it(tmp_path, monkeypatch):
+    from comp.core import backend
+
+    cpuinfo, has_bfloat16 = tmp_path / "cpuinfo", backend.cpu_has_bfloat16
+    for flags, native in (("fpu sse avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 x", True)):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        assert has_bfloat16(str(cpuinfo)) is native
+        monkeypatch.setattr(backend, "cpu_has_bfloat16", lambda native=native: native)
+        assert backend.resolve_precision("auto") == ("bfloat16" if native else "float32")  # no GPU here
+        assert backend.resolve_precision("float32") == "float32"
+    assert has_bfloat16(str(tmp_path / "missing")) is False
 
 
 def test_config_precedence_and_recipes(tmp_path):

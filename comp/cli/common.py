@@ -64,6 +64,12 @@ def add_data_options(parser: argparse.ArgumentParser, limit: bool = True) -> Non
                                            "filename, file, image, img...)")
     group.add_argument("--label-column", help="the labels CSV's label column (default: found by name: label, "
                                               "target, class, category...)")
+    group.add_argument("--labels-from", metavar="SOURCE",
+                       help="where train/*.jpg's labels come from, remembered in comp.toml: csv (a labels CSV), "
+                            "name (the file name's text before the first . or _: cat of cat.123.jpg), or "
+                            "'name:REGEX' (searched in each file name; its first group is the label, e.g. "
+                            "'name:^([a-z]+)_\\d+'). Default: the labels CSV, else the file names when every one "
+                            "starts with one of a few words")
 
 
 def add_metric_option(group) -> None:
@@ -130,6 +136,7 @@ def config_overrides(args) -> dict:
 def workspace_from(args) -> Workspace:
     workspace = Workspace(args.workdir, data=getattr(args, "data", None), skip_bad=getattr(args, "skip_bad", False),
                           id_column=getattr(args, "id_column", None), label_column=getattr(args, "label_column", None),
+                          labels_from=getattr(args, "labels_from", None),
                           metric=getattr(args, "metric", None))
     if getattr(args, "metric", None):
         _ = workspace.metric  # remembered in comp.toml now, whatever the command goes on to do

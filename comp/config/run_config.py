@@ -76,8 +76,13 @@ class RunConfig:
     # Test-time augmentation used for the predictions this run writes.
     tta: str = "auto"  # none | flip | flip-shift | auto (the views training augmentation taught the net)
     # Execution.
-    precision: str = "float32"  # float32 | bfloat16 | float16 (mixed precision)
+    # float32 | bfloat16 | float16 (mixed precision) | auto (bfloat16 on a GPU or a CPU with native
+    # bfloat16, AVX512-BF16 or AMX; float32 elsewhere: comp.core.backend.resolve_precision)
+    precision: str = "float32"
     jit: str = "auto"  # auto | on | off ("auto" = Keras's choice: off on CPU with TF)
+    # all | N: the local devices one fold trains on, data parallel (JAX; comp.engine.devices). "all":
+    # every accelerator, one device on a CPU. Not part of the run's identity: the same run, more devices.
+    devices: str = "all"
     folds: int = 5
     seed: int = 42
     limit: int = 0  # 0 = all train rows
@@ -147,6 +152,7 @@ class RunConfig:
         count only when set away from their default, so earlier runs keep their names."""
         values = self.to_dict()
         values.pop("name")
+        values.pop("devices")  # where it trains, not what
         for key, default in HASHED_WHEN_SET.items():
             if values[key] == default:
                 values.pop(key)
@@ -238,6 +244,11 @@ class Name:
 
 
 @dataclass(frozen=True)
+class DeviceCount:
+    """"all" or a whole number of devices >= 1, kept as text ("4")."""
+
+
+@dataclass(frozen=True)
 class ImageSize:
     """"auto", a side N (square) or "HxW", every side in low..high pixels."""
 
@@ -278,8 +289,9 @@ FIELD_RULES = {
     "mixup": Number(float, 0, 100),
     "cutmix": Number(float, 0, 100),
     "tta": Text(),  # parsed by comp.engine.tta in validate
-    "precision": Choice(("float32", "bfloat16", "float16")),
+    "precision": Choice(("float32", "bfloat16", "float16", "auto")),
     "jit": Choice(("auto", "on", "off")),
+    "devices": DeviceCount(),
     "folds": Number(int, 2, 100),
     "seed": Number(int, 0, 2**32 - 1),
     "limit": Number(int, 0),
@@ -339,8 +351,9 @@ FIELD_HELP = {
     "mixup": "mixup alpha (0 = off)",
     "cutmix": "cutmix alpha (0 = off)",
     "tta": "none | flip | flip-shift | airbench | auto (what augmentation taught)",
-    "precision": "float32 | bfloat16 | float16",
+    "precision": "float32 | bfloat16 | float16 | auto (bfloat16 on a GPU or a CPU with AVX512-BF16/AMX)",
     "jit": "auto | on | off",
+    "devices": "all | N: train each fold data parallel on N local devices (JAX); all = every GPU, 1 on a CPU",
     "folds": "number of folds K",
     "seed": "random seed",
     "limit": "a deterministic stratified subsample of N train rows (0 = all)",
@@ -420,6 +433,11 @@ def check_field(key: str, value, source: str):
         return _number(key, value, rule, source)
     if isinstance(rule, ImageSize):
         return _image_size(key, value, rule, source)
+    if isinstance(rule, DeviceCount):
+        text = str(value).strip().lower() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+        if text != "all" and not (text.isdigit() and int(text) >= 1):
+            raise _bad(source, key, value, '"all" or a number of devices >= 1')
+        return text if text == "all" else str(int(text))
     if isinstance(rule, Choice):
         if value not in rule.options:
             raise _bad(source, key, value, f"one of {', '.join(rule.options)}")

@@ -58,3 +58,27 @@ def accelerator() -> str | None:
 
     gpus = tf.config.list_physical_devices("GPU")
     return gpus[0].name if gpus else None
+
+
+# CPU features with native bfloat16 arithmetic (Linux /proc/cpuinfo flag names): AVX512-BF16 (AMD
+# Zen 4+, Intel Cooper/Sapphire Lake) and AMX (Intel Sapphire Rapids+). Without them TensorFlow
+# emulates bfloat16 and convolutions run slower than in float32.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively (False where the flags cannot be read)."""
+    try:
+        with open(cpuinfo) as file:
+            flags = next((line.split(":", 1)[1].split() for line in file if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str) -> str:
+    """RunConfig.precision as trained: "auto" is bfloat16 on an accelerator or a CPU with native
+    bfloat16 (bench/RESULTS.md measured it on this project's 2-core CPU), float32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if accelerator() or cpu_has_bfloat16() else "float32"

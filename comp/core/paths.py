@@ -31,12 +31,13 @@ class Workdir:
 
     def __init__(self, root: str | os.PathLike = ".", data: str | os.PathLike | None = None, *,
                  skip_bad: bool = False, remember: bool = True, id_column: str | None = None,
-                 label_column: str | None = None, metric: str | None = None):
+                 label_column: str | None = None, labels_from: str | None = None, metric: str | None = None):
         self.root = Path(root).expanduser().resolve()
         if self.root.exists() and not self.root.is_dir():
             raise CompError(f"--workdir {root}: a file, not a folder; give a folder (it is created if missing)")
-        # The labels CSV's columns, when their names are not found (remembered in comp.toml by use_columns()).
-        self.columns = {"id_column": id_column, "label_column": label_column}
+        # The labels CSV's columns, when their names are not found, and where the labels come from
+        # (csv, name, name:REGEX: comp.data.sources.labels_from); remembered in comp.toml by use_columns().
+        self.columns = {"id_column": id_column, "label_column": label_column, "labels_from": labels_from}
         self.data = data  # as given; resolved lazily by data_dir
         if metric is not None:
             get_metric(metric)  # an unknown name is refused at once, listing the valid ones
@@ -111,16 +112,17 @@ class Workdir:
         return resolve_metric(self, self.metric_arg, self.remember)
 
     def use_columns(self) -> None:
-        """The labels CSV's columns given here, else remembered in comp.toml, put in the environment
-        (COMP_ID_COLUMN, COMP_LABEL_COLUMN) where comp.data.sources and the fold and trial children read them;
-        columns given are remembered for the later bare commands."""
+        """The labels CSV's columns and the labels' source given here, else remembered in comp.toml, put in
+        the environment (COMP_ID_COLUMN, COMP_LABEL_COLUMN, COMP_LABELS_FROM) where comp.data.sources and the
+        fold and trial children read them; those given are remembered for the later bare commands."""
         given = {key: value for key, value in self.columns.items() if value}
         project = self.read_project() if self.project_file.exists() else {}
         if given and self.remember and any(project.get(key) != value for key, value in given.items()):
             self.root.mkdir(parents=True, exist_ok=True)
             for key, value in given.items():
                 self.remember_value(key, value)
-        for key, variable in (("id_column", "COMP_ID_COLUMN"), ("label_column", "COMP_LABEL_COLUMN")):
+        for key, variable in (("id_column", "COMP_ID_COLUMN"), ("label_column", "COMP_LABEL_COLUMN"),
+                              ("labels_from", "COMP_LABELS_FROM")):
             value = given.get(key) or (project.get(key) if isinstance(project.get(key), str) else None)
             if value:
                 os.environ[variable] = value

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,15 @@ ID_COLUMN_NAMES = ("id", "imageid", "image", "img", "imgid", "filename", "file",
 LABEL_COLUMN_NAMES = ("label", "labels", "target", "class", "classname", "category", "categoryid", "classid", "y")
 # Or named by the user: --id-column / --label-column (children inherit them through these variables).
 ID_COLUMN_ENV, LABEL_COLUMN_ENV = "COMP_ID_COLUMN", "COMP_LABEL_COLUMN"
+# Where the labels come from when train/ holds no class folders (--labels-from, inherited the same way):
+# "csv" (a labels CSV), "name" (the file names: the text before the first "." or "_") or "name:REGEX"
+# (searched in each file name; its first group, else the whole match, is the label). Unset: the labels
+# CSV, else the file names when they look like labels (`_name_label_prefixes`).
+LABELS_FROM_ENV = "COMP_LABELS_FROM"
+NAME_PATTERN = r"^([^._]+)[._]"  # "cat" of cat.123.jpg, "dog" of dog_7.png
+# A one-hot labels CSV (id,<class>,<class>,...: one 1 a row) holds these values in its class columns.
+ONE_HOT_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
+ONE_HOT_SHARE = 0.9  # of the cells besides the id that must be 0 or 1 for a CSV without a label column to be one-hot
 SAMPLE_CSV_NAMES = ("sample_submission.csv", "sampleSubmission.csv", "sample_submission.CSV")
 LIMIT_SEED = 0  # --limit subsamples with a fixed seed so every stage sees the same rows
 # Files that are not images but that a competition folder often holds; skipped silently.
@@ -117,6 +127,10 @@ BAD_LINK = "unreadable links skipped"
 UNLABELED = "train images not in the labels CSV, not used"
 OUTSIDE_CLASSES = "images outside the class folders, not used"
 DAMAGED_SKIPPED = "damaged images skipped (--skip-bad)"
+NAME_LABELS = "labels taken from the file names"
+NAME_WITHOUT_LABEL = "file name without a label"
+BAD_ONE_HOT = "one-hot row without exactly one 1"
+MULTI_LABEL = "multi-label targets"
 
 
 @dataclass(frozen=True)
@@ -181,6 +195,7 @@ class SubmissionFormat:
     ids: list[str]  # stripped, to match test file names
     raw_ids: list[str]  # exactly as the sample writes them: what the submission must carry
     columns: list[str]  # every column of the sample, in its order
+    one_hot: bool = False  # "probs" whose sample holds integers 0/1: one 1 a row (the argmax) is written
 
 
 @dataclass
@@ -261,7 +276,18 @@ class DataCheck:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    return _is_image_name(path.name)
+
+
+def _is_image_name(name: str) -> bool:
+    dot = name.rfind(".")  # os.path.splitext's extension, without its cost a call (a leading dot starts no extension)
+    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS and name[:dot].strip(".") != ""
+
+
+def _child(folder: Path, name: str) -> Path:
+    """`folder / name` for a name read from the folder's listing (public pathlib only: its private
+    listing shortcut would save ~0.15 s of a check of 60,000 files)."""
+    return folder / name
 
 
 def _entries(folder: Path, problems: list[Problem]) -> list[os.DirEntry]:
@@ -284,7 +310,7 @@ def _list_files(folder: Path, problems: list[Problem]) -> list[Path]:
     """Image files directly in `folder`, sorted; stray files and dead or looping links become warnings."""
     images = []
     for entry in _entries(folder, problems):
-        path = Path(entry.path)
+        path = _child(folder, entry.name)
         try:
             is_file, is_dir = entry.is_file(), entry.is_dir()
         except OSError as err:  # a symlink loop raises ELOOP here
@@ -296,7 +322,7 @@ def _list_files(folder: Path, problems: list[Problem]) -> list[Path]:
             if entry.is_symlink():
                 problems.append(_link_problem(path, "its target does not exist"))
             continue
-        if _is_image(path):
+        if _is_image_name(entry.name):
             images.append(path)
         elif entry.name not in QUIET_SKIPS:
             problems.append(Problem(WARNING, NON_IMAGE, path, "not an image file", "remove it, or ignore this"))
@@ -355,30 +381,49 @@ def read_submission_format(data_dir: Path, problems: list[Problem]) -> Submissio
         target_kind = "int"
     else:  # "fraction": one probability column (e.g. P(dog) as 0.5), which comp.stages.submission refuses
         target_kind = "fraction" if targets.str.fullmatch(r"\d*\.\d+").all() else "name"
+    one_hot = target_kind == "probs" and bool(raw.iloc[:, 1:].apply(lambda column: column.str.strip())
+                                              .isin(("0", "1")).to_numpy().all())
     return SubmissionFormat(path, id_column, target_column, target_kind, frame[id_column].tolist(),
-                            raw[id_column].tolist(), list(raw.columns))
+                            raw[id_column].tolist(), list(raw.columns), one_hot)
+
+
+def _stem_key(name: str) -> str:
+    """A file name as an id compares: without an image extension, and a number as its value."""
+    stem, extension = os.path.splitext(name)
+    stem = stem if extension.lower() in IMAGE_EXTENSIONS else name
+    return str(int(stem)) if stem.isascii() and stem.isdigit() else stem
 
 
 def _id_key(text: str) -> str:
-    """`0000`, `0000.jpg` and `0` name the same test image: compare stems, and numbers as numbers."""
-    stem = Path(text).stem if _is_image(Path(text)) else text
-    return str(int(stem)) if stem.isdigit() else stem
+    """`0000`, `0000.jpg`, `0` and `test/0000.jpg` name the same image: compare the last part of the
+    path, without an image extension, and numbers as numbers. (Strings, not Paths: a Path costs
+    microseconds, and a check compares tens of thousands of ids.)"""
+    return _stem_key(text.replace("\\", "/").rsplit("/", 1)[-1])
+
+
+def _path_keys(text: str) -> list[str]:
+    """The keys an id of a labels CSV may name its image by, the longest first: `./train/x/1.jpg`
+    names train/x/1.jpg ("train/x/1"), x/1.jpg inside train/ ("x/1"), or a file 1.jpg ("1")."""
+    parts = [part for part in text.replace("\\", "/").split("/") if part not in ("", ".")] or [""]
+    parts[-1] = _stem_key(parts[-1])
+    return ["/".join(parts[start:]) for start in range(len(parts))]
 
 
 def match_test_files(test_dir: Path, submission: SubmissionFormat, problems: list[Problem]) -> list[Path]:
     """Test files in the order of sample_submission.csv (those found); ids and files without a partner are errors."""
     images = _list_files(test_dir, problems)
+    image_keys = [_id_key(path.name) for path in images]
     by_key: dict[str, Path] = {}
-    for path in images:
-        by_key.setdefault(_id_key(path.name), path)
+    for key, path in zip(image_keys, images):
+        by_key.setdefault(key, path)
     keys = [_id_key(i) for i in submission.ids]
     for id_, key in zip(submission.ids, keys):
         if key not in by_key:
             problems.append(Problem(ERROR, ID_WITHOUT_IMAGE, submission.path, f"id {id_} has no image in {test_dir}",
                                     "the ids must match test file names"))
     used = set(keys)
-    for path in images:
-        if _id_key(path.name) not in used:
+    for key, path in zip(image_keys, images):
+        if key not in used:
             problems.append(Problem(ERROR, IMAGE_WITHOUT_ID, path, f"no id in {submission.path.name}",
                                     "remove the image or add its id"))
     return [by_key[k] for k in keys if k in by_key]
@@ -457,22 +502,74 @@ def label_csv_columns(columns: list[str], id_column: str | None = None,
 
 
 def _read_labels_frame(path: Path, id_column: str | None, label_column: str | None):
-    """(id,label frame as stripped text, None), or (None, what is wrong): the columns found by name."""
+    """(id,label frame as stripped text, None, problems of single rows), or (None, what is wrong, []):
+    the columns found by name; a one-hot CSV (id,<class>,<class>,...) becomes id,label too, a row
+    that is not one 1 and 0s labelled None and recorded as a problem."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
-        return None, f"not a readable CSV ({err})"
+        return None, f"not a readable CSV ({err})", []
     if frame.shape[1] < 2 or len(frame) == 0:
-        return None, "needs an id column and a label column, one row per image"
+        return None, "needs an id column and a label column, one row per image", []
+    problems = []
     id_col, label_col, wrong = label_csv_columns([str(c) for c in frame.columns], id_column, label_column)
-    if wrong:
-        return None, wrong
-    frame = frame[[id_col, label_col]].apply(lambda column: column.str.strip())
+    one_hot = _one_hot_columns(frame, id_column) if wrong and not label_column else None
+    if one_hot:
+        frame, problems = _one_hot_labels(frame.apply(lambda column: column.str.strip()), *one_hot, path)
+    elif wrong:
+        return None, wrong, []
+    else:
+        frame = frame[[id_col, label_col]].apply(lambda column: column.str.strip())
     ids = frame.iloc[:, 0]
     repeated = ids[ids.duplicated()].unique()
     if len(repeated):
-        return None, f"repeated ids (e.g. {', '.join(repeated[:3])}); each id must appear once"
-    return frame, None
+        return None, f"repeated ids (e.g. {', '.join(repeated[:3])}); each id must appear once", []
+    return frame, None, problems
+
+
+def _one_hot_columns(frame: pd.DataFrame, id_column: str | None) -> tuple[str, list[str]] | None:
+    """(id column, class columns) of a one-hot CSV (Plant Pathology 2020's image_id,healthy,
+    multiple_diseases,rust,scab), or None: one id column (given, else found by name), and besides
+    it at least two columns nearly all 0 or 1 (the odd cell is a damaged row, reported as such)."""
+    columns = [str(c) for c in frame.columns]
+    ids = [id_column] if id_column in columns else [c for c in columns if _column_key(c) in ID_COLUMN_NAMES]
+    if len(ids) != 1:
+        return None
+    classes = [c for c in columns if c != ids[0]]
+    cells = frame[classes].apply(lambda column: column.str.strip())
+    if len(classes) < 2 or cells.isin(list(ONE_HOT_VALUES)).to_numpy().mean() < ONE_HOT_SHARE:
+        return None
+    return ids[0], classes
+
+
+def _one_hot_labels(frame: pd.DataFrame, id_col: str, classes: list[str], path: Path):
+    """(id,label frame: each row's label the column of its one 1, None for a bad row, problems of the bad rows)."""
+    cells = frame[classes]
+    values = cells.apply(lambda column: column.map(ONE_HOT_VALUES)).to_numpy(np.float64)  # NaN: not 0 or 1
+    labels: list[str | None] = []
+    problems = []
+    for row, (id_, marks) in enumerate(zip(frame[id_col], values)):
+        marked = [classes[i] for i in np.flatnonzero(marks == 1)]
+        where = f"row {row + 1} (id {id_})"
+        if np.isnan(marks).any():
+            column = classes[int(np.argmax(np.isnan(marks)))]
+            problems.append(Problem(ERROR, BAD_ONE_HOT, path, f"{where}: {column} is {cells.iat[row, classes.index(column)]!r}, "
+                                    "not 0 or 1", "a one-hot CSV holds 0 or 1 in each class column, one 1 a row"))
+        elif len(marked) > 1:
+            problems.append(multi_label_problem(path, where, marked))
+        elif not marked:
+            problems.append(Problem(ERROR, BAD_ONE_HOT, path, f"{where} has no class marked 1 (of {', '.join(classes)})",
+                                    "mark its class with 1, or remove the row"))
+        labels.append(marked[0] if len(marked) == 1 and not np.isnan(marks).any() else None)
+    return pd.DataFrame({id_col: frame[id_col].to_numpy(), "label": labels}), problems
+
+
+def multi_label_problem(path: Path, where: str, marked: list[str]) -> Problem:
+    """A row with several 1s in a CSV that is not read as multi-label (comp.data.multilabel reads
+    it so only when every class cell is 0 or 1): an error that names its classes."""
+    return Problem(ERROR, MULTI_LABEL, path, f"{where} has {len(marked)} classes marked 1 ({', '.join(marked)}): "
+                   "multi-label targets", "they are read as such when every class cell is 0 or 1 (fix the others); "
+                   "for one label a row keep one 1")
 
 
 def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | None, spaced: bool = False) -> str | None:
@@ -481,11 +578,12 @@ def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | Non
     if submission is None or not classes:
         return None
     if submission.target_kind == "probs":
-        wanted = set(submission.columns) - {submission.id_column}
-        if wanted != set(classes):
-            return (f"its class columns ({', '.join(sorted(wanted)[:SHOWN_EXAMPLES])}) are not the classes learned "
-                    f"({', '.join(classes[:SHOWN_EXAMPLES])})")
-        return None
+        wanted = {c.strip() for c in submission.columns if c != submission.id_column}
+        unknown, absent = sorted(wanted - set(classes)), sorted(set(classes) - wanted)
+        parts = ([f"its class column(s) {', '.join(unknown[:SHOWN_EXAMPLES])} are not classes of the train set"]
+                 if unknown else []) + ([f"it has no column for the class(es) {', '.join(absent[:SHOWN_EXAMPLES])}"]
+                                        if absent else [])
+        return f"{'; '.join(parts)} (classes learned: {', '.join(classes[:SHOWN_EXAMPLES])})" if parts else None
     try:
         values = set(pd.read_csv(submission.path, dtype=str, keep_default_na=False)[submission.target_column]
                      .str.strip()) - {""}
@@ -502,37 +600,166 @@ def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | Non
     return None
 
 
-def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem]):
-    """Classes, files and labels from a labels CSV; train images it does not list are warned about."""
-    csv_path = next((data_dir / n for n in LABEL_CSV_NAMES if (data_dir / n).is_file()), None)
+def labels_from() -> tuple[str, re.Pattern | None]:
+    """--labels-from as read from COMP_LABELS_FROM: ("", None) unset, ("csv", None), or ("name",
+    the pattern whose first group, else whole match, is the label); CompError for anything else."""
+    given = os.environ.get(LABELS_FROM_ENV, "").strip()
+    source, _, pattern = given.partition(":")
+    if not given or given == "csv":
+        return given, None
+    if source != "name":
+        raise CompError(f"--labels-from {given}: expected csv, name, or name:REGEX (a regular expression searched in "
+                        "each train file name; its first group is the label)")
+    try:
+        return "name", re.compile(pattern or NAME_PATTERN)
+    except re.error as err:
+        raise CompError(f"--labels-from {given}: not a regular expression ({err}); e.g. name:^([a-z]+)_") from None
+
+
+def _name_label_prefixes(images: list[Path]) -> Counter | None:
+    """Images per prefix when the file names look like labels (Dogs vs Cats: cat.123.jpg, dog.7.jpg),
+    else None: every name without its extension starts with a word (letters among its characters)
+    and a "." or "_", and the words are 2 to half as many as the images. DACON's TRAIN_00001.jpg
+    (one word) and numbered or hashed names are not labels."""
+    prefixes = Counter()
+    pattern = re.compile(NAME_PATTERN)
+    for path in images:
+        match = pattern.match(os.path.splitext(path.name)[0])
+        if match is None or not any(ch.isalpha() for ch in match.group(1)):
+            return None
+        prefixes[match.group(1)] += 1
+    return prefixes if 2 <= len(prefixes) <= len(images) // 2 else None
+
+
+def _scan_name_labels(images: list[Path], pattern: re.Pattern, problems: list[Problem]):
+    """Classes, files and labels from the train file names (--labels-from name[:REGEX])."""
+    rows = []
+    for path in images:
+        match = pattern.search(path.name)
+        label = (match.group(1) if pattern.groups else match.group(0)) if match else None
+        if label:
+            rows.append((path, label.strip()))
+        else:
+            problems.append(Problem(ERROR, NAME_WITHOUT_LABEL, path, f"no label in its name by the pattern "
+                                    f"{pattern.pattern!r}", "rename it, or pass --labels-from name:REGEX whose first "
+                                    "group is the label"))
+    classes = sorted({name for _, name in rows})
+    index = {name: i for i, name in enumerate(classes)}
+    return classes, [path for path, _ in rows], [index[name] for _, name in rows]
+
+
+def _labels_csv(data_dir: Path) -> Path | None:
+    return next((data_dir / n for n in LABEL_CSV_NAMES if (data_dir / n).is_file()), None)
+
+
+def _list_tree(train_dir: Path, problems: list[Problem]) -> list[Path]:
+    """Image files in `train_dir` and its sub-folders (a labels CSV whose ids are paths into them)."""
     images = _list_files(train_dir, problems)
+    for entry in _entries(train_dir, problems):
+        if not entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink():
+            images += _list_tree(Path(entry.path), problems)
+    return images
+
+
+def csv_addresses_folders(data_dir: Path, class_dirs: list[Path]) -> bool:
+    """Whether the labels CSV's ids are paths into train/'s folders (`train/x/1.jpg`, `x/1.jpg`):
+    then the folders hold the images and the CSV their labels, rather than folders being classes."""
+    csv_path = _labels_csv(data_dir)
+    if csv_path is None:
+        return False
+    frame, wrong, _ = _read_labels_frame(csv_path, os.environ.get(ID_COLUMN_ENV) or None,
+                                         os.environ.get(LABEL_COLUMN_ENV) or None)
+    if wrong:
+        return False
+    folders = {folder.name for folder in class_dirs}
+    for id_ in frame.iloc[:, 0]:
+        keys = _path_keys(id_)
+        if len(keys) > 1 and any(key.split("/", 1)[0] in folders for key in keys[:-1]):
+            return True
+    return False
+
+
+def _file_index(train_dir: Path, images: list[Path]) -> dict[str, Path]:
+    """Each train image by the keys an id may name it by: its path in train/ without the extension
+    ("x/1"), and its bare name ("1") unless two images share it."""
+    index: dict[str, Path] = {}
+    bare: Counter = Counter(_id_key(p.name) for p in images)
+    prefix = os.path.join(str(train_dir), "")
+    for path in images:
+        inside = str(path)[len(prefix):]
+        if os.sep in inside:
+            index[_path_keys(inside)[0]] = path
+        if bare[_id_key(path.name)] == 1 or os.sep not in inside:
+            index.setdefault(_id_key(path.name), path)
+    return index
+
+
+def _find_image(index: dict[str, Path], id_: str) -> Path | None:
+    return next((index[key] for key in _path_keys(id_) if key in index), None)
+
+
+def sample_classes_problem(submission: SubmissionFormat, unlike: str) -> Problem:
+    """The sample's targets unlike the classes learned: a warning for a label column (a class the test
+    set may lack), an error for class columns (a column for a class never seen cannot be filled)."""
+    if submission.target_kind == "probs":
+        return Problem(ERROR, CLASSES_NOT_IN_SAMPLE, submission.path, unlike,
+                       "its class columns must be the train set's classes: check the labels CSV's class columns "
+                       "or --label-column (--labels-from for file-name labels)")
+    return Problem(WARNING, CLASSES_NOT_IN_SAMPLE, submission.path, unlike,
+                   f"{unlike}: check that the labels come from the right column (--label-column)")
+
+
+def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem], nested: bool = False):
+    """Classes, files and labels from a labels CSV (or the file names: `labels_from`); train images
+    it does not list are warned about. `nested`: its ids are paths into train/'s folders."""
+    source, pattern = labels_from()
+    csv_path = _labels_csv(data_dir) if source != "name" else None
+    images = _list_tree(train_dir, problems) if nested else _list_files(train_dir, problems)
+    if csv_path is None and source == "":
+        prefixes = _name_label_prefixes(images)
+        if prefixes:
+            classes = f"{len(prefixes)} classes: {', '.join(sorted(prefixes)[:SHOWN_EXAMPLES])}" + \
+                (", ..." if len(prefixes) > SHOWN_EXAMPLES else "")
+            problems.append(Problem(WARNING, NAME_LABELS, train_dir, "no labels CSV, and the file names start with a "
+                                    "few words: each image's label is the text before the first . or _ of its name",
+                                    f"{classes}; pass --labels-from name:REGEX to read them otherwise, or add a "
+                                    "labels CSV"))
+            pattern = re.compile(NAME_PATTERN)
+    if pattern is not None:
+        return _scan_name_labels(images, pattern, problems)
     if csv_path is None:
         problems.append(Problem(ERROR, MISSING, train_dir,
                                 f"holds no class folders and {data_dir} has no labels CSV ({', '.join(LABEL_CSV_NAMES)})",
-                                "use train/<class>/*.jpg or add a labels CSV with columns id,label"))
+                                "use train/<class>/*.jpg, add a labels CSV with columns id,label, or pass "
+                                "--labels-from name when the file names hold the labels (cat.1.jpg)"))
         return [], [], []
     multilabel = _scan_multilabel_csv(csv_path, train_dir, images, problems)  # None: single-label
     if multilabel is not None:
         return multilabel
-    frame, wrong = _read_labels_frame(csv_path, os.environ.get(ID_COLUMN_ENV) or None,
-                                      os.environ.get(LABEL_COLUMN_ENV) or None)
+    frame, wrong, row_problems = _read_labels_frame(csv_path, os.environ.get(ID_COLUMN_ENV) or None,
+                                                    os.environ.get(LABEL_COLUMN_ENV) or None)
     if wrong:
         problems.append(Problem(ERROR, BAD_CSV, csv_path, wrong, "fix the CSV"))
         return [], [], []
-    by_key = {_id_key(p.name): p for p in images}
-    rows = []
+    problems += row_problems
+    index = _file_index(train_dir, images)
+    rows, found = [], set()
     for id_, name in zip(frame.iloc[:, 0], frame.iloc[:, 1]):
-        if _id_key(id_) not in by_key:
+        path = _find_image(index, id_)
+        if path is None:
             problems.append(Problem(ERROR, LABEL_WITHOUT_IMAGE, csv_path, f"id {id_} has no image in {train_dir}",
                                     "fix the CSV or add the image"))
-        elif not name:
+            continue
+        found.add(path)
+        if not isinstance(name, str):
+            continue  # a bad one-hot row (None, NaN to pandas): its problem is recorded
+        if not name:
             problems.append(Problem(ERROR, EMPTY_LABEL, csv_path, f"id {id_} has an empty label",
                                     "give every row a class name"))
         else:
-            rows.append((by_key[_id_key(id_)], name))
-    listed = {_id_key(i) for i in frame.iloc[:, 0]}
+            rows.append((path, name))
     for path in images:
-        if _id_key(path.name) not in listed:
+        if path not in found:
             problems.append(Problem(WARNING, UNLABELED, path, f"not in {csv_path.name}",
                                     f"add the images to {csv_path.name} to train on them"))
     classes = sorted({name for _, name in rows})
@@ -604,10 +831,11 @@ def scan(data_dir: Path) -> Layout:
     from_csv = False
     if train_dir.is_dir():
         class_dirs, loose = _class_folders(train_dir, problems)
-        if class_dirs:
+        nested = bool(class_dirs) and csv_addresses_folders(data_dir, class_dirs)
+        if class_dirs and not nested:
             classes, files, labels = _scan_class_folders(train_dir, class_dirs, loose, problems)
         else:
-            classes, files, labels = _scan_labels_csv(data_dir, train_dir, problems)
+            classes, files, labels = _scan_labels_csv(data_dir, train_dir, problems, nested)
             from_csv = True
         if len(classes) == 1:
             problems.append(Problem(ERROR, ONE_CLASS, train_dir, f"only one class ({classes[0]})",
@@ -619,8 +847,7 @@ def scan(data_dir: Path) -> Layout:
     unlike = classes_unlike_sample(classes, submission, spaced=np.ndim(labels) == 2) \
         if from_csv and len(classes) > 1 else None
     if unlike:
-        problems.append(Problem(WARNING, CLASSES_NOT_IN_SAMPLE, submission.path, unlike,
-                                f"{unlike}: check that the labels come from the right column (--label-column)"))
+        problems.append(sample_classes_problem(submission, unlike))
     test_files = []
     if not test_dir.is_dir():
         problems.append(Problem(ERROR, MISSING, test_dir, "missing",
@@ -646,7 +873,7 @@ def _file_digest(path: Path) -> str | None:
 def _stat_key(path: Path) -> list[int] | None:
     """What must stay equal for a remembered digest to be trusted: size, mtime and ctime in ns."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]

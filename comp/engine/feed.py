@@ -66,8 +66,8 @@ class FoldStore(keras.layers.Layer):
         self.images = self.add_weight(shape=(capacity, *image_shape), dtype="uint8", initializer="zeros",
                                       trainable=False, name="images")
         # label_shape (): class numbers; (L,): multi-hot rows of a multi-label set.
-        self.labels = self.add_weight(shape=(capacity, *label_shape), dtype="int32", initializer="zeros", trainable=False,
-                                      name="labels")
+        self.labels = self.add_weight(shape=(capacity, *label_shape), dtype="int32", initializer="zeros",
+                                      trainable=False, name="labels")
         self.built = True
 
     def fill(self, images, labels: np.ndarray) -> None:
@@ -221,8 +221,9 @@ def uses_device_rows() -> bool:
 
 
 def steps_per_dispatch() -> int:
-
-    if keras.backend.backend() != "jax":
+    """Optimizer steps per fit batch: a scan of several on a JAX accelerator, one elsewhere and when
+    data parallel (a distribution splits a batch's first axis, which a scan's batch holds steps on)."""
+    if keras.backend.backend() != "jax" or keras.distribution.distribution() is not None:
         return 1
     return JAX_STEPS_PER_DISPATCH if accelerator() else JAX_CPU_STEPS_PER_DISPATCH
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 from comp.core.backend import accelerator
+from comp.engine.devices import data_parallel, sharded
 
 # Net inputs per compiled call on a GPU (images x views): large calls keep it busy, few calls
 # keep the host out of the way. On a CPU the caller's batch stands: memory, not calls, limits there.
@@ -66,7 +67,8 @@ class Predictor:
     def __init__(self, net, views, fill: str = "zero", rows_per_call: int = 512):
         self.views = tuple(tuple(v) for v in views)
         self.model = _views_net(net, self.views, fill)
-        self.batch = max(1, rows_per_call // len(self.views))  # images per call
+        devices = data_parallel()  # a call's images split evenly over the devices
+        self.batch = max(devices, rows_per_call // len(self.views) // devices * devices)  # images per call
         self._jitted = None
 
     def _batches(self, images):
@@ -95,7 +97,7 @@ class Predictor:
             call = self._jax_call()
             trainable = [v.value for v in self.model.trainable_variables]
             other = [v.value for v in self.model.non_trainable_variables]
-            pending = [(call(trainable, other, batch), rows) for batch, rows in self._batches(images)]
+            pending = [(call(trainable, other, sharded(batch)), rows) for batch, rows in self._batches(images)]
             outputs = [np.asarray(out)[:, :rows] for out, rows in pending]
         else:
             outputs = [np.asarray(self.model.predict_on_batch(batch))[:, :rows] for batch, rows in self._batches(images)]

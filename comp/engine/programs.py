@@ -8,8 +8,10 @@ import keras
 
 from comp.config.run_config import RunConfig
 from comp.config.tta_policy import views_for
+from comp.core.backend import resolve_precision
 from comp.engine.augment import make_augment_layer, make_mix_layer
 from comp.engine.batchnorm import BatchStatistics
+from comp.engine.devices import announce, distribute, local_devices
 from comp.engine.feed import FoldStore, store_capacity
 from comp.engine.inference import Predictor
 from comp.engine.optimizers import compile_training_model
@@ -27,7 +29,8 @@ PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float
 
 
 def set_precision(precision: str) -> None:
-    keras.config.set_dtype_policy(PRECISION_POLICIES[precision])
+    """Keras's global dtype policy for `precision` (RunConfig.precision, "auto" resolved here)."""
+    keras.config.set_dtype_policy(PRECISION_POLICIES[resolve_precision(precision)])
 
 
 # Folds and full-data fits one seed may have. Fold f of seed s draws every stream (initial weights,
@@ -58,7 +61,7 @@ def build_training_model(config: RunConfig, image_shape, num_classes: int, sampl
 
 # RunConfig fields no compiled program depends on: folds, seeds and trials that differ only in
 # these share an engine. (Their data's shapes and steps per epoch are part of the key too.)
-NOT_COMPILED = ("name", "seed", "folds", "limit", "tta", "patience", "keep", "val_every")
+NOT_COMPILED = ("name", "seed", "folds", "limit", "tta", "patience", "keep", "val_every", "devices")
 
 
 @dataclass
@@ -82,10 +85,11 @@ _engine: Engine | None = None  # the last config's engine in this process
 
 
 def program_key(config: RunConfig, image_shape, num_classes: int, steps_per_epoch: int, store_rows: int,
-                multilabel: bool = False) -> tuple:
+                devices: int = 1, multilabel: bool = False) -> tuple:
     compiled = {k: v for k, v in config.to_dict().items() if k not in NOT_COMPILED}
     return (keras.backend.backend(), repr(sorted(compiled.items())), tuple(image_shape), num_classes,
-            steps_per_epoch, store_capacity(store_rows) if store_rows else 0) + (("multilabel",) if multilabel else ())
+            steps_per_epoch, store_capacity(store_rows) if store_rows else 0, devices) + \
+        (("multilabel",) if multilabel else ())
 
 
 def copy_initial_state(source: TrainingModel, target: TrainingModel) -> None:
@@ -113,11 +117,15 @@ def prepare_engine(config: RunConfig, image_shape, num_classes: int, sample_imag
     copied in; building traces nothing), else a new one, after clearing the old session.
     """
     global _engine
-    key = program_key(config, image_shape, num_classes, steps_per_epoch, store_rows, multilabel)
+    devices = len(local_devices(config.devices))
+    key = program_key(config, image_shape, num_classes, steps_per_epoch, store_rows, devices, multilabel)
     reuse = _engine is not None and _engine.key == key
     if not reuse:
         _engine = None
         keras.backend.clear_session()  # memory stays flat across configs
+        distribute(config.devices, config.batch_size)  # after clear_session, which forgets it
+        if devices > 1:
+            announce(devices, config.batch_size)
     keras.utils.set_random_seed(fold_seed(config, fold))
     set_precision(config.precision)
     label_shape = (num_classes,) if multilabel else ()

@@ -3,7 +3,9 @@
     submissions/<name>.csv     ids (exactly as written) and order of sample_submission.csv, its
                                column names, and what the sample asks for: the target as class
                                names or integers (id,target), or one probability column per
-                               class (id,<class>,<class>,...: Kaggle's probability format)
+                               class (id,<class>,<class>,...: Kaggle's probability format; a
+                               sample of 0/1 integers there gets a 1 under the predicted class
+                               when the metric reads labels)
     submissions/index.csv      one row per submission written: time, file, runs, weights,
                                method, TTA, OOF accuracy (the history of what was sent), and
                                its error bars (comp.core.stats): ci_accuracy with its 95% interval
@@ -185,8 +187,10 @@ def submission_frame(fmt: SubmissionFormat, classes: list[str], probs: np.ndarra
     if multilabel:
         return multilabel_frame(fmt, classes, probs)
     if fmt.target_kind == "probs":
-        columns = dict(zip(fmt.columns[1:], probs[:, class_columns(fmt, classes)].T))
-        return pd.DataFrame({fmt.id_column: fmt.raw_ids, **columns})
+        values = probs[:, class_columns(fmt, classes)]
+        if fmt.one_hot and get_metric(metric).needs == "labels":  # a 1 under the predicted class, as the sample's 0/1
+            values = (values.argmax(1)[:, None] == np.arange(values.shape[1])).astype(np.int64)
+        return pd.DataFrame({fmt.id_column: fmt.raw_ids, **dict(zip(fmt.columns[1:], values.T))})
     if fmt.target_kind == "fraction":
         return pd.DataFrame({fmt.id_column: fmt.raw_ids, fmt.target_column: probs[:, positive_class(fmt, classes)]})
     values = target_values(classes, fmt.target_kind)

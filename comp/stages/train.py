@@ -150,10 +150,12 @@ def fit_to_rows(config: RunConfig, train_rows: int) -> RunConfig:
 
 
 def warn_gpu_settings_on_cpu(config: RunConfig) -> None:
-    """jit on and half precision pay off on a GPU; on a CPU they make training several times slower."""
-    from comp.core.backend import accelerator
+    """jit on and half precision pay off on a GPU; on a CPU they make training several times slower
+    (bfloat16 excepted on a CPU that computes it natively, which "auto" picks)."""
+    from comp.core.backend import accelerator, cpu_has_bfloat16
 
-    if config.jit != "on" and config.precision == "float32":
+    native = ("float32", "auto", "bfloat16") if cpu_has_bfloat16() else ("float32", "auto")
+    if config.jit != "on" and config.precision in native:
         return
     if accelerator() is None:
         warn(f"no GPU found: jit {config.jit} and {config.precision} are GPU settings (XLA on a CPU trains "

@@ -26,7 +26,8 @@ MIN_STEPS_PER_EPOCH = 4  # a batch larger than a quarter of the train rows leave
 AUGMENT_CHOICES = ["none", "flip", "flip-crop", "alt-flip-crop", "simple", "flip-crop,cutout", "alt-flip-crop,cutout"]
 # RunConfig fields the search never changes: they define what a score means (the data, the split,
 # the epoch budget that pruning steps count in) or are names, so trials stay comparable.
-UNSEARCHABLE = {"name", "model", "folds", "limit", "seed", "epochs", "depth", "head", "image_size", "resize", "pseudo"}
+UNSEARCHABLE = {"name", "model", "folds", "limit", "seed", "epochs", "depth", "head", "image_size", "resize", "pseudo",
+               "devices"}
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 
 
