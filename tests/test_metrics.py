@@ -133,7 +133,7 @@ def test_registry_entries_are_consistent():
     assert {"accuracy", "log_loss", "roc_auc", "qwk", "map@5", "f1_macro"} <= set(METRICS)
     for name, metric in METRICS.items():
         assert metric.name == name
-        assert metric.needs in {"labels", "probs", "binary_prob", "topk", "multilabel"}
+        assert metric.needs in {"labels", "probs", "binary_prob", "topk", "multilabel", "multilabel_probs"}
         assert metric.summary
     assert get_metric("log_loss").greater_is_better is False
 
@@ -151,10 +151,16 @@ def test_mismatched_shapes_are_a_comp_error():
         score("accuracy", np.array([0, 1, 0]), np.full((2, 2), 0.5))
 
 
-@pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [0.0, 1.0], [[0, 1], [1, 0]]])
+@pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [0.0, 1.0]])
 def test_labels_outside_the_classes_are_a_comp_error(labels):
     with pytest.raises(CompError, match="labels must be integers"):
         score("f1_macro", np.array(labels), np.full((2, 3), 1 / 3))
+
+
+def test_a_label_matrix_is_multilabel_truth_and_must_match_the_probabilities():
+    # A 2-D truth is a multi-hot matrix (comp.data.multilabel): f1_macro means its multi-label form.
+    with pytest.raises(CompError, match="multi-label truth must be a 0/1 matrix"):
+        score("f1_macro", np.array([[0, 1], [1, 0]]), np.full((2, 3), 1 / 3))
 
 
 def test_multilabel_truth_must_match_the_probabilities():

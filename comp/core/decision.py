@@ -8,7 +8,9 @@ Every rule's `apply(probs)` returns an [n, C] array whose argmax is the decision
   Identity          the probabilities unchanged;
   PriorCorrection   probabilities times per-class weights, rows renormalised (not calibrated);
   Temperature       calibrated probabilities (softmax of log p / T, floored, renormalised);
-  OrdinalThresholds one-hot rows of the decided class (a decision, not a probability).
+  OrdinalThresholds one-hot rows of the decided class (a decision, not a probability);
+  LabelThresholds   multi-label: each label's probability moved so that its fitted threshold
+                    lands on 0.5, where multi-label metrics cut (order kept within a label).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from comp.core.metrics import Metric, get_metric, score
+from comp.core.metrics import MULTILABEL_THRESHOLD, Metric, get_metric, metric_for, score
 from comp.core.errors import CompError
 
 PRIOR_GRID = np.geomspace(1 / 16, 16, 41)  # per-class weights tried; 1 is on the grid
@@ -27,6 +29,7 @@ MAX_SWEEPS = 6
 TEMPERATURE_LOG_BOUNDS = (-4.0, 4.0)  # T between e^-4 and e^4
 FLOOR_GRID = (0.0, 1e-6, 1e-4, 1e-3, 1e-2)
 THRESHOLD_STEPS = 41  # candidate positions between a threshold's neighbours
+LABEL_THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)  # per-label thresholds tried; 0.5 is on it
 GAIN_CONFIDENCE = 0.95
 
 
@@ -219,11 +222,69 @@ class OrdinalThresholds(Rule):
         return {"thresholds": self.fitted(self.thresholds).tolist()}
 
 
-RULES: dict[str, type[Rule]] = {cls.name: cls for cls in (Identity, PriorCorrection, Temperature, OrdinalThresholds)}
+class LabelThresholds(Rule):
+    """Multi-label: a threshold per label, fitted by coordinate ascent over a grid for the metric.
+
+    A net trained with binary cross-entropy is calibrated for each label alone, and 0.5 is the
+    best cut for none of the F1s: a rare label is best predicted above a lower probability, and
+    F1 rewards recall more than accuracy does. `apply` keeps probabilities: each label's are
+    mapped piecewise-linearly so that its threshold lands on 0.5 (0 and 1 stay), where the
+    multi-label metrics and the submission cut.
+    """
+    name = "label_thresholds"
+
+    def __init__(self, thresholds=None):
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=float)
+
+    @staticmethod
+    def moved(probs, thresholds):
+        probs = np.asarray(probs, dtype=float)
+        below = probs * (MULTILABEL_THRESHOLD / thresholds)
+        above = 1 - (1 - probs) * ((1 - MULTILABEL_THRESHOLD) / (1 - thresholds))
+        return np.where(probs < thresholds, below, above)
+
+    def apply(self, probs):
+        return self.moved(probs, self.fitted(self.thresholds))
+
+    def fit(self, probs, labels, metric):
+        probs = np.asarray(probs, dtype=float)
+        thresholds = np.full(probs.shape[1], MULTILABEL_THRESHOLD)
+
+        def value(candidate):
+            return score(metric, labels, (probs >= candidate).astype(float))
+
+        best = value(thresholds)
+        for _ in range(MAX_SWEEPS):
+            improved = False
+            for label in range(probs.shape[1]):
+                for position in LABEL_THRESHOLD_GRID:
+                    candidate = thresholds.copy()
+                    candidate[label] = position
+                    candidate_value = value(candidate)
+                    if gain(metric, candidate_value, best) > 1e-12:
+                        best, thresholds, improved = candidate_value, candidate, True
+            if not improved:
+                break
+        self.thresholds = thresholds
+        return self
+
+    def describe(self):
+        return "per-label thresholds " + ", ".join(f"{t:.3g}" for t in self.fitted(self.thresholds))
+
+    def params(self):
+        return {"thresholds": self.fitted(self.thresholds).tolist()}
 
 
-def rules_for(metric: str | Metric) -> list[type[Rule]]:
-    """The rules worth trying for a metric, Identity first (the baseline every rule must beat)."""
+RULES: dict[str, type[Rule]] = {cls.name: cls for cls in (Identity, PriorCorrection, Temperature, OrdinalThresholds,
+                                                          LabelThresholds)}
+
+
+def rules_for(metric: str | Metric, multilabel: bool = False) -> list[type[Rule]]:
+    """The rules worth trying for a metric, Identity first (the baseline every rule must beat).
+    `multilabel`: the truth is a multi-hot matrix; thresholds per label for every metric that cuts."""
+    if multilabel:
+        chosen = metric_for(metric, np.zeros((1, 1)))
+        return [Identity] if chosen.needs == "multilabel_probs" else [Identity, LabelThresholds]
     chosen = get_metric(metric)
     if chosen.name == "qwk":
         return [Identity, OrdinalThresholds]
@@ -231,7 +292,7 @@ def rules_for(metric: str | Metric) -> list[type[Rule]]:
         return [Identity, Temperature]
     if chosen.needs in ("labels", "topk"):
         return [Identity, PriorCorrection]
-    return [Identity]  # AUC reads the ranking per class; multi-label has no rule yet
+    return [Identity]  # AUC reads the ranking per class
 
 
 def cross_fit(rule_cls: type[Rule], probs: np.ndarray, labels: np.ndarray, folds: np.ndarray,
@@ -288,7 +349,7 @@ def choose_rule(probs: np.ndarray, labels: np.ndarray, folds: np.ndarray, metric
     probs, labels = np.asarray(probs, dtype=float), np.asarray(labels)
     plain_score = score(metric, labels, probs)
     best = ("identity", plain_score, None)
-    for rule_cls in rules_for(metric)[1:]:
+    for rule_cls in rules_for(metric, labels.ndim == 2)[1:]:
         held_out = cross_fit(rule_cls, probs, labels, folds, metric)
         held_out_score = score(metric, labels, held_out)
         if best[2] is None or gain(metric, held_out_score, best[1]) > 0:

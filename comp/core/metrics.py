@@ -29,8 +29,8 @@ class Metric:
 
     `fn(labels, prepared, num_classes) -> float` where `prepared` is what `needs` names:
     "labels" (argmax labels [n]), "probs" ([n, C]), "binary_prob" ([n] positive-class
-    probability on two classes, else [n, C]), "topk" (labels [n, <=5], best first) or
-    "multilabel" (0/1 matrix [n, C]).
+    probability on two classes, else [n, C]), "topk" (labels [n, <=5], best first),
+    "multilabel" (0/1 matrix [n, C]) or "multilabel_probs" (per-label probabilities [n, C]).
     """
     name: str
     greater_is_better: bool
@@ -155,6 +155,24 @@ def f1_macro_multilabel(labels, predicted, num_classes=None) -> float:
     return float(np.mean(np.divide(2 * overlap, sizes, out=np.zeros_like(overlap), where=sizes > 0)))
 
 
+def label_accuracy(labels, predicted, num_classes=None) -> float:
+    """Share of (row, label) cells decided right: Keras's binary accuracy at threshold 0.5."""
+    return float(np.mean(labels.astype(bool) == predicted.astype(bool)))
+
+
+def binary_log_loss(labels, probs, num_classes=None) -> float:
+    """Mean binary cross-entropy over (row, label) cells, clipped as log_loss (the mean column-wise log
+    loss of multi-label competitions; the training loss sums over the labels instead)."""
+    clipped = np.clip(probs, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS)
+    truth = labels.astype(bool)
+    return float(-np.mean(np.where(truth, np.log(clipped), np.log1p(-clipped))))
+
+
+# A single-label metric named on multi-label targets (a multi-hot truth matrix) means its multi-label form.
+MULTILABEL_FORMS = {"accuracy": "label_accuracy", "f1_micro": "f1_micro_multilabel",
+                    "f1_macro": "f1_macro_multilabel", "log_loss": "binary_log_loss"}
+
+
 def _registry() -> dict[str, Metric]:
     entries = [
         Metric("accuracy", True, "labels", "share of rows whose argmax is the true class", accuracy),
@@ -172,6 +190,9 @@ def _registry() -> dict[str, Metric]:
         Metric("f1_samples", True, "multilabel", "multi-label F1 averaged over rows", f1_samples),
         Metric("f1_micro_multilabel", True, "multilabel", "multi-label F1 pooled over cells", f1_micro_multilabel),
         Metric("f1_macro_multilabel", True, "multilabel", "multi-label F1 averaged over classes", f1_macro_multilabel),
+        Metric("label_accuracy", True, "multilabel", "multi-label: share of (row, label) cells right", label_accuracy),
+        Metric("binary_log_loss", False, "multilabel_probs", "multi-label: mean binary cross-entropy over cells",
+               binary_log_loss),
     ]
     return {metric.name: metric for metric in entries}
 
@@ -188,11 +209,28 @@ def get_metric(name: str | Metric) -> Metric:
     return METRICS[name]
 
 
+def is_multilabel_metric(metric: Metric) -> bool:
+    return metric.needs.startswith("multilabel")
+
+
+def metric_for(name: str | Metric, labels) -> Metric:
+    """The registry entry that scores these targets: for a multi-hot truth matrix a single-label
+    name means its multi-label form (MULTILABEL_FORMS); one without such a form is refused."""
+    metric = get_metric(name)
+    if np.ndim(labels) != 2 or is_multilabel_metric(metric):
+        return metric
+    if metric.name not in MULTILABEL_FORMS:
+        usable = ", ".join([*MULTILABEL_FORMS, "f1_samples"])
+        raise CompError(f"--metric {metric.name} does not score multi-label targets (several labels a row); "
+                        f"choose one of {usable}")
+    return METRICS[MULTILABEL_FORMS[metric.name]]
+
+
 def prepare(needs: str, probs: np.ndarray) -> np.ndarray:
     """Probabilities [n, C] turned into what a metric reads (see `Metric`)."""
     if needs == "labels":
         return probs.argmax(1)
-    if needs == "probs":
+    if needs in ("probs", "multilabel_probs"):
         return probs
     if needs == "binary_prob":
         return probs[:, 1] if probs.shape[1] == 2 else probs
@@ -205,8 +243,8 @@ def prepare(needs: str, probs: np.ndarray) -> np.ndarray:
 
 def score(name: str | Metric, labels: np.ndarray, probs: np.ndarray) -> float:
     """The metric of probabilities against the true labels: the one entry point every stage uses."""
-    metric = get_metric(name)
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
+    metric = metric_for(name, labels)
     check_inputs(metric, labels, probs)
     return metric.fn(labels, prepare(metric.needs, probs), probs.shape[1])
 
@@ -216,7 +254,7 @@ def check_inputs(metric: Metric, labels: np.ndarray, probs: np.ndarray) -> None:
     if probs.ndim != 2 or len(probs) != len(labels) or len(labels) == 0:
         raise CompError(f"{metric.name}: probabilities must be [rows, classes] with one row a label; "
                         f"got {probs.shape} against {len(labels)} labels")
-    if metric.needs == "multilabel":
+    if is_multilabel_metric(metric):
         if labels.shape != probs.shape:
             raise CompError(f"{metric.name}: multi-label truth must be a 0/1 matrix shaped like the "
                             f"probabilities {probs.shape}; got {labels.shape}")

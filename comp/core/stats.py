@@ -99,7 +99,10 @@ class ErrorBars:
 
 
 def correct_rows(probs: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    """(predictions, rows): whether each prediction's top class is the label."""
+    """(predictions, rows): whether each prediction's top class is the label. Multi-label (labels a
+    0/1 matrix): (predictions, rows x labels), whether each cell is decided right at 0.5."""
+    if np.ndim(labels) == 2:
+        return np.stack([((p >= 0.5) == labels.astype(bool)).ravel() for p in probs])
     return np.stack([p.argmax(1) == labels for p in probs])
 
 
@@ -153,10 +156,10 @@ class MetricBars:
     def __init__(self, metric: str, labels: np.ndarray, probs: list[np.ndarray], resamples: int | None = None,
                  seed: int = SEED):
         from comp.core.errors import CompError
-        from comp.core.metrics import LOG_LOSS_EPS, get_metric, prepare, score
+        from comp.core.metrics import LOG_LOSS_EPS, metric_for, prepare, score
 
-        self.metric = get_metric(metric)
         labels = np.asarray(labels)
+        self.metric = metric_for(metric, labels)
         rows = len(labels)
         self.estimates = np.array([score(self.metric, labels, p) for p in probs])
         classes = probs[0].shape[1]
@@ -200,6 +203,7 @@ IMBALANCED_RATIO = 3.0  # largest class / smallest from here up: the imbalance o
 
 
 def imbalance_ratio(labels: np.ndarray, num_classes: int) -> float:
-    """Rows of the largest class over rows of the smallest (1.0: balanced; a class without rows counts as 1)."""
-    counts = np.bincount(labels, minlength=num_classes)
+    """Rows of the largest class over rows of the smallest (1.0: balanced; a class without rows counts as 1).
+    Multi-label (labels a 0/1 matrix): rows carrying the commonest label over the rarest's."""
+    counts = labels.sum(0) if np.ndim(labels) == 2 else np.bincount(labels, minlength=num_classes)
     return float(counts.max() / max(counts.min(), 1))

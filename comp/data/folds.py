@@ -39,9 +39,40 @@ def _hash(folds: np.ndarray, k: int) -> str:
     return hashlib.sha1(folds.astype(np.int8).tobytes() + bytes([k])).hexdigest()[:12]
 
 
+def make_multilabel_split(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Folds of a multi-hot matrix by iterative stratification (Sechidis et al. 2011): each label's
+    rows, rarest label first, dealt to the folds that still lack most of it, so every fold holds
+    about 1/k of every label's rows (a plain StratifiedKFold cannot stratify several labels)."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    if len(labels) < k:
+        raise CompError(f"--folds {k}: only {len(labels)} labelled rows; use --folds {max(2, len(labels))}")
+    folds = np.empty(len(labels), dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for fold, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        folds[val] = fold
+    return folds
+
+
+def label_cells(labels: np.ndarray) -> list[str]:
+    """A multi-hot matrix as folds.csv writes it: each row's label numbers separated by spaces."""
+    return [" ".join(map(str, np.flatnonzero(row))) for row in labels]
+
+
+def read_label_cells(cells, num_labels: int) -> np.ndarray:
+    """label_cells read back: the multi-hot matrix (rows, num_labels) uint8."""
+    matrix = np.zeros((len(cells), num_labels), np.uint8)
+    for r, cell in enumerate(cells):
+        if isinstance(cell, str) and cell.strip():
+            matrix[r, [int(i) for i in cell.split()]] = 1
+    return matrix
+
+
 def make_split(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedKFold
 
+    if labels.ndim == 2:
+        return make_multilabel_split(labels, k, seed)
     smallest = np.bincount(labels).min()
     if smallest < k:
         raise CompError(f"--folds {k}: the smallest class has only {smallest} images; use --folds {max(2, smallest)}")
@@ -101,13 +132,16 @@ def ensure_split(workspace: Workdir, labels: np.ndarray, fingerprint: str, k: in
             )
         return read_split(meta_path, len(labels))
     folds = make_split(labels, k, seed)
-    frame = pd.DataFrame({"row": np.arange(len(labels)), "label": labels, "fold": folds})
+    # Multi-label: a "labels" column of label numbers (read back by comp.store.runs.oof_labels).
+    targets = {"labels": label_cells(labels)} if labels.ndim == 2 else {"label": labels}
+    frame = pd.DataFrame({"row": np.arange(len(labels)), **targets, "fold": folds})
     if train_files is not None:
         frame.insert(1, "file", train_files)
     save_csv(csv_path, frame)
     split_hash = _hash(folds, k)
     write_json(meta_path, {"fingerprint": fingerprint, "k": k, "seed": seed, "hash": split_hash, "rows": len(labels)})
-    info(f"wrote {csv_path}: {k} stratified folds of {len(labels):,} rows (seed {seed})")
+    how = "iteratively stratified (multi-label)" if labels.ndim == 2 else "stratified"
+    info(f"wrote {csv_path}: {k} {how} folds of {len(labels):,} rows (seed {seed})")
     return Split(folds, k, seed, fingerprint, split_hash)
 
 

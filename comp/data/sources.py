@@ -209,7 +209,7 @@ class Dataset:
     data_dir: Path
     classes: list[str]
     train_x: np.ndarray | Rows  # (N,H,W,C) uint8: C is 3 (RGB), or 1 for a grayscale pixel CSV
-    train_y: np.ndarray  # (N,) int64 class index
+    train_y: np.ndarray  # (N,) int64 class index; multi-label: (N, L) uint8 multi-hot (comp.data.multilabel)
     test_x: np.ndarray  # (M,H,W,C) uint8, in sample_submission order
     test_ids: list[str]
     submission: SubmissionFormat
@@ -223,6 +223,11 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        """Several labels a row (train_y a multi-hot matrix), trained with sigmoid outputs."""
+        return self.train_y.ndim == 2
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -560,14 +565,16 @@ def _one_hot_labels(frame: pd.DataFrame, id_col: str, classes: list[str], path: 
 
 
 def multi_label_problem(path: Path, where: str, marked: list[str]) -> Problem:
-    """A one-hot row with several 1s. The hook where multi-label targets take over (comp trains
-    one label a row until then): the row is an error that names its classes."""
+    """A row with several 1s in a CSV that is not read as multi-label (comp.data.multilabel reads
+    it so only when every class cell is 0 or 1): an error that names its classes."""
     return Problem(ERROR, MULTI_LABEL, path, f"{where} has {len(marked)} classes marked 1 ({', '.join(marked)}): "
-                   "multi-label targets", "comp trains one label a row: keep one 1 a row")
+                   "multi-label targets", "they are read as such when every class cell is 0 or 1 (fix the others); "
+                   "for one label a row keep one 1")
 
 
-def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | None) -> str | None:
-    """What does not match between the learned classes and the sample submission's target values, or None."""
+def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | None, spaced: bool = False) -> str | None:
+    """What does not match between the learned classes and the sample submission's target values, or None.
+    `spaced`: multi-label, a target cell may list several labels separated by spaces."""
     if submission is None or not classes:
         return None
     if submission.target_kind == "probs":
@@ -582,6 +589,8 @@ def classes_unlike_sample(classes: list[str], submission: SubmissionFormat | Non
                      .str.strip()) - {""}
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, KeyError):
         return None
+    if spaced:
+        values = {word for value in values for word in value.split()}
     if submission.target_kind == "int" and not all(c.lstrip("-").isdigit() for c in classes):
         return None  # integers stand for the class index: nothing to compare
     if submission.target_kind in ("name", "int") and not values <= set(classes):
@@ -724,6 +733,9 @@ def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem], n
                                 "use train/<class>/*.jpg, add a labels CSV with columns id,label, or pass "
                                 "--labels-from name when the file names hold the labels (cat.1.jpg)"))
         return [], [], []
+    multilabel = _scan_multilabel_csv(csv_path, train_dir, images, problems)  # None: single-label
+    if multilabel is not None:
+        return multilabel
     frame, wrong, row_problems = _read_labels_frame(csv_path, os.environ.get(ID_COLUMN_ENV) or None,
                                                     os.environ.get(LABEL_COLUMN_ENV) or None)
     if wrong:
@@ -753,6 +765,33 @@ def _scan_labels_csv(data_dir: Path, train_dir: Path, problems: list[Problem], n
     classes = sorted({name for _, name in rows})
     index = {name: i for i, name in enumerate(classes)}
     return classes, [path for path, _ in rows], [index[name] for _, name in rows]
+
+
+def _scan_multilabel_csv(csv_path: Path, train_dir: Path, images: list[Path], problems: list[Problem]):
+    """(label names, files, multi-hot matrix) of a multi-label labels CSV (comp.data.multilabel) matched
+    to the train images, each unmatched id or image a Problem; None when the CSV is not multi-label."""
+    from comp.data.multilabel import read_multilabel
+
+    targets = read_multilabel(csv_path, (*ID_COLUMN_NAMES, "index"), LABEL_COLUMN_NAMES,
+                              os.environ.get(ID_COLUMN_ENV) or None, os.environ.get(LABEL_COLUMN_ENV) or None)
+    if targets is None:
+        return None
+    by_key = {_id_key(p.name): p for p in images}
+    files, kept = [], []
+    for row, id_ in enumerate(targets.ids):
+        if _id_key(id_) in by_key:
+            files.append(by_key[_id_key(id_)])
+            kept.append(row)
+        else:
+            problems.append(Problem(ERROR, LABEL_WITHOUT_IMAGE, csv_path,
+                                    f"id {id_} (row {row + 2}) has no image in {train_dir}",
+                                    "fix the CSV or add the image"))
+    listed = {_id_key(i) for i in targets.ids}
+    for path in images:
+        if _id_key(path.name) not in listed:
+            problems.append(Problem(WARNING, UNLABELED, path, f"not in {csv_path.name}",
+                                    f"add the images to {csv_path.name} to train on them"))
+    return targets.classes, files, targets.matrix[kept]
 
 
 def _pixel_problems(errors: list[PixelError]) -> list[Problem]:
@@ -805,7 +844,8 @@ def scan(data_dir: Path) -> Layout:
         problems.append(Problem(ERROR, MISSING, train_dir, "missing",
                                 "the competition folder needs train/<class>/*.jpg (is --data the unpacked download?)"))
     submission = read_submission_format(data_dir, problems)
-    unlike = classes_unlike_sample(classes, submission) if from_csv and len(classes) > 1 else None
+    unlike = classes_unlike_sample(classes, submission, spaced=np.ndim(labels) == 2) \
+        if from_csv and len(classes) > 1 else None
     if unlike:
         problems.append(sample_classes_problem(submission, unlike))
     test_files = []
@@ -815,8 +855,9 @@ def scan(data_dir: Path) -> Layout:
     elif submission is not None:
         test_files = match_test_files(test_dir, submission, problems)
     skipped = [p.path for p in problems if p.kind == NON_IMAGE]
-    return Layout(data_dir, classes, files, np.asarray(labels, dtype=np.int64), test_files, submission, skipped,
-                  problems)
+    # Class numbers (N,), or a multi-label CSV's multi-hot matrix (N, L) uint8 as it came (comp.data.multilabel).
+    labels = labels if isinstance(labels, np.ndarray) and labels.ndim == 2 else np.asarray(labels, dtype=np.int64)
+    return Layout(data_dir, classes, files, labels, test_files, submission, skipped, problems)
 
 
 # -- fingerprint: the content of every file ------------------------------------------------
@@ -1117,7 +1158,7 @@ class Source:
             data_dir=self.layout.data_dir,
             classes=self.layout.classes,
             train_x=arrays["train_x"],
-            train_y=arrays["train_y"],
+            train_y=arrays["train_y"].astype(np.uint8) if arrays["train_y"].ndim == 2 else arrays["train_y"],
             test_x=arrays["test_x"],
             test_ids=self.layout.submission.ids,
             submission=self.layout.submission,
@@ -1199,6 +1240,8 @@ def limit_rows(labels: np.ndarray, limit: int) -> np.ndarray:
     """A deterministic stratified subsample of row indices (all rows when limit is 0 or too big)."""
     if not limit or limit >= len(labels):
         return np.arange(len(labels))
+    if labels.ndim == 2:  # multi-label: no class to stratify by; a seeded random subsample
+        return np.sort(np.random.default_rng(LIMIT_SEED).permutation(len(labels))[:limit])
     from sklearn.model_selection import train_test_split
 
     num_classes = len(np.unique(labels))

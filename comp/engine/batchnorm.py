@@ -38,7 +38,8 @@ class BatchStatistics(keras.Model):
         model = self.training_model
         pixels, labels = model.pixels_and_labels(batch)
         images = model.augment(ops.cast(pixels, "float32"), training=True)
-        images, _ = model.mix(images, ops.one_hot(labels, model.num_classes), training=True)
+        targets = ops.cast(labels, "float32") if model.multilabel else ops.one_hot(labels, model.num_classes)
+        images, _ = model.mix(images, targets, training=True)
         features = self.features(images, training=True)  # BatchNorm normalises with batch statistics
         moments = []
         for x in features if isinstance(features, (list, tuple)) else [features]:

@@ -61,12 +61,13 @@ class FoldStore(keras.layers.Layer):
     rows are the fold's data, not training state.
     """
 
-    def __init__(self, capacity: int, image_shape, **kwargs):
+    def __init__(self, capacity: int, image_shape, label_shape: tuple = (), **kwargs):
         super().__init__(**kwargs)
         self.images = self.add_weight(shape=(capacity, *image_shape), dtype="uint8", initializer="zeros",
                                       trainable=False, name="images")
-        self.labels = self.add_weight(shape=(capacity,), dtype="int32", initializer="zeros", trainable=False,
-                                      name="labels")
+        # label_shape (): class numbers; (L,): multi-hot rows of a multi-label set.
+        self.labels = self.add_weight(shape=(capacity, *label_shape), dtype="int32", initializer="zeros",
+                                      trainable=False, name="labels")
         self.built = True
 
     def fill(self, images, labels: np.ndarray) -> None:
@@ -85,7 +86,7 @@ class FoldStore(keras.layers.Layer):
                 chunk = np.concatenate([chunk, np.zeros((chunk_rows - len(chunk), *chunk.shape[1:]), np.uint8)])
             self.images.assign(ops.slice_update(self.images.value, [start] + corner,
                                                 ops.convert_to_tensor(chunk, "uint8")))
-        padded_labels = np.zeros(capacity, np.int32)
+        padded_labels = np.zeros((capacity, *self.labels.shape[1:]), np.int32)
         padded_labels[:rows] = labels
         self.labels.assign(ops.convert_to_tensor(padded_labels, "int32"))
 

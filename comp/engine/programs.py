@@ -46,7 +46,7 @@ def fold_seed(config: RunConfig, fold: int) -> int:
 
 
 def build_training_model(config: RunConfig, image_shape, num_classes: int, sample_images, fold: int,
-                         steps_per_epoch: int = 1, store: FoldStore | None = None):
+                         steps_per_epoch: int = 1, store: FoldStore | None = None, multilabel: bool = False):
     seed = fold_seed(config, fold)
     net = build_model(config, image_shape, num_classes, sample_images, steps_per_epoch)
     augment = make_augment_layer(config.augment, seed, steps_per_epoch)
@@ -54,7 +54,7 @@ def build_training_model(config: RunConfig, image_shape, num_classes: int, sampl
     augment.dtype_policy = keras.DTypePolicy("float32")  # augment in float32 even under bf16
     mix.dtype_policy = keras.DTypePolicy("float32")
     return TrainingModel(net, augment, mix, num_classes, config.label_smoothing, store,
-                         class_weighted=config.class_weight == "balanced"), net
+                         class_weighted=config.class_weight == "balanced", multilabel=multilabel), net
 
 
 # -- the engine: one compiled model per config, reused by its folds ---------------------------------
@@ -91,12 +91,13 @@ class Engine:
 _engine: Engine | None = None  # the last config's engine in this process
 
 
-def program_key(config: RunConfig, image_shape, num_classes: int, store_rows: int, devices: int = 1) -> tuple:
+def program_key(config: RunConfig, image_shape, num_classes: int, store_rows: int, devices: int = 1,
+                multilabel: bool = False) -> tuple:
     """What the compiled programs depend on. Not the steps per epoch: the schedules read a clock
     variable and the alternating flip a steps-per-epoch variable (Engine.fit_schedule)."""
     compiled = {k: v for k, v in config.to_dict().items() if k not in NOT_COMPILED}
     return (keras.backend.backend(), repr(sorted(compiled.items())), tuple(image_shape), num_classes,
-            store_capacity(store_rows) if store_rows else 0, devices)
+            store_capacity(store_rows) if store_rows else 0, devices) + (("multilabel",) if multilabel else ())
 
 
 def copy_initial_state(source: TrainingModel, target: TrainingModel) -> None:
@@ -114,17 +115,18 @@ def copy_initial_state(source: TrainingModel, target: TrainingModel) -> None:
 
 
 def prepare_engine(config: RunConfig, image_shape, num_classes: int, sample_images, fold: int,
-                   steps_per_epoch: int, store_rows: int = 0) -> Engine:
+                   steps_per_epoch: int, store_rows: int = 0, multilabel: bool = False) -> Engine:
     """The compiled model for this fold, holding the fold's initial state: the weights its seed
     draws, whitening and normalisation fitted on `sample_images`, fresh optimizer slots and
-    random streams. `store_rows`: the rows a FoldStore must hold (0: no store).
+    random streams. `store_rows`: the rows a FoldStore must hold (0: no store). `multilabel`:
+    multi-hot labels, sigmoid outputs and binary cross-entropy (comp.engine.step).
 
     The last fold's engine when the program key is the same (a freshly built model's state is
     copied in; building traces nothing), else a new one, after clearing the old session.
     """
     global _engine
     devices = len(local_devices(config.devices))
-    key = program_key(config, image_shape, num_classes, store_rows, devices)
+    key = program_key(config, image_shape, num_classes, store_rows, devices, multilabel)
     reuse = _engine is not None and _engine.key == key
     if not reuse:
         _engine = None
@@ -134,8 +136,11 @@ def prepare_engine(config: RunConfig, image_shape, num_classes: int, sample_imag
             announce(devices, config.batch_size)
     keras.utils.set_random_seed(fold_seed(config, fold))
     set_precision(config.precision)
-    store = FoldStore(store_capacity(store_rows), image_shape, name="store") if store_rows and not reuse else None
-    model, net = build_training_model(config, image_shape, num_classes, sample_images, fold, steps_per_epoch, store)
+    label_shape = (num_classes,) if multilabel else ()
+    store = (FoldStore(store_capacity(store_rows), image_shape, name="store", label_shape=label_shape)
+             if store_rows and not reuse else None)
+    model, net = build_training_model(config, image_shape, num_classes, sample_images, fold, steps_per_epoch, store,
+                                      multilabel)
     compile_training_model(model, config, steps_per_epoch)
     if reuse:
         copy_initial_state(model, _engine.model)

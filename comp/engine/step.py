@@ -30,6 +30,20 @@ def smoothed_cross_entropy(logits, targets, label_smoothing: float, num_classes:
     return ops.mean(losses if row_weights is None else losses * row_weights)
 
 
+def binary_cross_entropy(logits, targets, label_smoothing: float):
+    """Multi-label: the sigmoid cross-entropy of logits against (mixed) 0/1 targets, each smoothed
+    toward 1/2, summed over the labels and averaged over the rows (keras.ops). Summed, as the
+    softmax cross-entropy sums over the classes: each logit's gradient is then sigmoid(z) - t,
+    the scale the nets' learning rates were tuned at (a mean over L labels would cut it L-fold:
+    the fast net at its own lr learned next to nothing on 10 labels). From logits, stable for any
+    value: max(z, 0) - z t + log(1 + exp(-|z|))."""
+    logits, targets = ops.cast(logits, "float32"), ops.cast(targets, "float32")
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / 2
+    cells = ops.relu(logits) - logits * targets + ops.log1p(ops.exp(-ops.abs(logits)))
+    return ops.mean(ops.sum(cells, axis=-1))
+
+
 class TrainingModel(keras.Model):
     """fit() wrapper: augmentation and mixup inside the compiled train step.
 
@@ -40,7 +54,7 @@ class TrainingModel(keras.Model):
     """
 
     def __init__(self, net, augment, mix, num_classes: int, label_smoothing: float, store=None,
-                 class_weighted: bool = False, **kwargs):
+                 class_weighted: bool = False, multilabel: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.net, self.augment, self.mix, self.store = net, augment, mix, store
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
@@ -48,9 +62,12 @@ class TrainingModel(keras.Model):
         # own training rows (set_class_weights), so every fold runs the one compiled program.
         self.class_weights = self.add_weight(shape=(num_classes,), initializer="ones", trainable=False,
                                              name="class_weights") if class_weighted else None
+        # Multi-label: labels are multi-hot rows, the outputs sigmoids, the loss binary cross-entropy.
+        self.multilabel = multilabel
         # The model's own metric (not compile's): it exists before the first batch, so fit never
         # has to trace the model on a sample batch to build it.
-        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.accuracy_metric = (keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0) if multilabel
+                                else keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
         self.built = True  # the net is a built functional model; augment, mix and store build in __init__
 
     def build(self, input_shape=None):
@@ -67,13 +84,15 @@ class TrainingModel(keras.Model):
     def call(self, inputs, training=False):
         pixels, labels = self.pixels_and_labels(inputs)
         images = ops.cast(pixels, "float32")  # data travels as uint8; cast on the device
-        targets = ops.one_hot(labels, self.num_classes)
+        targets = ops.cast(labels, "float32") if self.multilabel else ops.one_hot(labels, self.num_classes)
         if training:
             images = self.augment(images, training=True)
             images, targets = self.mix(images, targets, training=True)
         return {"logits": self.net(images, training=training), "targets": targets, "labels": labels}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self.multilabel:
+            return binary_cross_entropy(y_pred["logits"], y_pred["targets"], self.label_smoothing)
         return smoothed_cross_entropy(y_pred["logits"], y_pred["targets"], self.label_smoothing, self.num_classes,
                                       self.class_weights)
 

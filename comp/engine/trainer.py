@@ -13,7 +13,7 @@ import numpy as np
 from comp.nets import layers as _registered_layers  # noqa: F401 -- comp's layers, for load_model
 from comp.config.run_config import RunConfig
 from comp.config.tta_policy import views_for
-from comp.core.errors import retrain_fold_fix
+from comp.core.errors import CompError, retrain_fold_fix
 from comp.core.fileio import atomic_path, save_npy, write_json
 from comp.core.scoring import accuracy as score_accuracy, log_loss
 from comp.engine.batchnorm import recalibrate_batchnorm
@@ -65,10 +65,14 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
     """
     started = time.time()
     compiles_before = compile_counts()
+    multilabel = np.ndim(train_y) == 2  # multi-hot rows: sigmoid outputs, binary cross-entropy
+    if multilabel and (config.class_weight != "none" or config.sampler != "shuffle"):
+        raise CompError(f"--class-weight {config.class_weight} / --sampler {config.sampler}: they weigh the classes of "
+                        "single-label data; with multi-label targets use --class-weight none --sampler shuffle")
     try:
         device_rows = len(train_y) if uses_device_rows() else 0
         steps = BatchOrder(len(train_y), config.batch_size, 0).steps
-        engine = prepare_engine(config, train_x.shape[1:], num_classes, train_x, fold, steps, device_rows)
+        engine = prepare_engine(config, train_x.shape[1:], num_classes, train_x, fold, steps, device_rows, multilabel)
         model, net = engine.model, engine.net
         training_data, steps = training_inputs(train_x, train_y, config.batch_size, fold_seed(config, fold),
                                                model.store, config.sampler)
@@ -118,15 +122,15 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
     return result
 
 
-def _probs_by_policy(predictor: Predictor, images, policy: str) -> dict[str, np.ndarray]:
+def _probs_by_policy(predictor: Predictor, images, policy: str, multilabel: bool = False) -> dict[str, np.ndarray]:
     """Probabilities as is ("none") and with the run's TTA policy, from one pass over the views.
 
     The first view of every policy is the image as is, so the plain prediction is its slice.
     """
     view_logits = predictor(images)
-    probs = {"none": average_views(view_logits[:1])}
+    probs = {"none": average_views(view_logits[:1], multilabel=multilabel)}
     if policy != "none":
-        probs[policy] = average_views(view_logits, policy=policy)
+        probs[policy] = average_views(view_logits, policy=policy, multilabel=multilabel)
     return probs
 
 
@@ -136,7 +140,8 @@ def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, secon
     compiled call; write the artifacts, the curves after everything timed; metrics last."""
     predictor = predictor or Predictor(net, views_for(config.tta), view_fill(config.tta),
                                        call_rows(max(config.batch_size, 256)))
-    val_probs = _probs_by_policy(predictor, val_x, config.tta)
+    multilabel = np.ndim(val_y) == 2
+    val_probs = _probs_by_policy(predictor, val_x, config.tta, multilabel)
     check_finite_probs(val_probs, "validation", fold, config.lr)
     plain = val_probs["none"]
     accuracy, loss = score_accuracy(plain, val_y), log_loss(plain, val_y)
@@ -146,7 +151,7 @@ def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, secon
         return result
     metrics = {"fold": fold, "val_accuracy": accuracy, "val_loss": loss, "best_epoch": state["best_epoch"],
                "epochs_run": state["epoch"], "seconds": round(seconds, 2), "val_rows": len(val_y)}
-    test_probs = _probs_by_policy(predictor, test_x, config.tta) if test_x is not None else {}
+    test_probs = _probs_by_policy(predictor, test_x, config.tta, multilabel) if test_x is not None else {}
     check_finite_probs(test_probs, "test", fold, config.lr)
     for policy, probs in val_probs.items():
         suffix = "" if policy == "none" else f".{policy}"

@@ -36,31 +36,43 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Each label's own probability (multi-label outputs); tanh form: no overflow for any logit."""
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))
+
+
+def activate(logits: np.ndarray, multilabel: bool = False) -> np.ndarray:
+    """Probabilities from logits: softmax over the classes, or a sigmoid per label (multi-label)."""
+    return sigmoid(logits) if multilabel else softmax(logits)
+
+
 def predict_logits(net, images: np.ndarray, policy: str, batch_size: int = 512) -> np.ndarray:
     """Logits of every view: (views, N, classes), every view of a batch in one compiled call of
     `batch_size` net inputs (more on a GPU). The net outputs logits (see comp.nets.models)."""
     return predictor_for(net, views_for(policy), view_fill(policy), call_rows(batch_size))(images)
 
 
-def average_probs(view_logits: np.ndarray) -> np.ndarray:
+def average_probs(view_logits: np.ndarray, multilabel: bool = False) -> np.ndarray:
     """Average the views' probabilities (N, classes)."""
-    return softmax(view_logits).mean(axis=0)
+    return activate(view_logits, multilabel).mean(axis=0)
 
 
-def average_logits(view_logits: np.ndarray) -> np.ndarray:
-    """Average the views' logits, then softmax (N, classes): a geometric mean of probabilities."""
-    return softmax(view_logits.mean(axis=0))
+def average_logits(view_logits: np.ndarray, multilabel: bool = False) -> np.ndarray:
+    """Average the views' logits, then softmax (N, classes): a geometric mean of probabilities
+    (multi-label: of each label's odds)."""
+    return activate(view_logits.mean(axis=0), multilabel)
 
 
-def average_views(view_logits: np.ndarray, average: str = DEFAULT_AVERAGE, policy: str | None = None) -> np.ndarray:
+def average_views(view_logits: np.ndarray, average: str = DEFAULT_AVERAGE, policy: str | None = None,
+                  multilabel: bool = False) -> np.ndarray:
     """(N, classes) probabilities of the views of `policy` (equal weights unless WEIGHTED_POLICIES
-    says otherwise: then its weights and its own average)."""
+    says otherwise: then its weights and its own average); `multilabel`: sigmoids, not softmax."""
     if average not in AVERAGES:
         raise CompError(f"--tta-average {average}: choose one of {', '.join(AVERAGES)}")
     weighting = WEIGHTED_POLICIES.get(policy)
     if weighting:
-        return softmax(np.tensordot(np.asarray(weighting.weights), view_logits, axes=1))
-    return average_probs(view_logits) if average == "probs" else average_logits(view_logits)
+        return activate(np.tensordot(np.asarray(weighting.weights), view_logits, axes=1), multilabel)
+    return average_probs(view_logits, multilabel) if average == "probs" else average_logits(view_logits, multilabel)
 
 
 def predict_probs(net, images: np.ndarray, policy: str = "none", batch_size: int = 512,

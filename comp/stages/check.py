@@ -75,14 +75,34 @@ def find_duplicates(dataset: Dataset) -> dict:
     }
 
 
+def class_counts(dataset: Dataset) -> np.ndarray:
+    """Images of each class; multi-label: images carrying each label."""
+    if dataset.multilabel:
+        return dataset.train_y.sum(0).astype(np.int64)
+    return np.bincount(dataset.train_y, minlength=dataset.num_classes)
+
+
+def members_of(dataset: Dataset, label: int) -> np.ndarray:
+    """Rows of a class, or (multi-label) rows carrying the label."""
+    return np.flatnonzero(dataset.train_y[:, label] if dataset.multilabel else dataset.train_y == label)
+
+
 def class_counts_table(dataset: Dataset) -> Table:
-    counts = np.bincount(dataset.train_y, minlength=dataset.num_classes)
-    table = Table(title=f"train: {len(dataset.train_y):,} images in {dataset.num_classes} classes")
+    counts = class_counts(dataset)
+    if dataset.multilabel:
+        from comp.data.multilabel import label_counts_line
+
+        title = (f"train: {len(dataset.train_y):,} images, multi-label over {dataset.num_classes} labels: "
+                 f"{label_counts_line(dataset.train_y)}")
+    else:
+        title = f"train: {len(dataset.train_y):,} images in {dataset.num_classes} classes"
+    table = Table(title=title)
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("share", justify="right")
     for name, count in zip(dataset.classes, counts):
-        table.add_row(name, f"{count:,}", f"{count / counts.sum():.1%}")
+        share = count / (len(dataset.train_y) if dataset.multilabel else counts.sum())  # of images: labels overlap
+        table.add_row(name, f"{count:,}", f"{share:.1%}")
     return table
 
 
@@ -129,7 +149,7 @@ def sample_grid(dataset: Dataset, path: Path, per_class: int = 8) -> Path:
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=12)
     for c, name in enumerate(dataset.classes):
-        members = np.flatnonzero(dataset.train_y == c)
+        members = members_of(dataset, c)
         chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
         top = GRID_GAP + c * row_h
         draw.text((GRID_GAP, top), name, fill="black", font=font)
@@ -235,7 +255,14 @@ def metric_line(dataset: Dataset, metric: str) -> tuple[str, str]:
     sample = pd.read_csv(dataset.submission.path, dtype=str, keep_default_na=False)
     kinds = [value_kind(sample[c]) for c in sample.columns]
     suggested, why = suggest_metric(list(sample.columns), kinds, dataset.num_classes)
+    if dataset.multilabel:
+        suggested, why = "f1_samples", ("several labels a row: F1 over labels (f1_samples, f1_micro or f1_macro, "
+                                        "as the competition says)")
     chosen = get_metric(metric)
+    if dataset.multilabel:  # a single-label name means its multi-label form; one without any is refused
+        from comp.core.metrics import metric_for
+
+        chosen = metric_for(metric, dataset.train_y)
     direction = "higher" if chosen.greater_is_better else "lower"
     console.print(f"metric: {chosen.name} ({chosen.summary}; {direction} is better; --metric NAME chooses the "
                   "competition's, remembered in comp.toml)")
@@ -247,7 +274,8 @@ def metric_line(dataset: Dataset, metric: str) -> tuple[str, str]:
 def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, metric: str | None = None) -> dict:
     console.print(class_counts_table(dataset))
     ratio = imbalance_ratio(dataset.train_y, dataset.num_classes)
-    console.print(imbalance_line(ratio))
+    console.print(f"label imbalance: commonest/rarest label {ratio:.1f}x (per-label thresholds in comp ensemble "
+                  "answer it)" if dataset.multilabel else imbalance_line(ratio))
     stats = dataset.stats
     if stats.get("layout"):
         console.print(f"layout: {stats['layout']}")
@@ -268,10 +296,11 @@ def report(dataset: Dataset, grid_path: Path, cache_dir: Path | None = None, met
     console.print(footprint_line(dataset, needs))
     sample_grid(dataset, grid_path)
     console.print(f"sample grid: {grid_path}")
-    counts = np.bincount(dataset.train_y, minlength=dataset.num_classes)
+    counts = class_counts(dataset)
     return {
         "classes": dict(zip(dataset.classes, counts.tolist())),
         "imbalance_ratio": round(ratio, 3),
+        **({"task": "multilabel"} if dataset.multilabel else {}),
         "test_images": len(dataset.test_ids),
         "duplicates": duplicates,
         "fingerprint": dataset.fingerprint,

@@ -268,26 +268,35 @@ def blend_mean(probs: list[np.ndarray], weights: np.ndarray | None = None) -> np
     return np.tensordot(weights, np.stack(probs), axes=1)
 
 
-def blend_geomean(probs: list[np.ndarray]) -> np.ndarray:
+def blend_geomean(probs: list[np.ndarray], multilabel: bool = False) -> np.ndarray:
+    if multilabel:  # each label's own probability: the geometric mean of its odds (mean logit)
+        clipped = np.clip(np.stack(probs), PROB_FLOOR, 1 - PROB_FLOOR)
+        return 1 / (1 + np.exp(-np.log(clipped / (1 - clipped)).mean(axis=0)))
     logs = np.log(np.clip(np.stack(probs), PROB_FLOOR, 1)).mean(axis=0)
     out = np.exp(logs - logs.max(axis=1, keepdims=True))
     return out / out.sum(axis=1, keepdims=True)
 
 
-def blend_vote(probs: list[np.ndarray]) -> np.ndarray:
-    """Vote shares; the mean probability (scaled below one vote) breaks ties."""
+def blend_vote(probs: list[np.ndarray], multilabel: bool = False) -> np.ndarray:
+    """Vote shares; the mean probability (scaled below one vote) breaks ties. Multi-label: each
+    label's votes are the runs that give it 0.5 or more."""
     stack = np.stack(probs)
     votes = np.zeros(stack.shape[1:])
     for p in stack:
-        votes[np.arange(len(p)), p.argmax(1)] += 1
+        if multilabel:
+            votes += p >= 0.5
+        else:
+            votes[np.arange(len(p)), p.argmax(1)] += 1
     return (votes + stack.mean(axis=0) * 0.5) / (len(probs) + 0.5)
 
 
-def blend(method: str, probs: list[np.ndarray], weights: np.ndarray | None = None) -> np.ndarray:
+def blend(method: str, probs: list[np.ndarray], weights: np.ndarray | None = None,
+          multilabel: bool = False) -> np.ndarray:
+    """`multilabel`: the probabilities are one sigmoid per label (rows need not sum to 1)."""
     if method == "geomean":
-        return blend_geomean(probs)
+        return blend_geomean(probs, multilabel)
     if method == "vote":
-        return blend_vote(probs)
+        return blend_vote(probs, multilabel)
     return blend_mean(probs, weights if method == "weights" else None)
 
 
@@ -329,14 +338,18 @@ def checked_weights_blend(oofs: list[np.ndarray], labels: np.ndarray, metric: st
     blend's accuracy is the number to compare with the plain mean, which fits nothing, and the
     one whose error bars mean something.
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import KFold, StratifiedKFold
 
-    parts = min(CHECK_PARTS, int(np.bincount(labels).min()))
-    if parts < 2:
+    if labels.ndim == 2:  # multi-label: no class to stratify by; parts of at least two rows
+        parts = min(CHECK_PARTS, len(labels) // 2)
+        splitter = KFold(parts, shuffle=True, random_state=CHECK_SEED) if parts >= 2 else None
+    else:
+        parts = min(CHECK_PARTS, int(np.bincount(labels).min()))
+        splitter = StratifiedKFold(parts, shuffle=True, random_state=CHECK_SEED) if parts >= 2 else None
+    if splitter is None:
         return None
     blended = np.zeros_like(oofs[0])
-    splitter = StratifiedKFold(parts, shuffle=True, random_state=CHECK_SEED)
-    for fit_rows, check_rows in splitter.split(labels, labels):
+    for fit_rows, check_rows in splitter.split(labels, labels if labels.ndim == 1 else None):
         weights = fit_weights([p[fit_rows] for p in oofs], labels[fit_rows], metric=metric)
         blended[check_rows] = blend_mean([p[check_rows] for p in oofs], weights)
     return blended
@@ -398,6 +411,7 @@ class Blend:
     flattered: list[str]  # keep=best runs: their OOF picked their epochs
     metric: str = "accuracy"  # the competition's: what scores, fitted weights and auto's choice use
     accuracies: dict = None  # OOF accuracy of every method, as scores
+    multilabel: bool = False  # one sigmoid per label: how geomean and vote combine them
 
     @property
     def accuracy(self) -> float:
@@ -414,7 +428,8 @@ def decide_blend(members: list[Member], labels: np.ndarray, requested: str, metr
     (or auto's choice)."""
     oofs = [m.oof for m in members]
     fitted = fit_weights(oofs, labels, metric=metric) if len(members) > 1 else np.ones(1)
-    blends = {name: blend(name, oofs, fitted) for name in ("mean", "geomean", "vote", "weights")}
+    multilabel = labels.ndim == 2
+    blends = {name: blend(name, oofs, fitted, multilabel) for name in ("mean", "geomean", "vote", "weights")}
     scores = {name: score(metric, labels, probs) for name, probs in blends.items()}
     accuracies = {name: accuracy(probs, labels) for name, probs in blends.items()}
     checked_probs = checked_weights_blend(oofs, labels, metric) if len(members) > 1 else oofs[0]
@@ -422,7 +437,7 @@ def decide_blend(members: list[Member], labels: np.ndarray, requested: str, metr
     flattered = [m.name for m in members if keeps_best(m.run)] if len(members) > 1 else []
     method = requested if requested != "auto" else choose_method(scores["mean"], checked, flattered, metric)
     weights = {"weights": fitted, "mean": np.full(len(members), 1 / len(members))}.get(method)
-    return Blend(method, weights, fitted, scores, checked_probs, checked, flattered, metric, accuracies)
+    return Blend(method, weights, fitted, scores, checked_probs, checked, flattered, metric, accuracies, multilabel)
 
 
 # -- error bars ------------------------------------------------------------------------------
@@ -446,7 +461,7 @@ def honest_blend(choice: Blend, oofs: list[np.ndarray]) -> np.ndarray | None:
     checked blend (weights fitted on other rows; None when there were too few), else the blend."""
     if choice.method == "weights":
         return choice.checked_probs
-    return blend(choice.method, oofs, choice.fitted)
+    return blend(choice.method, oofs, choice.fitted, choice.multilabel)
 
 
 def blend_error_bars(members: list[Member], labels: np.ndarray, choice: Blend) -> BlendErrorBars:
@@ -510,16 +525,22 @@ def warn_keep_best(members: list[Member]) -> None:
 
 
 def chance_line(labels: np.ndarray) -> tuple[float, float]:
-    """(chance, the accuracy below which a score is within noise of it); see CHANCE_MARGIN_SE."""
-    chance = float(np.bincount(labels).max() / len(labels))
-    return chance, chance + CHANCE_MARGIN_SE * float(np.sqrt(chance * (1 - chance) / len(labels)))
+    """(chance, the accuracy below which a score is within noise of it); see CHANCE_MARGIN_SE.
+    Multi-label: the label accuracy of answering each label's commoner value, over rows x labels."""
+    if labels.ndim == 2:
+        share = labels.mean(0)
+        chance, count = float(np.maximum(share, 1 - share).mean()), labels.size
+    else:
+        chance, count = float(np.bincount(labels).max() / len(labels)), len(labels)
+    return chance, chance + CHANCE_MARGIN_SE * float(np.sqrt(chance * (1 - chance) / count))
 
 
 def warn_near_chance(members: list[Member], labels: np.ndarray) -> None:
     chance, line = chance_line(labels)
     dull = [f"{m.name} ({accuracy(m.oof, labels):.4f})" for m in members if accuracy(m.oof, labels) < line]
     if dull:
-        warn(f"{', '.join(dull)}: OOF accuracy within noise of chance ({chance:.4f}, the largest class's share; "
+        what = "answering each label's commoner value" if labels.ndim == 2 else "the largest class's share"
+        warn(f"{', '.join(dull)}: OOF accuracy within noise of chance ({chance:.4f}, {what}; "
              f"below {line:.4f} = chance + {CHANCE_MARGIN_SE} standard errors on {len(labels):,} rows): "
              "the run learned next to nothing; check its curves (comp report) or leave it out of --runs")
 
@@ -602,8 +623,8 @@ def metric_verdict(metric: str, members: list[Member], labels: np.ndarray, choic
 
     oofs = [m.oof for m in members]
     honest = honest_blend(choice, oofs)
-    honest = honest if honest is not None else blend(choice.method, oofs, choice.fitted)
-    if metric == "accuracy":
+    honest = honest if honest is not None else blend(choice.method, oofs, choice.fitted, choice.multilabel)
+    if metric == "accuracy" and not choice.multilabel:  # multi-label: per-label thresholds are fitted
         return MetricVerdict(metric, accuracy(honest, labels), error_bars.ensemble, error_bars.gain,
                              members[error_bars.best].name, log_loss(honest, labels), None)
     bars = MetricBars(metric, labels, oofs + [honest])
@@ -682,7 +703,7 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
     dataset = dataset_for_runs(workspace, candidates)
     chosen = select_runs(workspace, dataset, candidates, runs is not None, limit, allow_pretrained)
     metric = workspace.metric
-    check_format(dataset.submission, dataset.classes, metric)
+    check_format(dataset.submission, dataset.classes, metric, dataset.multilabel)
     # 2. Their predictions: OOF rows (to score and fit) and test images (to submit), plain or TTA.
     labels = dataset.train_y[chosen[0].oof_rows()]
     members = load_members(chosen, labels, tta, average, metric)
@@ -698,15 +719,17 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
     explain_error_bars(error_bars, members, choice, len(labels))
     # 4. The competition's metric: its error bars, and the decision rule cross-fitted over the folds.
     verdict = metric_verdict(metric, members, labels, choice, oof_folds(chosen[0]), error_bars)
-    if metric != "accuracy":  # under accuracy the lines above said it all
+    if metric != "accuracy" or dataset.multilabel:  # under accuracy the lines above said it all
         explain_verdict(verdict, len(labels))
     # 5. The CSV, checked, and its line in the history.
-    probs = blend(choice.method, [m.test for m in members], choice.fitted)
+    probs = blend(choice.method, [m.test for m in members], choice.fitted, choice.multilabel)
     if verdict.choice is not None:
         probs = verdict.choice.fitted_rule.apply(probs)
-    warn_constant(probs.argmax(1), dataset.classes, members)
-    frame = submission_frame(dataset.submission, dataset.classes, probs, metric)
-    write_submission(out, frame, dataset.submission, dataset.classes, force=force, metric=metric)
+    if not dataset.multilabel:
+        warn_constant(probs.argmax(1), dataset.classes, members)
+    frame = submission_frame(dataset.submission, dataset.classes, probs, metric, dataset.multilabel)
+    write_submission(out, frame, dataset.submission, dataset.classes, force=force, metric=metric,
+                     multilabel=dataset.multilabel)
     index = append_index(workspace, index_entry(workspace, out, members, choice, error_bars, len(labels),
                                                 dataset.fingerprint, verdict))
     best_single = max(accuracy(m.oof, labels) for m in members)

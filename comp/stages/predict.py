@@ -119,11 +119,12 @@ def repredict_run(run: Run, dataset, split: Split, policy: str, average: str) ->
         _, val_pos = split.rows(fold, rows)
         started = time.time()
         val_logits, test_logits = predict_fold(run, fold, dataset.train_x[rows[val_pos]], dataset.test_x, policy)
-        oof["none"][val_pos] = average_views(val_logits[:1])
+        multilabel = run.multilabel  # sigmoid per label, not softmax
+        oof["none"][val_pos] = average_views(val_logits[:1], multilabel=multilabel)
         for name in AVERAGES:
-            oof[name][val_pos] = average_views(val_logits, name, policy)
-        write_fold_predictions(run, fold, tag, average_views(val_logits, average, policy),
-                               average_views(test_logits, average, policy), labels[val_pos])
+            oof[name][val_pos] = average_views(val_logits, name, policy, multilabel)
+        write_fold_predictions(run, fold, tag, average_views(val_logits, average, policy, multilabel),
+                               average_views(test_logits, average, policy, multilabel), labels[val_pos])
         info(f"fold {fold}: {len(val_pos):,} val + {len(dataset.test_x):,} test images x "
              f"{len(val_logits)} view(s) in {time.time() - started:.0f}s")
     save_npy(run.path / f"oof_probs{tag}.npy", oof[average])
@@ -245,7 +246,7 @@ def predict_images(run: Run, images: np.ndarray, policy: str, average: str) -> n
     for fold in range(run.k):
         keras.backend.clear_session()
         net = load_net(run, fold)
-        total += average_views(predict_logits(net, images, policy, PREDICT_BATCH), average, policy)
+        total += average_views(predict_logits(net, images, policy, PREDICT_BATCH), average, policy, run.multilabel)
     return total / run.k
 
 
@@ -262,11 +263,19 @@ def label_images(workspace, run: Run, folder: Path, out=None, tta: str | None = 
     folder = Path(folder).expanduser().resolve()
     images, paths = decode_images(list_images(folder), run.data["image_shape"], run.resize, workspace.skip_bad)
     probs = predict_images(run, images, policy, average)
-    frame = pd.DataFrame({
-        "file": [p.name for p in paths],
-        "label": [run.classes[i] for i in probs.argmax(1)],
-        "confidence": np.round(probs.max(1), 4),
-    })
+    if run.multilabel:  # the labels at 0.5 or more, space-separated, and the least sure of them
+        decided = probs >= 0.5
+        frame = pd.DataFrame({
+            "file": [p.name for p in paths],
+            "label": [" ".join(run.classes[i] for i in np.flatnonzero(row)) for row in decided],
+            "confidence": np.round(np.where(decided, probs, 1 - probs).min(1), 4),
+        })
+    else:
+        frame = pd.DataFrame({
+            "file": [p.name for p in paths],
+            "label": [run.classes[i] for i in probs.argmax(1)],
+            "confidence": np.round(probs.max(1), 4),
+        })
     out = Path(out).expanduser() if out else default_images_out(workspace, run, folder)
     save_csv(out, frame)
     counts = frame["label"].value_counts()

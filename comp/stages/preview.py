@@ -36,7 +36,9 @@ def preview_grid(dataset, preset: str, mixup: float, cutmix: float, out_path, se
     chosen = rng.choice(len(dataset.train_x), size=min(rows, len(dataset.train_x)), replace=False)
     rows = len(chosen)
     images = np.asarray(dataset.train_x[chosen]).astype("float32")
-    targets = np.eye(dataset.num_classes, dtype="float32")[np.asarray(dataset.train_y)[chosen]]
+    labels = np.asarray(dataset.train_y)[chosen]
+    # Multi-label rows are their multi-hot targets already; class numbers become one-hot rows.
+    targets = labels.astype("float32") if labels.ndim == 2 else np.eye(dataset.num_classes, dtype="float32")[labels]
     augment = make_augment_layer(preset, seed)  # one step per "epoch": alternating flips alternate per column
     mix = make_mix_layer(mixup, cutmix, seed)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.75), squeeze=False)

@@ -34,6 +34,9 @@ def load_teachers(workspace, config, dataset, split) -> list:
     names = teacher_names(config)
     if not names:
         return []
+    if getattr(dataset, "multilabel", False):
+        raise CompError(f"--pseudo {config.pseudo}: pseudo-labels are single-label (the top class of a test image); "
+                        "this data is multi-label: train without --pseudo")
     if config.run_name in names:
         raise CompError(f"--pseudo {config.pseudo}: a run cannot teach itself; name other runs")
     teachers = [load_run(workspace, name) for name in names]

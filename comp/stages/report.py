@@ -265,6 +265,15 @@ def pick_run(workspace, run, board: pd.DataFrame, runs: list[Run], fingerprint: 
     return next(r for r in runs if r.name == fitting.iloc[0]["run"])
 
 
+def per_label_line(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> str:
+    """Multi-label: each label's F1 at probability 0.5 on the OOF rows, weakest first."""
+    decided, truth = probs >= 0.5, labels.astype(bool)
+    overlap, sizes = (decided & truth).sum(0), decided.sum(0) + truth.sum(0)
+    f1 = np.divide(2 * overlap, sizes, out=np.zeros(len(classes)), where=sizes > 0)
+    return "per-label F1 at 0.5, weakest first: " + ", ".join(
+        f"{classes[c]} {f1[c]:.3f}" for c in np.argsort(f1, kind="stable"))
+
+
 def report(workspace, run=None, out_dir: Path | None = None, mistakes: int | None = None) -> dict:
     """Leaderboard (table + CSV), confusion matrix and confident mistakes of the best run (or `run`)."""
     from comp.stages.predict import dataset_for_runs
@@ -288,6 +297,9 @@ def report(workspace, run=None, out_dir: Path | None = None, mistakes: int | Non
     rows = best.oof_rows()
     labels = dataset.train_y[rows]
     title = f"{best.name} (TTA {tta}, OOF accuracy {accuracy(probs, labels):.4f}, {len(rows):,} rows)"
+    if dataset.multilabel:  # no confusion between classes: each label's own F1 says where it fails
+        info(f"{title}\n{per_label_line(probs, labels, dataset.classes)}")
+        return {"leaderboard": board, "run": best.name, "confusion": None, "mistakes": None}
     counts = confusion(labels, probs.argmax(1), dataset.num_classes)
     confusion_png = plot_confusion(counts, dataset.classes, title, out_dir / "confusion.png")
     mistakes_png = plot_mistakes(dataset.train_x[rows], probs, labels, dataset.classes, best.name,

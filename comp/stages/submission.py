@@ -83,15 +83,39 @@ def class_columns(fmt: SubmissionFormat, classes: list[str]) -> list[int]:
     return [index[c] for c in columns]
 
 
-def check_format(fmt: SubmissionFormat, classes: list[str], metric: str = "accuracy") -> None:
+def check_multilabel_format(fmt: SubmissionFormat, classes: list[str], metric: str) -> None:
+    """Multi-label: the metric must score several labels a row, and the sample hold a column per
+    label (0/1 or probabilities) or one column of space-separated labels."""
+    from comp.core.metrics import metric_for
+
+    metric_for(metric, np.zeros((1, len(classes))))  # refuses a metric without a multi-label form
+    if fmt.target_kind == "fraction":
+        raise CompError(f"{fmt.path}: one probability column, but the labels CSV holds several labels a row "
+                        f"({', '.join(classes[:5])}); the sample must have a column per label or one column of "
+                        "space-separated labels")
+    if fmt.target_kind == "probs":
+        class_columns(fmt, classes)
+
+
+def sample_holds_integers(fmt: SubmissionFormat) -> bool:
+    """Whether the sample's target columns hold integers (0/1 decisions) rather than probabilities."""
+    sample = pd.read_csv(fmt.path, dtype=str, keep_default_na=False)
+    return bool(sample[fmt.columns[1:]].apply(lambda c: c.str.strip().str.fullmatch(r"-?\d+").all()).all())
+
+
+def check_format(fmt: SubmissionFormat, classes: list[str], metric: str = "accuracy", multilabel: bool = False) -> None:
     """Refuse a sample comp cannot fill correctly, or one the competition's metric cannot read (one
-    CompError line); warn where the target's meaning is a guess."""
+    CompError line); warn where the target's meaning is a guess. `multilabel`: several labels a row."""
     from comp.core.metrics import get_metric
 
+    if multilabel:
+        check_multilabel_format(fmt, classes, metric)
+        return
     chosen = get_metric(metric)
     reads_probs = chosen.needs in ("probs", "binary_prob")
-    if chosen.needs == "multilabel":
-        raise CompError(f"--metric {chosen.name} scores several labels a row; comp trains one label a row: "
+    if chosen.needs.startswith("multilabel"):
+        raise CompError(f"--metric {chosen.name} scores several labels a row; this data has one label a row "
+                        "(a multi-label labels CSV has 0/1 columns or space-separated labels): "
                         "choose a single-label metric")
     if fmt.target_kind == "fraction":
         if len(classes) != 2 or not reads_probs:
@@ -135,8 +159,23 @@ def top_k(metric: str) -> int:
     return int(name.split("@")[1]) if name.startswith("map@") else 1
 
 
+def multilabel_frame(fmt: SubmissionFormat, classes: list[str], probs: np.ndarray) -> pd.DataFrame:
+    """Multi-label, in the sample's form: a column per label holding 0/1 (the sample's cells are
+    integers) or the probabilities, else one column of the labels at 0.5 or more, space-separated
+    (empty when none is)."""
+    from comp.core.metrics import MULTILABEL_THRESHOLD
+
+    decided = probs >= MULTILABEL_THRESHOLD
+    if fmt.target_kind == "probs":
+        values = decided.astype(np.int64) if sample_holds_integers(fmt) else probs
+        return pd.DataFrame({fmt.id_column: fmt.raw_ids,
+                             **dict(zip(fmt.columns[1:], values[:, class_columns(fmt, classes)].T))})
+    return pd.DataFrame({fmt.id_column: fmt.raw_ids,
+                         fmt.target_column: [" ".join(classes[i] for i in np.flatnonzero(row)) for row in decided]})
+
+
 def submission_frame(fmt: SubmissionFormat, classes: list[str], probs: np.ndarray,
-                     metric: str = "accuracy") -> pd.DataFrame:
+                     metric: str = "accuracy", multilabel: bool = False) -> pd.DataFrame:
     """One row per sample id (as written there), in its order, in its columns: labels, probabilities,
     the positive class's probability (one float column, two classes) or, for map@k, the top k labels
     separated by spaces, best first."""
@@ -145,6 +184,8 @@ def submission_frame(fmt: SubmissionFormat, classes: list[str], probs: np.ndarra
     if len(probs) != len(fmt.ids):
         raise CompError(f"{len(probs)} test predictions for {len(fmt.ids)} ids in {fmt.path}; "
                         "the runs were made on another test set")
+    if multilabel:
+        return multilabel_frame(fmt, classes, probs)
     if fmt.target_kind == "probs":
         values = probs[:, class_columns(fmt, classes)]
         if fmt.one_hot and get_metric(metric).needs == "labels":  # a 1 under the predicted class, as the sample's 0/1
@@ -163,7 +204,8 @@ def submission_frame(fmt: SubmissionFormat, classes: list[str], probs: np.ndarra
 # -- writing and checking ----------------------------------------------------------------------
 
 
-def validate_submission(path: Path, fmt: SubmissionFormat, classes: list[str], metric: str = "accuracy") -> None:
+def validate_submission(path: Path, fmt: SubmissionFormat, classes: list[str], metric: str = "accuracy",
+                        multilabel: bool = False) -> None:
     """Re-read the file as a scorer would: same columns, ids (as written) and order; every target valid."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     if list(frame.columns) != fmt.columns:
@@ -173,13 +215,13 @@ def validate_submission(path: Path, fmt: SubmissionFormat, classes: list[str], m
         first = next((i for i, (a, b) in enumerate(zip(ids, fmt.raw_ids)) if a != b), min(len(ids), len(fmt.ids)))
         raise CompError(f"{path}: ids differ from {fmt.path.name} from row {first + 1} "
                         f"({len(ids)} rows written, {len(fmt.ids)} expected)")
-    if fmt.target_kind in ("probs", "fraction"):
-        check_probabilities(path, frame[fmt.columns[1:]], rows_sum_to_one=fmt.target_kind == "probs")
+    if fmt.target_kind in ("probs", "fraction"):  # multi-label: a column per label, rows need not sum to 1
+        check_probabilities(path, frame[fmt.columns[1:]], rows_sum_to_one=fmt.target_kind == "probs" and not multilabel)
         return
-    allowed = {str(v) for v in target_values(classes, fmt.target_kind)}
+    allowed = set(classes) if multilabel else {str(v) for v in target_values(classes, fmt.target_kind)}
     targets = frame[fmt.target_column].str.strip()
-    if top_k(metric) > 1:  # map@k: every space-separated label must be a class
-        targets = targets.str.split().explode().fillna("")
+    if top_k(metric) > 1 or multilabel:  # map@k, multi-label: every space-separated label must be a class
+        targets = targets.str.split().explode().dropna() if multilabel else targets.str.split().explode().fillna("")
     bad = targets[~targets.isin(allowed)]
     if len(bad):
         raise CompError(f"{path}: {len(bad)} target(s) are not valid values (e.g. {bad.iloc[0]!r}); "
@@ -201,13 +243,13 @@ def check_probabilities(path: Path, columns: pd.DataFrame, rows_sum_to_one: bool
 
 
 def write_submission(path: Path, frame: pd.DataFrame, fmt: SubmissionFormat, classes: list[str],
-                     force: bool = False, metric: str = "accuracy") -> Path:
+                     force: bool = False, metric: str = "accuracy", multilabel: bool = False) -> Path:
     """Write atomically, after checking the written bytes; refuse to replace a file unless force."""
     if path.exists() and not force:
         raise CompError(f"{path}: already exists; choose another --out, or pass --force to replace it")
     with atomic_path(path) as tmp:  # no .csv on the temp name: never mistaken for a submission
         frame.to_csv(tmp, index=False, float_format=PROB_FORMAT)
-        validate_submission(tmp, fmt, classes, metric)  # a file that fails never takes the real name
+        validate_submission(tmp, fmt, classes, metric, multilabel)  # a file that fails never takes the real name
     return path
 
 
@@ -296,10 +338,63 @@ def listed_labels(path: Path, ids: list[str], classes: list[str]) -> np.ndarray 
     return listed
 
 
+def multilabel_answers(answers: Path):
+    """The answers as multi-label targets (comp.data.multilabel.MultilabelTargets: a 0/1 column per
+    label with several 1s in some row, or space-separated labels), or None when they are single-label."""
+    from comp.data.multilabel import read_multilabel
+    from comp.data.sources import ID_COLUMN_NAMES, LABEL_COLUMN_NAMES
+
+    return read_multilabel(answers, (*ID_COLUMN_NAMES, "index"), LABEL_COLUMN_NAMES) if answers.is_file() else None
+
+
+def submitted_labels(path: Path, ids: list[str], classes: list[str]) -> np.ndarray:
+    """A multi-label submission as [answers' rows, labels] values: its label columns as written (0/1
+    or probabilities), or its space-separated labels as 0/1 (a label the answers lack is ignored)."""
+    wide = pd.read_csv(path, dtype=str, keep_default_na=False)
+    wide[wide.columns[0]] = wide[wide.columns[0]].str.strip()
+    missing = sorted(set(ids) - set(wide.iloc[:, 0]))
+    if missing:
+        raise CompError(f"{path}: {len(missing)} answer id(s) missing from the submission (e.g. "
+                        f"{', '.join(missing[:3])})")
+    wide = wide.set_index(wide.columns[0]).loc[ids]
+    if wide.shape[1] > 1:
+        absent = [c for c in classes if c not in wide.columns]
+        if absent:
+            raise CompError(f"{path}: no column for the label(s) {', '.join(absent[:5])} of the answers")
+        values = wide[classes].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        if not np.isfinite(values).all():
+            raise CompError(f"{path}: a column per label, but not every cell is a number; fix the submission")
+        return values
+    index = {c: i for i, c in enumerate(classes)}
+    values = np.zeros((len(ids), len(classes)))
+    for r, text in enumerate(wide.iloc[:, 0]):
+        values[r, [index[w] for w in text.split() if w in index]] = 1.0
+    return values
+
+
+def score_multilabel_submission(submission: Path, answers: Path, truth, metric: str) -> dict:
+    """A multi-label submission against multi-label answers; accuracy and its counts are of
+    (row, label) cells."""
+    from comp.core.metrics import metric_for, score
+
+    if not submission.is_file():
+        raise CompError(f"{submission}: no such file (the submission)")
+    ids = [str(i).strip() for i in truth.ids]
+    probs = submitted_labels(submission, ids, truth.classes)
+    right = (probs >= 0.5) == truth.matrix.astype(bool)
+    return {"accuracy": float(right.mean()), "correct": int(right.sum()), "rows": int(right.size),
+            "answers": answers, "metric": metric_for(metric, truth.matrix).name,
+            "value": float(score(metric, truth.matrix, probs))}
+
+
 def score_submission(submission: Path, answers: Path, metric: str = "accuracy") -> dict:
-    """The submission scored against the answers under the competition's metric, and by accuracy."""
+    """The submission scored against the answers under the competition's metric, and by accuracy
+    (multi-label answers: see score_multilabel_submission)."""
     from comp.core.metrics import get_metric, score
 
+    truth = multilabel_answers(answers)
+    if truth is not None:
+        return score_multilabel_submission(submission, answers, truth, metric)
     name = get_metric(metric).name
     sub = _read_two_columns(submission, "the submission")
     ans = _read_two_columns(answers, "the answers")

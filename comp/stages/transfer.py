@@ -502,7 +502,7 @@ def compare(workspace, backbones: str = "all", weights: str = "imagenet", epochs
     epochs = check_at_least("--epochs", epochs, 1)
     check_at_least("--batch-size", batch_size, 1)
     seed = seed or DEFAULT_SEED
-    dataset = workdir_dataset(workspace)
+    dataset = single_label(workdir_dataset(workspace))
     folder = workspace.studies / name
     config = study_record(dataset, weights, seed, "compare", batch_size) | {
         "epochs": epochs, "val_fraction": VAL_FRACTION, "backbones": [b.name for b in chosen]}
@@ -536,6 +536,14 @@ def _frame(rows: list[dict]):
 
 
 # -- comp transfer finetune ----------------------------------------------------------------
+
+
+def single_label(dataset):
+    """The dataset, refused when multi-label: the transfer heads end in a softmax over classes."""
+    if dataset.multilabel:
+        raise CompError(f"{dataset.data_dir}: multi-label targets (several labels a row); the transfer track "
+                        "trains one label a row: use comp train")
+    return dataset
 
 
 def finetune_fold(backbone: Backbone, dataset, split, settings: FinetuneSettings, label: str):
@@ -632,7 +640,7 @@ def finetune(workspace, settings: FinetuneSettings, folds: int = 0, fold="all", 
         check_at_least("--folds", folds, 2)
     elif fold != "all":
         raise CompError(f"--fold {fold}: needs --folds K (without it there is one holdout split)")
-    dataset = workdir_dataset(workspace)
+    dataset = single_label(workdir_dataset(workspace))
     folder = workspace.studies / name
     config = study_record(dataset, settings.weights, settings.seed, "finetune", settings.batch_size) | asdict(settings) | {
         "folds": folds, "val_fraction": None if folds else VAL_FRACTION}

@@ -55,6 +55,8 @@ def data_record(dataset) -> dict:
         "image_shape": list(dataset.image_shape),
         "resize": dataset.resize,
         "data_dir": str(dataset.data_dir),
+        # Multi-label runs only, so a single-label manifest stays as it was: sigmoid outputs.
+        **({"task": "multilabel"} if getattr(dataset, "multilabel", False) else {}),
     }
 
 
@@ -128,6 +130,11 @@ class Run:
     @property
     def classes(self) -> list[str]:
         return self.data["classes"]
+
+    @property
+    def multilabel(self) -> bool:
+        """Trained on multi-label targets: its probabilities are one sigmoid per label."""
+        return self.data.get("task") == "multilabel"
 
     @property
     def image_size(self) -> str:
@@ -373,7 +380,17 @@ def _split_column(run: Run, column: str) -> np.ndarray | None:
 
 
 def oof_labels(run: Run) -> np.ndarray | None:
-    """The true labels of the run's OOF rows, from its split's folds.csv (no image is decoded)."""
+    """The true labels of the run's OOF rows, from its split's folds.csv (no image is decoded);
+    multi-label: their multi-hot matrix, from its "labels" column."""
+    import pandas as pd
+
+    meta_path = split_meta_path(run)
+    if meta_path is not None and meta_path.with_name("folds.csv").exists() and \
+            "labels" in pd.read_csv(meta_path.with_name("folds.csv"), nrows=0).columns:
+        from comp.data.folds import read_label_cells
+
+        cells = _split_column(run, "labels")
+        return None if cells is None else read_label_cells(cells, len(run.classes))
     return _split_column(run, "label")
 
 

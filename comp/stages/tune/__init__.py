@@ -149,7 +149,8 @@ def prepare_search(workspace, config, overrides: dict, cv_folds: int, space) -> 
     dataset = apply_limit(dataset, base.limit)
     folds = objective_folds(cv_folds, split.k)
     train_rows = len(split.rows(folds[0], dataset.rows)[0])
-    imbalance = imbalance_ratio(dataset.train_y, dataset.num_classes)
+    # Multi-label: class weights and the balanced sampler weigh single-label classes; never searched.
+    imbalance = 1.0 if dataset.multilabel else imbalance_ratio(dataset.train_y, dataset.num_classes)
     search_space = build_space(base, train_rows, space, fixed_names(overrides), tta_pinned(config, overrides),
                                imbalance)
     return Search(search_space, dataset, split, folds, current={}, metric=workspace.metric)
