@@ -312,6 +312,7 @@ def test_tuning_budgets_stay_with_the_study(tmp_path, data_dir, capsys):
     out = capsys.readouterr().out
     assert "using the parameters tune found in" in out and "tuned at 1 epochs on 60 rows" in out
     manifest = read_json(next((work / "folds").glob("baseline-*/config.json")))
-    assert manifest["config"]["epochs"] == RunConfig.epochs and manifest["config"]["limit"] == 0  # not the budget
+    # Not the budget: the model's epochs (grown by fit_to_rows on so few rows, never the study's 1).
+    assert manifest["config"]["epochs"] >= RunConfig.epochs and manifest["config"]["limit"] == 0
     assert manifest["data"]["rows"] == 90
     assert manifest["config"]["lr"] == best["lr"]  # the tuned parameters are taken

@@ -6,11 +6,12 @@ replicated on every device, every global batch is split along its first axis, an
 all-reduce makes the gradients, the BatchNorm statistics and the metrics those of the global
 batch. The batch size and the learning rate stay as configured: the global batch is the run's.
 On one device (every CPU unless told otherwise) nothing changes.
+
+keras is imported inside the functions: comp.engine.inference imports this module, and commands
+that never train (data check) must not start TensorFlow.
 """
 
 from __future__ import annotations
-
-import keras
 
 from comp.core.console import info
 from comp.core.errors import CompError
@@ -19,6 +20,8 @@ from comp.core.errors import CompError
 def local_devices(requested: str) -> list:
     """The devices RunConfig.devices asks for: "all" (every accelerator; one device on a CPU) or
     the first N. On backends other than JAX: one (keras.distribution is JAX-only)."""
+    import keras
+
     if keras.backend.backend() != "jax":
         if requested not in ("all", "1"):
             raise CompError(f"--devices {requested}: data-parallel training needs the JAX backend "
@@ -39,6 +42,8 @@ def local_devices(requested: str) -> list:
 def distribute(config_devices: str, batch_size: int) -> int:
     """Set (or clear) Keras's global distribution for a run of `batch_size` on `config_devices`;
     the number of devices. Call after keras.backend.clear_session(), which forgets it."""
+    import keras
+
     devices = local_devices(config_devices)
     if len(devices) == 1:
         keras.distribution.set_distribution(None)
@@ -57,6 +62,8 @@ def announce(devices: int, batch_size: int) -> None:
 
 def data_parallel() -> int:
     """Devices of the distribution now set (1 without one)."""
+    import keras
+
     distribution = keras.distribution.distribution()
     return 1 if distribution is None else int(distribution.device_mesh.devices.size)
 
@@ -64,6 +71,8 @@ def data_parallel() -> int:
 def sharded(batch):
     """`batch` placed across the distribution's devices along its first axis (as is without one, or
     when its rows do not split evenly)."""
+    import keras
+
     distribution = keras.distribution.distribution()
     if distribution is None or len(batch) % data_parallel():
         return batch
