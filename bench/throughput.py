@@ -112,8 +112,8 @@ def main(argv=None) -> int:
                                    "jit": args.jit, "augment": args.augment, "mixup": args.mixup,
                                    "width": args.width, "epochs": 1})
         images, labels = fake_cifar(config.batch_size * max(args.steps, args.warmup))
+        keras.backend.clear_session()  # before the policy: clear_session resets it to float32
         set_precision(config.precision)
-        keras.backend.clear_session()
         device_rows = feed.uses_device_rows()
         timers = {"bare": bare_timer(config, images, labels, args.steps, args.warmup),
                   "pipeline": pipeline_timer(config, images, labels, args.steps, device_rows)}
