@@ -89,6 +89,24 @@ class Identity(Rule):
         return "identity: the probabilities as predicted (argmax decides)"
 
 
+def coordinate_search(start: np.ndarray, grid, value, metric: str) -> np.ndarray:
+    """Coordinate descent on a grid: each entry in turn tried at every grid value and kept where
+    `value` gains under the metric's direction; sweeps until one gains nothing (at most MAX_SWEEPS)."""
+    point, best = start, value(start)
+    for _ in range(MAX_SWEEPS):
+        improved = False
+        for index in range(len(point)):
+            for position in grid:
+                candidate = point.copy()
+                candidate[index] = position
+                candidate_value = value(candidate)
+                if gain(metric, candidate_value, best) > 1e-12:
+                    best, point, improved = candidate_value, candidate, True
+        if not improved:
+            break
+    return point
+
+
 class PriorCorrection(Rule):
     """Per-class weights multiplied into the probabilities before the argmax.
 
@@ -111,18 +129,7 @@ class PriorCorrection(Rule):
         def value(candidate):
             return score(metric, labels, softmax(log_probs + candidate))
 
-        best = value(log_weights)
-        for _ in range(MAX_SWEEPS):
-            improved = False
-            for c in range(probs.shape[1]):
-                for log_weight in np.log(PRIOR_GRID):
-                    candidate = log_weights.copy()
-                    candidate[c] = log_weight
-                    candidate_value = value(candidate)
-                    if gain(metric, candidate_value, best) > 1e-12:
-                        best, log_weights, improved = candidate_value, candidate, True
-            if not improved:
-                break
+        log_weights = coordinate_search(log_weights, np.log(PRIOR_GRID), value, metric)
         self.weights = np.exp(log_weights - log_weights.mean())
         return self
 
@@ -253,19 +260,7 @@ class LabelThresholds(Rule):
         def value(candidate):
             return score(metric, labels, (probs >= candidate).astype(float))
 
-        best = value(thresholds)
-        for _ in range(MAX_SWEEPS):
-            improved = False
-            for label in range(probs.shape[1]):
-                for position in LABEL_THRESHOLD_GRID:
-                    candidate = thresholds.copy()
-                    candidate[label] = position
-                    candidate_value = value(candidate)
-                    if gain(metric, candidate_value, best) > 1e-12:
-                        best, thresholds, improved = candidate_value, candidate, True
-            if not improved:
-                break
-        self.thresholds = thresholds
+        self.thresholds = coordinate_search(thresholds, LABEL_THRESHOLD_GRID, value, metric)
         return self
 
     def describe(self):

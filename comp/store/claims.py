@@ -38,7 +38,7 @@ GRACE_FACTOR = 4  # silent this many beats: its owner is taken for dead (generou
 CLOCK_SLACK = 1.0  # seconds more: SQLite's CURRENT_TIMESTAMP counts whole seconds
 TABLE = "comp_claims"
 ATTEMPTS = 5  # workers starting together on a new database race to create the table; retry
-SQLITE_LOCK_SECONDS = 60
+SQLITE_LOCK_SECONDS = 60  # wait this long for a SQLite lock (heartbeat threads, local workers)
 
 TRAINING, DONE, FREE, STALE = "training", "done", "free", "stale"
 
@@ -324,6 +324,21 @@ class DbClaim(Claim):
             self._update(state=FREE)
 
 
+def engine_options(url: str) -> dict:
+    """SQLAlchemy engine options for a --storage URL: SQLite waits for its lock; a server connection
+    is checked before use (a long fold or trial outlives idle connections)."""
+    return {"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+
+
+def unusable_url(shown: str, err: Exception) -> CompError:
+    """The one line for a --storage URL that cannot be opened at all: no driver, or not a URL."""
+    if isinstance(err, ImportError):
+        return CompError(f"--storage {shown}: its database driver is not installed "
+                         "(PostgreSQL: pip install 'comp[postgres]')")
+    return CompError(f"--storage {shown}: not a database URL ({err}); use sqlite:///path.db or "
+                     "postgresql://user:password@host:5432/database")
+
+
 class DbClaims(Claims):
     """Claims in a table of the database at `url` (a SQLAlchemy URL; see the module docstring)."""
 
@@ -333,16 +348,10 @@ class DbClaims(Claims):
 
         self.split, self.heartbeat_seconds, self.owner = split, heartbeat_seconds, owner_name()
         self.where = f"the claims table in {shown or url}"
-        kwargs = ({"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite")
-                  else {"pool_pre_ping": True})
         try:
-            self.engine = sqlalchemy.create_engine(url, **kwargs)
-        except ImportError:
-            raise CompError(f"--storage {shown or url}: its database driver is not installed "
-                            "(PostgreSQL: pip install 'comp[postgres]')") from None
-        except (sqlalchemy.exc.ArgumentError, ValueError) as err:
-            raise CompError(f"--storage {shown or url}: not a database URL ({err}); use sqlite:///path.db or "
-                            "postgresql://user:password@host:5432/database") from None
+            self.engine = sqlalchemy.create_engine(url, **engine_options(url))
+        except (ImportError, sqlalchemy.exc.ArgumentError, ValueError) as err:
+            raise unusable_url(shown or url, err) from None
         metadata = sqlalchemy.MetaData()
         self.table = _table(metadata)
         for attempt in range(ATTEMPTS):

@@ -15,6 +15,7 @@ from pathlib import Path
 from comp.config.run_config import RunConfig
 from comp.core.console import info
 from comp.core.errors import CompError, one_line
+from comp.store.claims import engine_options, unusable_url
 
 # A running trial writes a heartbeat every HEARTBEAT_SECONDS; one silent for GRACE_FACTOR beats
 # is taken for dead (its process was killed), marked FAIL and queued again. Generous, because a
@@ -25,7 +26,6 @@ MAX_RETRY = 3  # a trial killed this often is given up: its parameters likely ki
 MEDIAN_STARTUP_TRIALS = 5  # the median pruner waits for this many finished trials: a median of fewer is noise
 PRUNE_WARMUP_STEPS = 1  # and never judges the first epoch, which says little about the last
 STORAGE_ATTEMPTS = 5  # workers starting together on a new database race to create its tables; retry
-SQLITE_LOCK_SECONDS = 60  # wait this long for a SQLite lock (heartbeat thread, local workers)
 
 
 def storage_url(storage: str | None, workspace) -> str:
@@ -70,8 +70,7 @@ def open_storage(url: str, heartbeat: int):
     import sqlalchemy.exc
 
     shown = display_url(url)
-    engine_kwargs = ({"connect_args": {"timeout": SQLITE_LOCK_SECONDS}} if url.startswith("sqlite")
-                     else {"pool_pre_ping": True})  # a long trial outlives idle server connections
+    engine_kwargs = engine_options(url)
     for attempt in range(STORAGE_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(
@@ -83,12 +82,8 @@ def open_storage(url: str, heartbeat: int):
             if attempt == STORAGE_ATTEMPTS - 1:
                 raise
             time.sleep(0.5 + random.random())
-        except ImportError:
-            raise CompError(f"--storage {shown}: its database driver is not installed "
-                            "(PostgreSQL: pip install 'comp[postgres]')") from None
-        except (sqlalchemy.exc.ArgumentError, ValueError) as err:
-            raise CompError(f"--storage {shown}: not a database URL ({err}); use sqlite:///path.db or "
-                            "postgresql://user:password@host:5432/database") from None
+        except (ImportError, sqlalchemy.exc.ArgumentError, ValueError) as err:
+            raise unusable_url(shown, err) from None
         except sqlalchemy.exc.OperationalError as err:
             reason = one_line(getattr(err, "orig", err))
             if "already exists" in reason and attempt < STORAGE_ATTEMPTS - 1:
