@@ -23,7 +23,7 @@ def images_with_duplicates(shape=(5, 7, 3)):
     labels[41] = labels[40]
     test = rng.integers(0, 256, (6, *shape), dtype=np.uint8)
     test[0], test[1] = train[5], train[20]
-    return SimpleNamespace(train_x=train, train_y=labels, test_x=test)
+    return SimpleNamespace(train_x=train, train_y=labels, test_x=test, multilabel=False)
 
 
 EXPECTED = {"train_duplicate_groups": 2, "train_duplicate_rows": 3, "train_conflicting_label_groups": 1,

@@ -130,7 +130,7 @@ def test_machine_presets_set_defaults_that_flags_override(tmp_path, monkeypatch)
 
     cpu = resolve("cpu")
     assert (cpu.model, cpu.width, cpu.epochs, cpu.folds, cpu.precision, cpu.val_every) == \
-        ("airbench94", 1.0, 15, 2, "float32", 0)
+        ("airbench94", 1.0, 15, 2, "auto", 0)  # auto: bfloat16 where the CPU computes it natively
     # Where the data already has a split, the preset's fold count gives way to it (every run shares it).
     from comp.data import folds
 
