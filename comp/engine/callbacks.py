@@ -124,10 +124,10 @@ class FoldCallback(keras.callbacks.Callback):
     def __init__(self, fold, fold_dir, net, state, config, on_epoch, progress, validation: Validation,
                  steps_per_batch: int = 1, steps_per_epoch: int = 1):
         super().__init__()
-        self.steps_per_epoch = steps_per_epoch
         self.fold, self.fold_dir, self.net, self.state, self.config = fold, fold_dir, net, state, config
         self.on_epoch, self.progress, self.validation = on_epoch, progress, validation
         self.steps_per_batch = steps_per_batch  # optimizer steps in one of fit's batches (JAX: a scan)
+        self.steps_per_epoch = steps_per_epoch
         self.started = self.last_checkpoint = time.time()
         self.best_weights = None  # keep=best: the best epoch's weights, if that epoch ran in this process
         self.deadline = training_deadline(fold)
@@ -179,7 +179,6 @@ class FoldCallback(keras.callbacks.Callback):
         if self.on_epoch:
             self.on_epoch(epoch, row)  # may raise (e.g. optuna.TrialPruned) to stop the fold
 
-
     def fit_deadline(self, epoch: int) -> None:
         """Fit the fold's remaining epochs to its deadline: as many as still end in time (at the
         fastest epoch seen), at most the planned ones; the schedule's remaining steps are run
@@ -192,8 +191,7 @@ class FoldCallback(keras.callbacks.Callback):
         state["end_epoch"] = self.validation.last_epoch = end
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
         clock = self.model.optimizer.schedule_clock
-        cut, at_cut, rate = clock.read()
-        at = at_cut + (step - cut) * rate  # the schedule's step now
+        at = float(keras.ops.convert_to_numpy(clock.step(step)))  # the schedule's step now
         total = clock.total  # in the schedule's steps (those of the engine's first fold)
         # The schedule ends where the last epoch ends, less a fractional last epoch's idle tail.
         tail = max(0, self.config.fit_epochs * self.steps_per_epoch - self.config.total_steps(self.steps_per_epoch))

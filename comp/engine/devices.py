@@ -39,20 +39,18 @@ def local_devices(requested: str) -> list:
     return devices[:count]
 
 
-def distribute(config_devices: str, batch_size: int) -> int:
-    """Set (or clear) Keras's global distribution for a run of `batch_size` on `config_devices`;
-    the number of devices. Call after keras.backend.clear_session(), which forgets it."""
+def distribute(devices: list, batch_size: int) -> None:
+    """Set (or clear) Keras's global distribution for a run of `batch_size` on `devices` (as
+    local_devices gives them). Call after keras.backend.clear_session(), which forgets it."""
     import keras
 
-    devices = local_devices(config_devices)
     if len(devices) == 1:
         keras.distribution.set_distribution(None)
-        return 1
+        return
     if batch_size % len(devices):
         raise CompError(f"batch size {batch_size} does not split over {len(devices)} devices; use a multiple "
                         f"of {len(devices)} (--batch-size) or --devices 1")
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    return len(devices)
 
 
 def announce(devices: int, batch_size: int) -> None:

@@ -67,9 +67,6 @@ class ScheduleClock:
         """The schedule's step at `optimizer_step` (exact while the clock is the identity)."""
         return self.variable[1] + (ops.cast(optimizer_step, "float32") - self.variable[0]) * self.variable[2]
 
-    def read(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in ops.convert_to_numpy(self.variable))
-
     def set(self, cut: float, at: float, rate: float) -> None:
         self.variable.assign(ops.convert_to_tensor([cut, at, rate], "float32"))
 

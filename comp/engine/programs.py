@@ -125,15 +125,15 @@ def prepare_engine(config: RunConfig, image_shape, num_classes: int, sample_imag
     copied in; building traces nothing), else a new one, after clearing the old session.
     """
     global _engine
-    devices = len(local_devices(config.devices))
-    key = program_key(config, image_shape, num_classes, store_rows, devices, multilabel)
+    devices = local_devices(config.devices)
+    key = program_key(config, image_shape, num_classes, store_rows, len(devices), multilabel)
     reuse = _engine is not None and _engine.key == key
     if not reuse:
         _engine = None
         keras.backend.clear_session()  # memory stays flat across configs
-        distribute(config.devices, config.batch_size)  # after clear_session, which forgets it
-        if devices > 1:
-            announce(devices, config.batch_size)
+        distribute(devices, config.batch_size)  # after clear_session, which forgets it
+        if len(devices) > 1:
+            announce(len(devices), config.batch_size)
     keras.utils.set_random_seed(fold_seed(config, fold))
     set_precision(config.precision)
     label_shape = (num_classes,) if multilabel else ()
