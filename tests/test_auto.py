@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
 
 from comp.stages import auto
-from comp.stages.auto import Clock, Plan, Probe, fold_deadlines, full_fits_that_fit, make_plan, parse_duration
+from comp.stages.auto import (Clock, Plan, Probe, fold_deadlines, full_fit_deadline, full_fits_that_fit, make_plan,
+                              parse_duration)
 from comp.cli import main
 from comp.core.errors import CompError
 from comp.core.fileio import read_json
@@ -50,6 +52,31 @@ def test_more_time_buys_a_wider_net_then_more_folds_and_full_fits():
     assert long.folds == 5 and long.full_fits >= 1 and long.epochs >= hour.epochs
     # Every plan reaches the highest epoch floor it can: the widest net that gets 12 epochs wins.
     assert hour.epochs >= auto.EPOCH_FLOORS[0]
+
+
+def test_the_folds_come_first_then_a_full_data_fit_once_they_have_enough_epochs():
+    probes = {1.0: Probe(1.0, 360.0, 20.0, 700.0, 5.0)}  # airbench94 in bfloat16 on this 2-core CPU
+    hour = make_plan(3600, 80.0, 50_000, 10_000, probes, POLICIES, fold_choices=(2,))
+    assert hour.full_fits == 0 and auto.EPOCH_FLOORS[0] <= hour.epochs < auto.MAX_EPOCHS
+    assert any("no full-data fit" in note for note in hour.notes)  # the plan table says why
+    two = make_plan(2 * 3600, 80.0, 50_000, 10_000, probes, POLICIES, fold_choices=(2,))
+    assert two.full_fits == 1 and auto.FULL_FIT_FROM_EPOCHS <= two.epochs < auto.MAX_EPOCHS
+    assert any("full-data fit at the same" in note for note in two.notes)
+    # The fit took time the folds alone would have had: without it they would train longer.
+    folds_only = math.floor((auto.SAFETY * 2 * 3600 - 80 - auto.ENSEMBLE_SECONDS
+                             - 2 * auto.fold_seconds(probes[1.0], 25_000, 35_000, 0, 2)) / (50_000 / 360))
+    assert two.epochs < min(folds_only, auto.MAX_EPOCHS)
+    assert two.total_seconds <= auto.SAFETY * 2 * 3600
+    assert two.total_seconds == pytest.approx(80 + 2 * two.fold_seconds + two.full_fit_seconds + auto.ENSEMBLE_SECONDS)
+
+
+def test_a_full_data_fit_has_a_deadline_inside_the_budget():
+    plan = Plan(1.0, 3, 12, "flip", 1, fold_seconds=600, full_fit_seconds=900, total_seconds=3000,
+                budget_seconds=3600)
+    clock = SimpleNamespace(budget=3600.0, left=lambda: 1500.0)
+    deadline = full_fit_deadline(1000.0, clock, plan, seed=0)
+    assert list(deadline) == ["3"]  # train_fold numbers full-data fit 0 after folds 0-2
+    assert deadline["3"] + auto.PREDICT_SHARE * 900 + auto.ENSEMBLE_SECONDS <= 1000.0 + 1500.0
 
 
 def test_expensive_predictions_cut_the_tta_views():

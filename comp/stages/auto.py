@@ -8,13 +8,16 @@
    cached per machine, backend, image size and config (folds/auto/probes.json), so a rerun skips it.
 2. Plan (`make_plan`, a pure function of the budget, the data's size and the measured speeds):
    the widest net that still gets at least `EPOCH_FLOORS[0]` epochs on as many folds as allow it,
-   then lower floors; epochs capped at MAX_EPOCHS; the TTA policy cut back when predictions would
-   take too large a share; the time left after the folds goes to full-data fits. Everything must
-   end by SAFETY of the budget by the estimate: the rest absorbs a slow step.
+   then lower floors; the TTA policy cut back when predictions would take too large a share. The
+   folds come first (the out-of-fold estimate, the blend weights); once they can have
+   FULL_FIT_FROM_EPOCHS epochs with a full-data fit beside them, the fit gets its share (better
+   test predictions), and past MAX_EPOCHS the time left buys more fits. The plan table says why.
+   Everything must end by SAFETY of the budget by the estimate: the rest absorbs a slow step.
 3. Run it, watching the clock: each fold trains to a deadline, its share of the time left (a fold
-   whose next epoch would end past it stops after this one, said: measured speeds can be optimistic),
-   and before each full-data fit the plan is re-estimated from the pace the folds actually had; the
-   fits that would not end in time are dropped (said, never silent).
+   whose next epoch would end past it stops after this one, its schedule shrunk so it still ends
+   annealed, said: measured speeds can be optimistic), and before each full-data fit the plan is
+   re-estimated from the pace the folds actually had; the fits that would not end in time are
+   dropped (said, never silent), and the one that runs has a deadline of its own.
 4. Ensemble into submissions/ as `comp ensemble` does.
 
 The plan and the time spent are kept in folds/auto/plan-<budget>.json: interrupted, the same command
@@ -44,6 +47,9 @@ WIDTHS = (1.0, 0.75, 0.5, 0.25)  # candidate channel widths, widest first
 FOLD_CHOICES = (5, 3, 2)  # K-fold splits tried, most rows per fold first
 EPOCH_FLOORS = (12, 8, 4, 2)  # a plan takes the widest net that reaches the first floor it can
 MAX_EPOCHS = 24  # past fast's own 16, epochs buy little (24 vs 16: +0.4 points, bench/RESULTS.md)
+FULL_FIT_FROM_EPOCHS = 12  # once the folds can have this many epochs with a full-data fit beside them, the fit
+# gets the time: its test predictions come from K/(K-1) times the rows, worth more than more fold epochs
+# (bench/RESULTS.md, "full fit or fold epochs"); below it the folds take everything (the honest estimate first)
 MAX_FULL_FITS = 3  # full-data fits beyond the folds; each later one adds less to the submission
 SAFETY = 0.85  # plans end by this share of the budget by their estimate
 FOLDS_END_BY = 0.97  # whatever the estimate, fold training stops in time to end by this share (trainer deadlines)
@@ -191,6 +197,11 @@ def choose_tta(probe: Probe, train_rows: int, predict_rows: int, epochs: int, po
     return policies[-1][0]
 
 
+def epochs_that_fit(available: float, fixed: float, per_epoch: float) -> int:
+    """Whole epochs (at most MAX_EPOCHS) that `available` seconds pay for beyond `fixed` ones."""
+    return min(MAX_EPOCHS, math.floor((available - fixed) / per_epoch)) if available > fixed else 0
+
+
 def make_plan(budget_seconds: float, spent_seconds: float, rows: int, test_rows: int, probes: dict[float, Probe],
               tta_policies: list[tuple[str, int]], fold_choices: tuple[int, ...] = FOLD_CHOICES) -> Plan:
     """The plan for what is left of the budget (see the module docstring); `fold_choices` (K) is
@@ -209,15 +220,30 @@ def make_plan(budget_seconds: float, spent_seconds: float, rows: int, test_rows:
                 views = dict(tta_policies)[tta]
                 fixed = k * fold_seconds(probe, train_rows, val_rows + test_rows, 0, views)
                 per_epoch = k * train_rows / probe.train_images_per_second
-                epochs = min(MAX_EPOCHS, math.floor((available - fixed) / per_epoch)) if available > fixed else 0
+                epochs = epochs_that_fit(available, fixed, per_epoch)
                 if epochs < floor:
                     continue
+                notes = [f"{k} folds: the widest net with at least {floor} epochs on them (the out-of-fold "
+                         "estimate and the blend weights)"]
+                # The same epochs on one full-data fit beside the folds: what would the folds keep?
+                with_full = epochs_that_fit(available, fixed + fold_seconds(probe, rows, test_rows, 0, views),
+                                            per_epoch + rows / probe.train_images_per_second)
+                if with_full >= FULL_FIT_FROM_EPOCHS:
+                    epochs = with_full
+                    notes.append(f"a full-data fit at the same {epochs} epochs: the test predictions from all "
+                                 f"{rows:,} rows, not {train_rows:,}, pay more than fold epochs past "
+                                 f"{FULL_FIT_FROM_EPOCHS}")
+                elif epochs < MAX_EPOCHS:
+                    notes.append(f"no full-data fit: beside one, the folds would get {with_full} epochs "
+                                 f"(under {FULL_FIT_FROM_EPOCHS}); the estimate comes first")
                 per_fold = fold_seconds(probe, train_rows, val_rows + test_rows, epochs, views)
                 per_full = fold_seconds(probe, rows, test_rows, epochs, views)
                 left = available - k * per_fold
-                full_fits = max(0, min(MAX_FULL_FITS, math.floor(left / per_full)))
+                full_fits = max(0, min(MAX_FULL_FITS, math.floor(left / per_full + 1e-9)))
+                if epochs == MAX_EPOCHS and full_fits > (with_full >= FULL_FIT_FROM_EPOCHS):
+                    notes.append(f"epochs at their cap ({MAX_EPOCHS}): the time left buys {full_fits} full-data "
+                                 "fit(s) in all")
                 total = spent_seconds + k * per_fold + full_fits * per_full + ENSEMBLE_SECONDS
-                notes = [f"the widest net with at least {floor} epochs on {k} folds"]
                 return Plan(width, k, epochs, tta, full_fits, per_fold, per_full, total, budget_seconds, notes)
     smallest = min(probes)
     raise CompError(f"--time {describe_seconds(budget_seconds)}: too short for this data on this machine "
@@ -239,6 +265,7 @@ def plan_table(plan: Plan, rows: int):
     table.add_row("ensemble", "OOF-scored blend -> submissions/", describe_seconds(ENSEMBLE_SECONDS))
     table.add_row("total", f"by the estimate ({SAFETY:.0%} of the budget is the aim)",
                   describe_seconds(plan.total_seconds))
+    table.caption = "\n".join(f"why: {note}" for note in plan.notes)
     return table
 
 
@@ -355,7 +382,11 @@ def _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, r
     fits = full_fits_that_fit(plan, run, clock)
     started = begin("full-data fits")
     for seeds in range(1, fits + 1):
-        train_config(workspace, config, full=seeds)
+        os.environ[DEADLINES_ENV] = json.dumps(full_fit_deadline(time.time(), clock, plan, seeds - 1))
+        try:
+            train_config(workspace, config, full=seeds)
+        finally:
+            os.environ.pop(DEADLINES_ENV, None)
         record("full-data fits", started)
         started = begin("full-data fits")
         if seeds < fits and full_fits_that_fit(plan, run, clock, done=seeds) <= seeds:
@@ -380,6 +411,15 @@ def fold_deadlines(now: float, clock: Clock, plan: Plan) -> dict[str, float]:
     left = clock.left() - (1 - FOLDS_END_BY) * clock.budget - ENSEMBLE_SECONDS
     slot = max(0.0, left) / max(1, plan.folds)
     return {str(fold): now + (fold + 1 - PREDICT_SHARE) * slot for fold in range(plan.folds)}
+
+
+def full_fit_deadline(now: float, clock: Clock, plan: Plan, seed: int) -> dict[str, float]:
+    """Full-data fit `seed`'s training deadline, keyed as train_fold numbers it (after the folds):
+    the time left before FOLDS_END_BY of the budget, less the ensemble and PREDICT_SHARE of the
+    fit for its test predictions. A fit slower than its estimate anneals early instead of
+    overrunning the budget."""
+    left = clock.left() - (1 - FOLDS_END_BY) * clock.budget - ENSEMBLE_SECONDS
+    return {str(plan.folds + seed): now + max(0.0, left - PREDICT_SHARE * plan.full_fit_seconds)}
 
 
 def full_fits_that_fit(plan: Plan, run, clock: Clock, done: int = 0) -> int:
