@@ -133,17 +133,17 @@ def test_fold_deadlines_share_the_time_left_and_end_inside_the_budget():
 def test_auto_writes_a_submission_within_its_budget_and_a_rerun_continues_the_plan(tmp_path, capsys):
     data = make_competition(tmp_path / "d", num_classes=3, per_class=40, test_count=12)
     work = tmp_path / "w"
-    args = ["auto", "--time", "2m", "--data", str(data), "--workdir", str(work)]
+    args = ["auto", "--time", "3m", "--data", str(data), "--workdir", str(work)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "plan for 2.0m" in out and "achieved:" in out
-    state = read_json(work / "folds" / "auto" / "plan-120s.json")
-    assert state["spent_seconds"] <= 1.05 * 120
+    assert "plan for 3.0m" in out and "achieved:" in out
+    state = read_json(work / "folds" / "auto" / "plan-180s.json")
+    assert state["spent_seconds"] <= 1.05 * 180
     assert set(state["stages"]) >= {"data", "measure", "train folds", "ensemble"}
-    csv = (work / "submissions" / "auto-2.0m.csv").read_text().splitlines()
+    csv = (work / "submissions" / "auto-3.0m.csv").read_text().splitlines()
     assert len(csv) == 13
     # The same command again: the plan and its finished folds are kept, nothing trains again.
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "continuing the plan" in out and "finished earlier" in out
-    assert read_json(work / "folds" / "auto" / "plan-120s.json")["plan"] == state["plan"]
+    assert read_json(work / "folds" / "auto" / "plan-180s.json")["plan"] == state["plan"]
