@@ -109,9 +109,13 @@ def test_full_fits_shrink_when_the_folds_ran_slower_than_planned():
     on_time.spent = lambda: 2000.0  # the folds took what was planned: 3 x 600 s (+ measuring)
     assert full_fits_that_fit(plan, FakeRun(1800), on_time) == 3
     late = Clock(6000, spent_before=0, started=0)
-    late.spent = lambda: 4400.0  # the folds took twice as long: only what fits in the 1,600 s left
-    assert full_fits_that_fit(plan, FakeRun(3600), late) == 0
-    assert full_fits_that_fit(plan, FakeRun(1800), late) == 1
+    late.spent = lambda: 4400.0  # the folds took twice as long: 1,400 s left before FOLDS_END_BY and the ensemble
+    assert full_fits_that_fit(plan, FakeRun(1800), late) == 1  # 1.56 fits of 900 s
+    # A fit of 1,800 s with 1,400 s left still runs (78% of its time: its deadline shrinks its schedule)...
+    assert full_fits_that_fit(plan, FakeRun(3600), late) == 1
+    very_late = Clock(6000, spent_before=0, started=0)
+    very_late.spent = lambda: 5200.0  # ...not with 600 s left (a third of its time)
+    assert full_fits_that_fit(plan, FakeRun(3600), very_late) == 0
 
 
 def test_fold_deadlines_share_the_time_left_and_end_inside_the_budget():

@@ -51,6 +51,8 @@ FULL_FIT_FROM_EPOCHS = 12  # once the folds can have this many epochs with a ful
 # gets the time: its test predictions come from K/(K-1) times the rows, worth more than more fold epochs
 # (bench/RESULTS.md, "full fit or fold epochs"); below it the folds take everything (the honest estimate first)
 MAX_FULL_FITS = 3  # full-data fits beyond the folds; each later one adds less to the submission
+FULL_FIT_MIN_SHARE = 0.75  # a planned full-data fit still runs when this share of its time is left: its deadline
+# shrinks its schedule to fit (annealed all the same), better than leaving the time unused after slow folds
 SAFETY = 0.85  # plans end by this share of the budget by their estimate
 FOLDS_END_BY = 0.97  # whatever the estimate, fold training stops in time to end by this share (trainer deadlines)
 ENSEMBLE_SECONDS = 20.0  # loading the runs, blending, writing and checking the CSV (measured: seconds)
@@ -423,12 +425,13 @@ def full_fit_deadline(now: float, clock: Clock, plan: Plan, seed: int) -> dict[s
 
 
 def full_fits_that_fit(plan: Plan, run, clock: Clock, done: int = 0) -> int:
-    """How many full-data fits (in all, `done` of them finished) end in time at the pace the folds had."""
+    """How many full-data fits (in all, `done` of them finished) end in time at the pace the folds had;
+    the last may have only FULL_FIT_MIN_SHARE of its time (its deadline shrinks its schedule)."""
     summary = run.summary
     per_fold = summary.get("seconds", plan.fold_seconds * plan.folds) / max(1, plan.folds)
     per_full = per_fold * plan.folds / max(1, plan.folds - 1)  # every row instead of (K-1)/K of them
-    left = clock.left() - ENSEMBLE_SECONDS
-    more = max(0, math.floor(left / per_full)) if per_full > 0 else 0
+    left = clock.left() - (1 - FOLDS_END_BY) * clock.budget - ENSEMBLE_SECONDS  # as full_fit_deadline
+    more = max(0, math.floor(left / per_full + 1 - FULL_FIT_MIN_SHARE)) if per_full > 0 else 0
     fits = min(plan.full_fits, done + more)
     if fits < plan.full_fits:
         warn(f"planned {plan.full_fits} full-data fit(s), {fits} fit in the time left "
