@@ -14,8 +14,10 @@ import pandas as pd
 from comp.core.console import warn
 from comp.core.errors import CompError
 from comp.core.fileio import atomic_path, save_csv
+from comp.engine.batchnorm import batch_norm_layers
 from comp.engine.checkpoints import _save_checkpoint
 from comp.engine.inference import Predictor
+from comp.nets.layers import AirbenchBatchNorm
 
 
 # A checkpoint (weights + optimizer state, tens of MB for the big nets) is written at an epoch's
@@ -198,6 +200,9 @@ class FoldCallback(keras.callbacks.Callback):
         end_step = end * self.steps_per_epoch - tail
         if end_step > step and total > at:
             clock.set(step, at, (total - at) / (end_step - step))
+            for norm in batch_norm_layers(self.net):  # the BatchNorm statistics' averaging ends there too
+                if isinstance(norm, AirbenchBatchNorm):
+                    norm.last_step.assign(end_step)
         warn(f"fold {self.fold}: {end} of {planned} epochs fit its time budget; the schedule's remaining "
              f"{max(0, total - at):.0f} steps run in {max(0, end_step - step)}, so the fold still ends annealed")
 

@@ -24,7 +24,7 @@ def lookahead_pull(step, decay: float, total_steps: int, schedule_step=None):
     `schedule_step`: where the schedule stands at that step (comp.engine.step.schedule_step), if a
     deadline made it run faster than the steps; syncs still come every LOOKAHEAD_EVERY steps.
     """
-    step = ops.cast(step, "float32")
+    step, total_steps = ops.cast(step, "float32"), ops.cast(total_steps, "float32")
     at = step if schedule_step is None else ops.cast(schedule_step, "float32")
     on_time = ops.logical_and(ops.equal(ops.mod(step, LOOKAHEAD_EVERY), 0.0), at <= total_steps)
     sync = ops.cast(on_time, "float32")
