@@ -189,22 +189,49 @@ def one_hot_labelled(root: Path, **kwargs) -> Path:
     return data
 
 
-@pytest.mark.parametrize("sample, metric", [("probs", "log_loss"), ("probs", "accuracy"), ("onehot", "accuracy")])
-def test_one_hot_labels_train_and_the_submission_writes_the_class_columns(tmp_path, sample, metric):
-    data = one_hot_labelled(tmp_path / "d", sample_columns=sample)
-    submission = check_train_ensemble(data, tmp_path / "w", metric=metric)
+def assert_one_hot_submission(submission: pd.DataFrame, zero_one: bool) -> None:
     assert submission.columns.tolist() == ["image_id", *CLASSES]
     values = submission[CLASSES].astype(float).to_numpy()
     assert np.allclose(values.sum(1), 1, atol=1e-3)
-    if sample == "onehot":  # the sample's 0/1: a 1 under the predicted class
+    if zero_one:  # the sample's 0/1: a 1 under the predicted class
         assert set(submission[CLASSES].to_numpy().ravel()) <= {"0", "1"}
     else:
         assert (values > 0).all() and (values < 1).all()
 
+
+def assert_one_hot_labels_read(data: Path) -> None:
     from comp.data.sources import load_dataset
 
     dataset = load_dataset(data, None)
     assert dataset.classes == CLASSES and dataset.train_y.tolist() == [i // 8 for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def probs_sample_work(tmp_path_factory) -> Path:
+    """One-hot labels and a sample of probabilities, checked and trained once: the metrics differ only in
+    what the ensemble writes (the sample is part of the data's fingerprint, so the 0/1 sample trains its own)."""
+    root = tmp_path_factory.mktemp("one-hot")
+    data = one_hot_labelled(root / "d", sample_columns="probs")
+    with pytest.MonkeyPatch.context() as patch:  # the CLI's label options stay inside this fixture
+        for variable in ("COMP_ID_COLUMN", "COMP_LABEL_COLUMN", "COMP_LABELS_FROM"):
+            patch.setenv(variable, "")
+        assert main(["data", "check", "--data", str(data), "--workdir", str(root / "w"), "--metric", "log_loss"]) == 0
+        assert main(["train", "--workdir", str(root / "w"), *TRAIN_RUN]) == 0
+    return root / "w"
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "accuracy"])
+def test_one_hot_labels_train_and_a_probabilities_sample_gets_the_class_probabilities(probs_sample_work, metric):
+    work = probs_sample_work
+    assert main(["ensemble", "--workdir", str(work), "--metric", metric, "--out", f"{metric}.csv", "--quiet"]) == 0
+    assert_one_hot_submission(pd.read_csv(work / "submissions" / f"{metric}.csv", dtype=str), zero_one=False)
+    assert_one_hot_labels_read(work.parent / "d")
+
+
+def test_one_hot_labels_train_and_a_zero_one_sample_gets_a_one_under_the_class(tmp_path):
+    data = one_hot_labelled(tmp_path / "d", sample_columns="onehot")
+    assert_one_hot_submission(check_train_ensemble(data, tmp_path / "w", metric="accuracy"), zero_one=True)
+    assert_one_hot_labels_read(data)
 
 
 @pytest.mark.parametrize("row, marks, fragments", [
