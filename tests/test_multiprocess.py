@@ -18,7 +18,7 @@ import pytest
 from .conftest import REPO
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, pathlib, sys
     import numpy as np
     import jax, keras
     from comp.config.run_config import build_config
@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent("""
     x, y = rng.integers(0, 256, (160, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 160)
     # fast: BatchNorm (statistics over the global batch), lookahead and BN recalibration, flips.
     config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 16, "epochs": 2, "devices": sys.argv[1]})
-    result = trainer.train_fold(config, x[:128], y[:128], x[128:], y[128:], 3, 0, test_x=x[:8])
+    fold_dir = pathlib.Path(sys.argv[2])  # each process its own, to see which ones write
+    result = trainer.train_fold(config, x[:128], y[:128], x[128:], y[128:], 3, 0, fold_dir, test_x=x[:8])
     net = programs._engine.net
     out = {"weights": [np.asarray(v.value).ravel().tolist() for v in net.trainable_variables],
            "stats": [np.asarray(v.value).ravel().tolist() for v in net.non_trainable_variables],
@@ -67,17 +68,13 @@ def skip_without_cpu_collectives(stderr: str) -> None:
         pytest.skip(f"this JAX lacks gloo CPU collectives: {stderr.strip().splitlines()[-1][:200]}")
 
 
-def start_processes(tmp_path, arguments: list[str], processes: int = 2) -> list:
-    """`processes` processes of one run on localhost, each writing to files (a full pipe would
-    block one while the other waits for it at a collective)."""
-    port = free_port()
-    workers = []
-    for index in range(processes):
-        out, err = (open(tmp_path / f"process{index}.{kind}", "w") for kind in ("out", "err"))
-        workers.append(subprocess.Popen([sys.executable, *arguments], cwd=REPO, env=process_env(port, processes, index),
-                                        stdout=out, stderr=err, text=True))
-        out.close(), err.close()
-    return workers
+def start_process(tmp_path, port: int, index: int, arguments: list[str], processes: int = 2):
+    """Process `index` of a run of `processes` on localhost, writing its output to files (a full
+    pipe would block one while the other waits for it at a collective)."""
+    out, err = (open(tmp_path / f"process{index}.{kind}", "w") for kind in ("out", "err"))
+    with out, err:
+        return subprocess.Popen([sys.executable, *arguments], cwd=REPO, env=process_env(port, processes, index),
+                                stdout=out, stderr=err, text=True)
 
 
 def finish_processes(tmp_path, workers: list) -> list[tuple[str, str]]:
@@ -94,13 +91,14 @@ def finish_processes(tmp_path, workers: list) -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_two_processes_train_what_one_does(tmp_path):
-    workers = start_processes(tmp_path, ["-c", SCRIPT, "all"])
+    workers = [start_process(tmp_path, port, index, ["-c", SCRIPT, "all", str(tmp_path / f"fold_process{index}")])
+               for port in [free_port()] for index in (0, 1)]
     outputs = finish_processes(tmp_path, workers)
     for worker, (_, stderr) in zip(workers, outputs):
         if worker.returncode:
             skip_without_cpu_collectives(stderr)
         assert worker.returncode == 0, stderr[-3000:]
-    single = subprocess.run([sys.executable, "-c", SCRIPT, "2"], cwd=REPO, env=jax_env(2), capture_output=True,
+    single = subprocess.run([sys.executable, "-c", SCRIPT, "2", str(tmp_path / "fold_single")], cwd=REPO, env=jax_env(2), capture_output=True,
                             text=True, timeout=TIMEOUT_S)
     assert single.returncode == 0, single.stderr[-3000:]
     one = result_of(single.stdout)
@@ -114,3 +112,8 @@ def test_two_processes_train_what_one_does(tmp_path):
             assert c == b  # the processes hold one replicated state
     assert abs(np.asarray(first["probs"]) - np.asarray(one["probs"])).max() < 1e-5
     assert first["probs"] == second["probs"]
+    # Only process 0 wrote the fold's files, those a single process writes.
+    written = sorted(p.name for p in (tmp_path / "fold_process0").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "fold_single").iterdir())
+    assert {"metrics.json", "val_probs.npy", "test_probs.npy", "model.keras"} <= set(written)
+    assert not (tmp_path / "fold_process1").exists() or not any((tmp_path / "fold_process1").iterdir())

@@ -196,3 +196,18 @@ def global_batch(block):
 
     layout = keras.distribution.distribution().get_data_layout(block.shape).backend_layout
     return jax.make_array_from_process_local_data(layout, block)
+
+
+def check_same_everywhere(value: int, what: str) -> None:
+    """Several processes: refuse to go on unless every process has process 0's `value` (a fold's
+    resumed epoch: the others read process 0's checkpoint from the same workdir, or none)."""
+    if process_count() == 1:
+        return
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    first = int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+    if first != value:
+        raise CompError(f"process {jax.process_index()} of {jax.process_count()}: {what} {value}, process 0's {first}; "
+                        "start every process with the same workdir (shared, or copied from process 0's)")
