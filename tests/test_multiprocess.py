@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +119,40 @@ def test_two_processes_train_what_one_does(tmp_path):
     assert written == sorted(p.name for p in (tmp_path / "fold_single").iterdir())
     assert {"metrics.json", "val_probs.npy", "test_probs.npy", "model.keras"} <= set(written)
     assert not (tmp_path / "fold_process1").exists() or not any((tmp_path / "fold_process1").iterdir())
+
+
+KILLED_SCRIPT = textwrap.dedent("""
+    import pathlib, sys
+    import numpy as np
+    from comp.config.run_config import build_config
+    from comp.core.errors import CompError
+    from comp.engine import trainer
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (160, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 160)
+    config = build_config({}, {"model": "fast", "width": 0.125, "batch_size": 16, "epochs": 50, "devices": "all"})
+    try:
+        trainer.train_fold(config, x[:128], y[:128], x[128:], y[128:], 3, 0, pathlib.Path(sys.argv[1]))
+    except CompError as error:  # as comp's CLI reports it
+        print(f"comp: {error}", file=sys.stderr)
+        sys.exit(2)
+""")
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_with_one_line(tmp_path):
+    fold_dir = tmp_path / "fold"
+    workers = [start_process(tmp_path, port, index, ["-c", KILLED_SCRIPT, str(fold_dir)])
+               for port in [free_port()] for index in (0, 1)]
+    deadline = time.time() + TIMEOUT_S
+    while not (fold_dir / "history.csv").exists() and time.time() < deadline and workers[0].poll() is None:
+        time.sleep(0.5)  # until process 0 has written epoch 1's checkpoint
+    assert (fold_dir / "history.csv").exists(), Path(tmp_path / "process0.err").read_text()[-3000:]
+    workers[1].kill()
+    (_, stderr), _ = finish_processes(tmp_path, workers)
+    assert workers[0].returncode == 2, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("comp:")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert lines[0].startswith("comp: process 0 of 2: another process of the run stopped (")
+    assert lines[0].endswith("rerun every process to resume from the last checkpoint")
+    assert (fold_dir / "checkpoint" / "state.json").exists()  # what the rerun resumes from

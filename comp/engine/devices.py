@@ -20,6 +20,7 @@ that never train (data check) must not start TensorFlow.
 from __future__ import annotations
 
 import os
+import re
 
 from comp.core.console import info
 from comp.core.errors import CompError
@@ -211,3 +212,28 @@ def check_same_everywhere(value: int, what: str) -> None:
     if first != value:
         raise CompError(f"process {jax.process_index()} of {jax.process_count()}: {what} {value}, process 0's {first}; "
                         "start every process with the same workdir (shared, or copied from process 0's)")
+
+
+# What a failed collective's error says (a gloo all-reduce or all-gather whose peer is gone, or the
+# runtime's lost heartbeat); JAX raises them as RuntimeError or ValueError.
+COLLECTIVE_FAILURES = ("gloo", "connection reset", "connection closed", "heartbeat", "unavailable",
+                       "error dispatching computation")
+
+
+def is_peer_failure(error: Exception) -> bool:
+    """Whether `error`, raised while several processes train, is a lost process rather than a bug."""
+    return process_count() > 1 and any(word in str(error).lower() for word in COLLECTIVE_FAILURES)
+
+
+def peer_stopped(error: Exception) -> CompError:
+    """Several processes: the one line for a run whose collective failed (a process was killed or
+    lost), as a CompError to raise. This process then exits without JAX's shutdown barrier, which
+    would wait minutes for the lost process and then abort with a stack trace."""
+    import atexit
+    import jax
+
+    atexit.register(os._exit, 2)  # runs before JAX's own exit hook (registered earlier)
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = re.sub(r"^(\w+: )?(Error dispatching computation: )+", "", first_line)[:160]  # XLA repeats it
+    return CompError(f"process {jax.process_index()} of {jax.process_count()}: another process of the run stopped "
+                     f"({reason}); rerun every process to resume from the last checkpoint")

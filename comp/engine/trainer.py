@@ -20,7 +20,7 @@ from comp.core.scoring import accuracy as score_accuracy, log_loss
 from comp.engine.batchnorm import recalibrate_batchnorm
 from comp.engine.callbacks import FoldCallback, Validation, check_finite_probs
 from comp.engine.checkpoints import _resume
-from comp.engine.devices import check_same_everywhere, is_writer
+from comp.engine.devices import check_same_everywhere, is_peer_failure, is_writer, peer_stopped
 from comp.engine.feed import (BatchOrder, balanced_class_weights, steps_per_dispatch, training_inputs,
                               uses_device_rows)
 from comp.engine.inference import Predictor, call_rows
@@ -104,8 +104,13 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         fit_started = time.time()
         if state["epoch"] < total_epochs and not (config.patience and state["wait"] >= config.patience):
             callbacks = [*training_data["callbacks"], callback]
-            model.fit(**training_data | {"callbacks": callbacks}, epochs=total_epochs, initial_epoch=state["epoch"],
-                      verbose=0)
+            try:
+                model.fit(**training_data | {"callbacks": callbacks}, epochs=total_epochs,
+                          initial_epoch=state["epoch"], verbose=0)
+            except (RuntimeError, ValueError) as error:  # how JAX reports a failed collective
+                if is_peer_failure(error):
+                    raise peer_stopped(error) from None
+                raise
         elif resumed and config.averages_weights:
             # Resumed after the last epoch: fit, which would end on the averaged weights, does not run.
             model.optimizer.finalize_variable_values(model.trainable_variables)
