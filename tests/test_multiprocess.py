@@ -156,3 +156,24 @@ def test_a_killed_process_stops_the_other_with_one_line(tmp_path):
     assert lines[0].startswith("comp: process 0 of 2: another process of the run stopped (")
     assert lines[0].endswith("rerun every process to resume from the last checkpoint")
     assert (fold_dir / "checkpoint" / "state.json").exists()  # what the rerun resumes from
+
+
+@pytest.mark.slow
+def test_comp_train_on_two_processes_writes_one_run(tmp_path):
+    """`comp train` once per "host" (each its own workdir, as on machines that share nothing): one
+    run, its folds' files written by process 0 only."""
+    from .conftest import make_competition
+
+    data = make_competition(tmp_path / "data", per_class=12, test_count=6)
+    workers = [start_process(tmp_path, port, index, ["-m", "comp", "train", "--data", str(data), "--workdir",
+                                                     str(tmp_path / f"work{index}"), "--model", "fast", "--width",
+                                                     "0.125", "--epochs", "1", "--folds", "2", "--batch-size", "16"])
+               for port in [free_port()] for index in (0, 1)]
+    outputs = finish_processes(tmp_path, workers)
+    for worker, (_, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-3000:]
+    (run,) = [path.parent for path in (tmp_path / "work0").rglob("oof_probs.npy")]
+    assert all((run / f"fold{fold}" / "metrics.json").exists() for fold in (0, 1))
+    assert "CV accuracy" in outputs[0][0] and "accuracy" not in outputs[1][0]  # process 0 speaks for the run
+    fold_files = ("metrics.json", "model.keras", "val_probs.npy", "test_probs.npy", "state.json", "oof_probs.npy")
+    assert not [path for name in fold_files for path in (tmp_path / "work1").rglob(name)]

@@ -200,8 +200,8 @@ def global_batch(block):
 
 
 def check_same_everywhere(value: int, what: str) -> None:
-    """Several processes: refuse to go on unless every process has process 0's `value` (a fold's
-    resumed epoch: the others read process 0's checkpoint from the same workdir, or none)."""
+    """Several processes: refuse to go on unless every process has process 0's `value` (the fold, its
+    resumed epoch: the others read process 0's checkpoint from their copy of its run folder)."""
     if process_count() == 1:
         return
     import jax
@@ -210,8 +210,9 @@ def check_same_everywhere(value: int, what: str) -> None:
 
     first = int(multihost_utils.broadcast_one_to_all(np.int32(value)))
     if first != value:
+        exit_without_shutdown()  # process 0 then stops with its own line at the next collective
         raise CompError(f"process {jax.process_index()} of {jax.process_count()}: {what} {value}, process 0's {first}; "
-                        "start every process with the same workdir (shared, or copied from process 0's)")
+                        "give every process process 0's run folder (folds/<run>/, copied) and rerun them all")
 
 
 # What a failed collective's error says (a gloo all-reduce or all-gather whose peer is gone, or the
@@ -225,14 +226,21 @@ def is_peer_failure(error: Exception) -> bool:
     return process_count() > 1 and any(word in str(error).lower() for word in COLLECTIVE_FAILURES)
 
 
+def exit_without_shutdown() -> None:
+    """Make this process exit (status 2, as for any CompError) without JAX's shutdown barrier, which
+    waits minutes for every other process and then aborts with a stack trace."""
+    import atexit
+
+    atexit.register(os._exit, 2)  # runs before JAX's own exit hook (registered earlier)
+
+
 def peer_stopped(error: Exception) -> CompError:
     """Several processes: the one line for a run whose collective failed (a process was killed or
     lost), as a CompError to raise. This process then exits without JAX's shutdown barrier, which
     would wait minutes for the lost process and then abort with a stack trace."""
-    import atexit
     import jax
 
-    atexit.register(os._exit, 2)  # runs before JAX's own exit hook (registered earlier)
+    exit_without_shutdown()
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     reason = re.sub(r"^(\w+: )?(Error dispatching computation: )+", "", first_line)[:160]  # XLA repeats it
     return CompError(f"process {jax.process_index()} of {jax.process_count()}: another process of the run stopped "

@@ -83,6 +83,7 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
             model.set_class_weights(balanced_class_weights(train_y, num_classes))
         state = _resume(fold_dir, model, fold) if fold_dir else None
         resumed = state is not None
+        check_same_everywhere(fold, "trains fold")  # several processes train one fold together
         check_same_everywhere(state["epoch"] if resumed else 0, f"fold {fold} resumes after epoch")
         # Several processes: every one reads the fold's checkpoint; only process 0 writes to it. The
         # others save theirs to a scratch folder, dropped at the end: saving runs collectives.
