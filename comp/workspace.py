@@ -67,8 +67,14 @@ class Workspace(Workdir):
         Finished folds are kept unless `force`. Several workers may train one run at once, each fold
         once: they claim folds through the `storage` database (as for tune; beating every `heartbeat`
         seconds, taken over when silent for 4 beats), else through lock files in the workdir. -> Run."""
+        from comp.core.console import is_quiet, set_quiet
+        from comp.engine.devices import initialize_processes, is_writer, process_settings
         from comp.stages.train import train_config
 
+        if process_settings():  # several processes, one run (KERAS_DISTRIBUTION_*): joined before any JAX work
+            initialize_processes()
+            isolate = False  # a fold's child process could not join the run
+            set_quiet(is_quiet() or not is_writer())  # process 0 speaks for the run
         return train_config(self, config, folds=folds, k=k, force=force, resplit=resplit, preset=preset,
                             isolate=isolate, full=full, storage=storage, heartbeat=heartbeat, **overrides)
 

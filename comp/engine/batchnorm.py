@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from comp.engine.devices import global_batch, process_count, process_rows, to_host
 from comp.engine.step import TrainingModel
 from comp.nets.layers import AirbenchBatchNorm
 
@@ -48,6 +49,24 @@ class BatchStatistics(keras.Model):
             moments.append(ops.stack([ops.mean(x, axis=axes), ops.var(x, axis=axes)]))
         return moments
 
+    def moments(self, batch) -> list:
+        """call's moments as numpy arrays. Several processes: `batch` is this process's block, and
+        a jitted stateless call reads the replicated moments back (predict_on_batch hands each
+        process a slice of any output, as if its first axis were the batch)."""
+        if process_count() == 1:
+            moments = self.predict_on_batch(batch)
+            return [np.asarray(m, np.float64) for m in (moments if isinstance(moments, (list, tuple)) else [moments])]
+        import jax
+
+        if getattr(self, "_jitted", None) is None:
+            self._jitted = jax.jit(self.stateless_call)
+        moments, other = self._jitted([v.value for v in self.trainable_variables],
+                                      [v.value for v in self.non_trainable_variables],
+                                      {name: global_batch(part) for name, part in batch.items()})
+        for variable, value in zip(self.non_trainable_variables, other):
+            variable.assign(value)  # the augmentation's random streams move on, as predict_on_batch's do
+        return [to_host(m).astype(np.float64) for m in (moments if isinstance(moments, (list, tuple)) else [moments])]
+
 
 def recalibrate_batchnorm(model: TrainingModel, images, labels, batch_size: int, seed: int,
                           statistics: BatchStatistics | None = None) -> BatchStatistics | None:
@@ -71,9 +90,8 @@ def recalibrate_batchnorm(model: TrainingModel, images, labels, batch_size: int,
     sums = None
     batches = min(RECALIBRATION_BATCHES, len(labels) // batch)
     for i in range(batches):
-        rows = np.sort(order[i * batch:(i + 1) * batch])
-        moments = statistics.predict_on_batch({"pixels": images[rows], "labels": labels[rows].astype(np.int32)})
-        moments = [np.asarray(m, np.float64) for m in (moments if isinstance(moments, (list, tuple)) else [moments])]
+        rows = process_rows(np.sort(order[i * batch:(i + 1) * batch]))  # several processes: each its block
+        moments = statistics.moments({"pixels": images[rows], "labels": labels[rows].astype(np.int32)})
         sums = moments if sums is None else [s + m for s, m in zip(sums, moments)]
     for norm, total in zip(norms, sums):
         norm.moving_mean.assign((total[0] / batches).astype(np.float32))

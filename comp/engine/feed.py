@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 from sklearn.utils.class_weight import compute_class_weight
 from comp.core.backend import accelerator
+from comp.engine.devices import process_rows
 
 
 # -- the fold's rows ---------------------------------------------------------------------------
@@ -156,8 +157,8 @@ class RowBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rows = self.order.batch_rows()[index * self.per_dispatch:(index + 1) * self.per_dispatch].astype(np.int32)
-        if self.per_dispatch == 1:
-            return ({"rows": rows[0]},)
+        if self.per_dispatch == 1:  # several processes: this one's block of the global batch
+            return ({"rows": process_rows(rows[0])},)
         valid = np.arange(self.per_dispatch) < len(rows)
         rows = np.concatenate([rows, np.repeat(rows[:1], self.per_dispatch - len(rows), axis=0)])
         return ({"rows": rows, "valid": valid},)

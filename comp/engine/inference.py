@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 from comp.core.backend import accelerator
-from comp.engine.devices import data_parallel, sharded
+from comp.engine.devices import data_parallel, sharded, to_host
 
 # Net inputs per compiled call on a GPU (images x views): large calls keep it busy, few calls
 # keep the host out of the way. On a CPU the caller's batch stands: memory, not calls, limits there.
@@ -98,7 +98,7 @@ class Predictor:
             trainable = [v.value for v in self.model.trainable_variables]
             other = [v.value for v in self.model.non_trainable_variables]
             pending = [(call(trainable, other, sharded(batch)), rows) for batch, rows in self._batches(images)]
-            outputs = [np.asarray(out)[:, :rows] for out, rows in pending]
+            outputs = [to_host(out)[:, :rows] for out, rows in pending]
         else:
             outputs = [np.asarray(self.model.predict_on_batch(batch))[:, :rows] for batch, rows in self._batches(images)]
         return np.concatenate(outputs, axis=1).astype(np.float32, copy=False)

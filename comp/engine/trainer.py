@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from comp.core.scoring import accuracy as score_accuracy, log_loss
 from comp.engine.batchnorm import recalibrate_batchnorm
 from comp.engine.callbacks import FoldCallback, Validation, check_finite_probs
 from comp.engine.checkpoints import _resume
+from comp.engine.devices import check_same_everywhere, is_peer_failure, is_writer, peer_stopped
 from comp.engine.feed import (BatchOrder, balanced_class_weights, steps_per_dispatch, training_inputs,
                               uses_device_rows)
 from comp.engine.inference import Predictor, call_rows
@@ -64,6 +66,7 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
     `on_epoch(epoch, logs)` is called after every epoch and may raise to stop (pruning).
     """
     started = time.time()
+    scratch = None
     compiles_before = compile_counts()
     multilabel = np.ndim(train_y) == 2  # multi-hot rows: sigmoid outputs, binary cross-entropy
     if multilabel and (config.class_weight != "none" or config.sampler != "shuffle"):
@@ -80,6 +83,12 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
             model.set_class_weights(balanced_class_weights(train_y, num_classes))
         state = _resume(fold_dir, model, fold) if fold_dir else None
         resumed = state is not None
+        check_same_everywhere(fold, "trains fold")  # several processes train one fold together
+        check_same_everywhere(state["epoch"] if resumed else 0, f"fold {fold} resumes after epoch")
+        # Several processes: every one reads the fold's checkpoint; only process 0 writes to it. The
+        # others save theirs to a scratch folder, dropped at the end: saving runs collectives.
+        scratch = tempfile.TemporaryDirectory(prefix="comp-process-") if fold_dir and not is_writer() else None
+        written_dir = Path(scratch.name) if scratch else fold_dir
         if resumed and progress:
             progress.note(f"fold {fold}: resuming after epoch {state['epoch']}")
         state = state or {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "wait": 0, "history": []}
@@ -89,15 +98,20 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         validation = Validation(engine.predictor("none", rows_per_call), val_x, val_y, config.label_smoothing,
                                 config.val_every, total_epochs)
         validation.last_epoch = state.get("end_epoch", total_epochs)  # a resumed fold its deadline shrank
-        callback = FoldCallback(fold, fold_dir, net, state, config, on_epoch, progress, validation,
+        callback = FoldCallback(fold, written_dir, net, state, config, on_epoch, progress, validation,
                                 steps_per_dispatch() if model.store is not None else 1, steps)
         if progress:
             progress.fold_begin(fold, total_epochs, steps, state["epoch"])
         fit_started = time.time()
         if state["epoch"] < total_epochs and not (config.patience and state["wait"] >= config.patience):
             callbacks = [*training_data["callbacks"], callback]
-            model.fit(**training_data | {"callbacks": callbacks}, epochs=total_epochs, initial_epoch=state["epoch"],
-                      verbose=0)
+            try:
+                model.fit(**training_data | {"callbacks": callbacks}, epochs=total_epochs,
+                          initial_epoch=state["epoch"], verbose=0)
+            except (RuntimeError, ValueError) as error:  # how JAX reports a failed collective
+                if is_peer_failure(error):
+                    raise peer_stopped(error) from None
+                raise
         elif resumed and config.averages_weights:
             # Resumed after the last epoch: fit, which would end on the averaged weights, does not run.
             model.optimizer.finalize_variable_values(model.trainable_variables)
@@ -110,15 +124,18 @@ def train_fold(config: RunConfig, train_x, train_y, val_x, val_y, num_classes: i
         elif config.keep == "best" and fold_dir:  # the best epoch ran before a resume: into the compiled net
             net.set_weights(load_keras_model(fold_dir / "model.keras",
                                              fix=retrain_fold_fix(fold_dir.parent, fold)).get_weights())
-        elif fold_dir:
-            with atomic_path(fold_dir / "model.keras", suffix=".keras") as tmp:
+        elif written_dir:
+            with atomic_path(written_dir / "model.keras", suffix=".keras") as tmp:
                 net.save(tmp)
         predictor = engine.predictor(config.tta, rows_per_call)
         result = _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, time.time() - started,
-                              predictor, lambda: fold_phases(started, fit_started, fit_ended, state["history"],
-                                                             epochs_before, compiles_before))
+                              predictor, scratch is None,
+                              lambda: fold_phases(started, fit_started, fit_ended, state["history"], epochs_before,
+                                                  compiles_before))
     finally:
         set_precision("float32")
+        if scratch is not None:
+            scratch.cleanup()
     return result
 
 
@@ -135,9 +152,12 @@ def _probs_by_policy(predictor: Predictor, images, policy: str, multilabel: bool
 
 
 def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, seconds,
-                 predictor: Predictor | None = None, phases: Callable[[], dict] = dict) -> FoldResult:
+                 predictor: Predictor | None = None, write: bool = True,
+                 phases: Callable[[], dict] = dict) -> FoldResult:
     """Predict validation rows (and test) with the kept model, every TTA view of a batch in one
-    compiled call; write the artifacts, the curves after everything timed; metrics last."""
+    compiled call; write the artifacts (unless not `write`: a process other than 0 of several, which
+    predicts all the same, as the predictions are collectives), the curves after everything timed;
+    metrics last."""
     predictor = predictor or Predictor(net, views_for(config.tta), view_fill(config.tta),
                                        call_rows(max(config.batch_size, 256)))
     multilabel = np.ndim(val_y) == 2
@@ -153,6 +173,9 @@ def _finish_fold(config, net, val_x, val_y, test_x, fold, fold_dir, state, secon
                "epochs_run": state["epoch"], "seconds": round(seconds, 2), "val_rows": len(val_y)}
     test_probs = _probs_by_policy(predictor, test_x, config.tta, multilabel) if test_x is not None else {}
     check_finite_probs(test_probs, "test", fold, config.lr)
+    if not write:
+        result.phases = phases()
+        return result
     for policy, probs in val_probs.items():
         suffix = "" if policy == "none" else f".{policy}"
         save_npy(fold_dir / f"val_probs{suffix}.npy", probs.astype(np.float32))
