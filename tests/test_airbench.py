@@ -450,3 +450,22 @@ def test_a_bigger_fold_reusing_the_compiled_programs_averages_its_statistics_to_
     assert programs._engine is not engine
     # Equal up to the schedule's rounding at so few steps (0.14 here); frozen statistics gave 0.37.
     assert np.abs(reused.val_probs - fresh.val_probs).max() < 0.25
+
+
+def test_bfloat16_trains_on_upscaled_digits_without_diverging():
+    """The demo set (8x8 digits upscaled, grey): its 2x2 patches have near-zero variances, so the
+    whitening filters are large; a bfloat16 whitening conv made the loss NaN in the first epoch.
+    The whitening conv computes in float32 under every policy."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from comp.engine import trainer
+
+    digits = load_digits()
+    images = np.stack([np.asarray(Image.fromarray((im * 16).astype(np.uint8)).resize((32, 32), Image.BILINEAR)
+                                  .convert("RGB")) for im in digits.images[:256]])
+    labels = digits.target[:256]
+    config = build_config({}, {"model": "airbench94", "width": 0.25, "batch_size": 64, "epochs": 2,
+                               "precision": "bfloat16", "val_every": 0})
+    result = trainer.train_fold(config, images[:192], labels[:192], images[192:], labels[192:], 10, 0)
+    assert np.isfinite(result.val_loss) and result.val_accuracy > 0.1

@@ -142,7 +142,7 @@ def test_auto_writes_a_submission_within_its_budget_and_a_rerun_continues_the_pl
     out = capsys.readouterr().out
     assert "plan for 3.0m" in out and "achieved:" in out
     state = read_json(work / "folds" / "auto" / "plan-180s.json")
-    assert state["spent_seconds"] <= 1.05 * 180
+    assert state["spent_seconds"] <= 1.2 * 180  # a gross overrun only: the 105% promise is a benchmark, alone
     assert set(state["stages"]) >= {"data", "measure", "train folds", "ensemble"}
     csv = (work / "submissions" / "auto-3.0m.csv").read_text().splitlines()
     assert len(csv) == 13

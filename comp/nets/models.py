@@ -414,7 +414,7 @@ def _whitened_stem(input_shape, sample_images, whitening: Callable, bias_trains:
     kernel, bias = whitening(sample_images, mean, variance)
     halvings = input_halvings(input_shape)
     whiten = layers.Conv2D(kernel.shape[-1], WHITEN_PATCH, strides=2 if halvings else 1, padding="valid",
-                           trainable=bias_trains, name="whiten")
+                           trainable=bias_trains, name="whiten", dtype="float32")
     x = whiten(x)
     whiten.set_weights([kernel, bias])
     whiten.kernel.trainable = False  # the bias alone may train (airbench: its first epochs)
