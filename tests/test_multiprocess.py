@@ -145,9 +145,10 @@ def test_a_killed_process_stops_the_other_with_one_line(tmp_path):
     workers = [start_process(tmp_path, port, index, ["-c", KILLED_SCRIPT, str(fold_dir)])
                for port in [free_port()] for index in (0, 1)]
     deadline = time.time() + TIMEOUT_S
-    while not (fold_dir / "history.csv").exists() and time.time() < deadline and workers[0].poll() is None:
-        time.sleep(0.5)  # until process 0 has written epoch 1's checkpoint
-    assert (fold_dir / "history.csv").exists(), Path(tmp_path / "process0.err").read_text()[-3000:]
+    checkpoint = fold_dir / "checkpoint" / "state.json"
+    while not checkpoint.exists() and time.time() < deadline and workers[0].poll() is None:
+        time.sleep(0.5)  # until process 0 has written epoch 1's checkpoint (history.csv comes before it)
+    assert checkpoint.exists(), Path(tmp_path / "process0.err").read_text()[-3000:]
     workers[1].kill()
     (_, stderr), _ = finish_processes(tmp_path, workers)
     assert workers[0].returncode == 2, stderr[-3000:]
