@@ -31,6 +31,7 @@ import math
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -356,7 +357,6 @@ def run_auto(workspace, budget, out=None, force: bool = False, started_at: float
 def _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, record, begin):
     """run_auto's stages; `begin(stage)` and `record(stage, since)` keep the state file's time."""
     from comp.data.folds import existing_k
-    from comp.engine.callbacks import DEADLINES_ENV  # imports keras: here, not at module top
 
     started = begin("data")
     dataset = workdir_dataset(workspace)
@@ -375,20 +375,14 @@ def _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, r
     config = base.replace(width=plan.width, epochs=plan.epochs, folds=plan.folds, tta=plan.tta)
 
     started = begin("train folds")
-    os.environ[DEADLINES_ENV] = json.dumps(fold_deadlines(started, clock, plan))
-    try:
+    with training_deadlines(fold_deadlines(started, clock, plan)):
         run = train_config(workspace, config, folds="all")
-    finally:
-        os.environ.pop(DEADLINES_ENV, None)
     record("train folds", started)
     fits = full_fits_that_fit(plan, run, clock)
     started = begin("full-data fits")
     for seeds in range(1, fits + 1):
-        os.environ[DEADLINES_ENV] = json.dumps(full_fit_deadline(time.time(), clock, plan, seeds - 1))
-        try:
+        with training_deadlines(full_fit_deadline(time.time(), clock, plan, seeds - 1)):
             train_config(workspace, config, full=seeds)
-        finally:
-            os.environ.pop(DEADLINES_ENV, None)
         record("full-data fits", started)
         started = begin("full-data fits")
         if seeds < fits and full_fits_that_fit(plan, run, clock, done=seeds) <= seeds:
@@ -405,13 +399,29 @@ def _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, r
     return submission
 
 
+def training_time_left(clock: Clock) -> float:
+    """Seconds training may still take: until FOLDS_END_BY of the budget, less the ensemble."""
+    return clock.left() - (1 - FOLDS_END_BY) * clock.budget - ENSEMBLE_SECONDS
+
+
+@contextmanager
+def training_deadlines(deadlines: dict[str, float]):
+    """DEADLINES_ENV set to `deadlines` for the training inside (fold children inherit it)."""
+    from comp.engine.callbacks import DEADLINES_ENV  # imports keras: here, not at module top
+
+    os.environ[DEADLINES_ENV] = json.dumps(deadlines)
+    try:
+        yield
+    finally:
+        os.environ.pop(DEADLINES_ENV, None)
+
+
 def fold_deadlines(now: float, clock: Clock, plan: Plan) -> dict[str, float]:
     """Each fold's training deadline (unix seconds): the folds share the time left before
     FOLDS_END_BY of the budget (less the ensemble) in equal slots, one after the other, and each
     slot keeps PREDICT_SHARE of itself for the fold's predictions. A fold that finishes early
     leaves its time to the next."""
-    left = clock.left() - (1 - FOLDS_END_BY) * clock.budget - ENSEMBLE_SECONDS
-    slot = max(0.0, left) / max(1, plan.folds)
+    slot = max(0.0, training_time_left(clock)) / max(1, plan.folds)
     return {str(fold): now + (fold + 1 - PREDICT_SHARE) * slot for fold in range(plan.folds)}
 
 
@@ -420,7 +430,7 @@ def full_fit_deadline(now: float, clock: Clock, plan: Plan, seed: int) -> dict[s
     the time left before FOLDS_END_BY of the budget, less the ensemble and PREDICT_SHARE of the
     fit for its test predictions. A fit slower than its estimate anneals early instead of
     overrunning the budget."""
-    left = clock.left() - (1 - FOLDS_END_BY) * clock.budget - ENSEMBLE_SECONDS
+    left = training_time_left(clock)
     return {str(plan.folds + seed): now + max(0.0, left - PREDICT_SHARE * plan.full_fit_seconds)}
 
 
@@ -430,7 +440,7 @@ def full_fits_that_fit(plan: Plan, run, clock: Clock, done: int = 0) -> int:
     summary = run.summary
     per_fold = summary.get("seconds", plan.fold_seconds * plan.folds) / max(1, plan.folds)
     per_full = per_fold * plan.folds / max(1, plan.folds - 1)  # every row instead of (K-1)/K of them
-    left = clock.left() - (1 - FOLDS_END_BY) * clock.budget - ENSEMBLE_SECONDS  # as full_fit_deadline
+    left = training_time_left(clock)
     more = max(0, math.floor(left / per_full + 1 - FULL_FIT_MIN_SHARE)) if per_full > 0 else 0
     fits = min(plan.full_fits, done + more)
     if fits < plan.full_fits:
