@@ -89,12 +89,39 @@ def test_expensive_predictions_cut_the_tta_views():
 
 def test_a_budget_too_short_is_refused_in_one_line():
     with pytest.raises(CompError, match="too short for this data"):
-        make_plan(60, 0.0, 50_000, 10_000, cifar_like_probes(), POLICIES)
+        make_plan(30, 0.0, 50_000, 10_000, cifar_like_probes(), POLICIES)
 
 
 def test_the_existing_split_fixes_the_fold_count():
     plan = make_plan(3600, 0.0, 50_000, 10_000, cifar_like_probes(), POLICIES, fold_choices=(5,))
     assert plan.folds == 5
+
+
+def test_when_only_two_folds_would_fit_one_fold_of_five_trains_on_more_rows():
+    probes = {1.0: Probe(1.0, 305.0, 20.0, 550.0, 5.0)}  # airbench94 in bfloat16 on this 2-core CPU
+    hour = make_plan(3600, 100.0, 50_000, 10_000, probes, POLICIES)
+    assert (hour.folds, hour.run_folds, hour.trained_folds) == (auto.HOLDOUT_K, 1, 1)
+    assert auto.EPOCH_FLOORS[0] <= hour.epochs and hour.total_seconds <= auto.SAFETY * 3600
+    assert any("holdout of 10,000 rows" in note for note in hour.notes)
+    assert hour.total_seconds == pytest.approx(100 + hour.fold_seconds + hour.full_fits * hour.full_fit_seconds
+                                               + auto.ENSEMBLE_SECONDS)
+    # Its one fold trains on 40,000 rows for about as long as two folds of 25,000 would: more epochs, not fewer.
+    two = make_plan(3600, 100.0, 50_000, 10_000, probes, POLICIES, fold_choices=(2,))
+    assert (two.folds, two.run_folds) == (2, 0) and hour.epochs >= two.epochs
+    # Time enough for every fold of a split: that comes first (the estimate on every row).
+    assert make_plan(6 * 3600, 100.0, 50_000, 10_000, probes, POLICIES).run_folds == 0
+    # A fold of five under HOLDOUT_MIN_ROWS rows is too small an estimate: every fold trains.
+    small = {1.0: Probe(1.0, 30.0, 20.0, 55.0, 5.0)}
+    assert make_plan(3600, 100.0, 20_000, 2_000, small, POLICIES).run_folds == 0
+
+
+def test_a_holdout_fold_keeps_twice_its_predictions_estimate_not_a_share_of_the_hour():
+    plan = Plan(1.0, 5, 20, "flip", 0, fold_seconds=3000, full_fit_seconds=0, total_seconds=3100,
+                budget_seconds=3600, run_folds=1, predict_seconds=70.0)
+    clock = SimpleNamespace(budget=3600.0, left=lambda: 3500.0)
+    deadlines = fold_deadlines(1000.0, clock, plan)
+    left = clock.left() - (1 - auto.FOLDS_END_BY) * 3600 - auto.ENSEMBLE_SECONDS
+    assert list(deadlines) == ["0"] and deadlines["0"] == pytest.approx(1000.0 + left - 140.0)
 
 
 class FakeRun:

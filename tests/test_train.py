@@ -209,3 +209,35 @@ def test_no_data_anywhere_says_how_to_fix(tmp_path, monkeypatch):
     assert result.returncode == 2
     assert "--data" in result.stderr and "COMP_DATA" in result.stderr and "comp.toml" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_holdout_run_trains_its_folds_only_and_its_oof_covers_their_rows(tmp_path, capsys):
+    """run_folds = 1 of 4: fold 0 alone; the OOF file holds fold 0's rows; the ensemble submits it,
+    a full-data fit beside it is scored by them; another fold or run_folds >= K is refused."""
+    data = make_competition(tmp_path / "d", num_classes=3, per_class=20, test_count=9)
+    work = tmp_path / "w"
+    base = ["--data", str(data), "--workdir", str(work), *TINY, "--epochs", "2", "--folds", "4", "--quiet"]
+    assert main(["train", *base, "--run-folds", "1", "--augment", "flip"]) == 0
+    run = _run_dir(work)
+    assert (run / "fold0" / "metrics.json").exists()
+    assert not any((run / f"fold{k}").exists() for k in (1, 2, 3))
+    folds = pd.read_csv(work / "folds" / "folds.csv")["fold"].to_numpy()
+    rows = np.load(run / "oof_rows.npy")
+    assert rows.tolist() == np.flatnonzero(folds == 0).tolist() and 0 < len(rows) < 60
+    assert np.allclose(np.load(run / "oof_probs.npy"), np.load(run / "fold0" / "val_probs.npy"))
+    assert read_json(run / "summary.json")["rows"] == len(rows)
+    assert main(["train", *base, "--run-folds", "1", "--augment", "flip", "--full"]) == 0
+    assert main(["ensemble", "--workdir", str(work), "--out", "holdout.csv", "--quiet"]) == 0
+    submission = pd.read_csv(work / "submissions" / "holdout.csv")
+    assert len(submission) == 9
+    index = pd.read_csv(work / "submissions" / "index.csv")
+    assert index["oof_rows"].iloc[-1] == len(rows)
+    capsys.readouterr()
+    assert main(["train", *base, "--run-folds", "1", "--augment", "flip", "--fold", "2"]) == 2
+    assert "trains fold 0 of 4 only" in capsys.readouterr().err
+    assert main(["train", *base, "--run-folds", "4"]) == 2
+    assert "run_folds = 4 with folds = 4" in capsys.readouterr().err
+    # As a pseudo-labelling teacher it has fold-0 test predictions only: a run of every fold is refused.
+    assert main(["train", *base, "--pseudo", run.name, "--name", "student"]) == 2
+    assert "no fold-1 test predictions" in capsys.readouterr().err
+    assert not (work / "folds" / "student").exists()

@@ -84,6 +84,10 @@ class RunConfig:
     # every accelerator, one device on a CPU. Not part of the run's identity: the same run, more devices.
     devices: str = "all"
     folds: int = 5
+    # 0 = all K folds. N < K: the run trains only folds 0..N-1 of the K-fold split, its out-of-fold
+    # estimate covers their validation rows (N/K of the data) and each model still trains on (K-1)/K
+    # of it: a holdout estimate for when K folds cost more than the time there is (comp auto).
+    run_folds: int = 0
     seed: int = 42
     limit: int = 0  # 0 = all train rows
     # Pseudo-labelling: test images the teacher runs (comma-separated names) predict with at least
@@ -132,6 +136,9 @@ class RunConfig:
         if self.whiten_bias_epochs and (self.optimizer != "sgd-torch" or self.model not in TRAINED_WHITENING_BIAS):
             raise CompError(f"{source}: whiten_bias_epochs works with optimizer sgd-torch and the models "
                             f"{', '.join(TRAINED_WHITENING_BIAS)} only; set it to 0")
+        if self.run_folds >= self.folds:
+            raise CompError(f"{source}: run_folds = {self.run_folds} with folds = {self.folds}: a run trains at most "
+                            f"its K folds; set run_folds to 0 (all) or under {self.folds}")
         if self.ema and self.lookahead:
             raise CompError(f"{source}: ema and lookahead are two ways to average weights; set one of them to 0")
         for needs, what in ((self.keep == "best", "keep = best picks the epoch"), (self.patience, "patience stops")):
@@ -159,6 +166,11 @@ class RunConfig:
         return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
     @property
+    def run_fold_indices(self) -> list[int]:
+        """The folds that make the run: all K, or the first run_folds of them (a holdout estimate)."""
+        return list(range(self.run_folds or self.folds))
+
+    @property
     def averages_weights(self) -> bool:
         """Training ends on an average of the weights (lookahead or EMA), not the last step's."""
         return bool(self.lookahead or self.ema)
@@ -177,7 +189,7 @@ class RunConfig:
         return self.name or f"{self.model}-{self.identity_hash()}"
 
 
-HASHED_WHEN_SET = {"class_weight": "none", "sampler": "shuffle"}  # fields newer than the hash scheme: their defaults
+HASHED_WHEN_SET = {"class_weight": "none", "sampler": "shuffle", "run_folds": 0}  # fields newer than the hash scheme: their defaults
 
 _dataclass_init = RunConfig.__init__
 
@@ -293,6 +305,7 @@ FIELD_RULES = {
     "jit": Choice(("auto", "on", "off")),
     "devices": DeviceCount(),
     "folds": Number(int, 2, 100),
+    "run_folds": Number(int, 0, 100),
     "seed": Number(int, 0, 2**32 - 1),
     "limit": Number(int, 0),
     "pseudo": Text(),  # teacher run names, checked when the run starts (comp.stages.pseudo)
@@ -356,6 +369,7 @@ FIELD_HELP = {
     "jit": "auto | on | off",
     "devices": "all | N: train each fold data parallel on N local devices (JAX); all = every GPU, 1 on a CPU",
     "folds": "number of folds K",
+    "run_folds": "train only the first N of the K folds (0 = all): the out-of-fold estimate covers N/K of the rows",
     "seed": "random seed",
     "limit": "a deterministic stratified subsample of N train rows (0 = all)",
     "pseudo": "pseudo-labelling teachers: finished runs, comma-separated (fold k learns from their fold-k test "

@@ -34,6 +34,11 @@ class Split:
         in_fold = self.folds[subset] == fold
         return np.flatnonzero(~in_fold), np.flatnonzero(in_fold)
 
+    def covered(self, subset: np.ndarray, folds: list[int]) -> np.ndarray:
+        """Positions within `subset` that `folds` validate on, in order: the rows a run of those folds
+        has out-of-fold predictions for (all of them when the run trains every fold)."""
+        return np.flatnonzero(np.isin(self.folds[subset], folds))
+
 
 def _hash(folds: np.ndarray, k: int) -> str:
     return hashlib.sha1(folds.astype(np.int8).tobytes() + bytes([k])).hexdigest()[:12]

@@ -8,7 +8,9 @@
    cached per machine, backend, image size and config (folds/auto/probes.json), so a rerun skips it.
 2. Plan (`make_plan`, a pure function of the budget, the data's size and the measured speeds):
    the widest net that still gets at least `EPOCH_FLOORS[0]` epochs on as many folds as allow it,
-   then lower floors; the TTA policy cut back when predictions would take too large a share. The
+   then lower floors; when only two folds would fit, one fold of five (a holdout: its model sees 80%
+   of the rows, not 50%) if that fold holds enough rows for the estimate; the TTA policy cut back
+   when predictions would take too large a share. The
    folds come first (the out-of-fold estimate, the blend weights); once they can have
    FULL_FIT_FROM_EPOCHS epochs with a full-data fit beside them, the fit gets its share (better
    test predictions), and past MAX_EPOCHS the time left buys more fits. The plan table says why.
@@ -46,6 +48,11 @@ MODEL = "airbench94"  # fast's net with airbench's exact recipe: +1.2 points ove
 GPU_PRESET = "gpu"  # on a GPU: the machine preset (fast-large, JAX, bf16), the best recipe measured on an H200
 WIDTHS = (1.0, 0.75, 0.5, 0.25)  # candidate channel widths, widest first
 FOLD_CHOICES = (5, 3, 2)  # K-fold splits tried, most rows per fold first
+HOLDOUT_K = 5  # when only 2 folds would fit, one fold of this split instead: its model trains on 80% of the rows,
+# 2 folds' on 50% (CIFAR-10: 5 folds of `fast` at 16 epochs 0.900 OOF on an H200, 2 folds of airbench94 at 15
+# on this CPU 0.883; the 60-minute runs in bench/RESULTS.md)
+HOLDOUT_MIN_ROWS = 5000  # ...only when that fold holds this many rows: its accuracy's 95% interval is then
+# within about 0.8 points (at 90%), tight enough for the estimate and the blend; smaller data trains every fold
 EPOCH_FLOORS = (12, 8, 4, 2)  # a plan takes the widest net that reaches the first floor it can
 MAX_EPOCHS = 24  # past fast's own 16, epochs buy little (24 vs 16: +0.4 points, bench/RESULTS.md)
 FULL_FIT_FROM_EPOCHS = 12  # once the folds can have this many epochs with a full-data fit beside them, the fit
@@ -54,7 +61,8 @@ FULL_FIT_FROM_EPOCHS = 12  # once the folds can have this many epochs with a ful
 MAX_FULL_FITS = 3  # full-data fits beyond the folds; each later one adds less to the submission
 FULL_FIT_MIN_SHARE = 0.75  # a planned full-data fit still runs when this share of its time is left: its deadline
 # shrinks its schedule to fit (annealed all the same), better than leaving the time unused after slow folds
-SAFETY = 0.85  # plans end by this share of the budget by their estimate
+SAFETY = 0.92  # plans end by this share of the budget by their estimate (the deadlines guard the rest: a slow
+# fold anneals early; 0.85 left 23% of the hour unused, the probe being pessimistic, bench/RESULTS.md)
 FOLDS_END_BY = 0.97  # whatever the estimate, fold training stops in time to end by this share (trainer deadlines)
 ENSEMBLE_SECONDS = 20.0  # loading the runs, blending, writing and checking the CSV (measured: seconds)
 PREDICT_SHARE = 0.15  # TTA may take at most this share of a fold's time, else fewer views
@@ -175,7 +183,7 @@ def probe(workspace, dataset, base_config, widths=WIDTHS) -> dict[float, Probe]:
 @dataclass
 class Plan:
     width: float
-    folds: int
+    folds: int  # K of the K-fold split
     epochs: int
     tta: str
     full_fits: int
@@ -184,6 +192,12 @@ class Plan:
     total_seconds: float  # everything planned, by the estimate
     budget_seconds: float
     notes: list[str] = field(default_factory=list)
+    run_folds: int = 0  # folds trained: 0 = all K; 1 = a holdout (fold 0 alone)
+    predict_seconds: float = 0.0  # estimated per fold: its validation rows and the test set, every TTA view
+
+    @property
+    def trained_folds(self) -> int:
+        return self.run_folds or self.folds
 
 
 def fold_seconds(probe: Probe, train_rows: int, predict_rows: int, epochs: int, views: int) -> float:
@@ -205,6 +219,15 @@ def epochs_that_fit(available: float, fixed: float, per_epoch: float) -> int:
     return min(MAX_EPOCHS, math.floor((available - fixed) / per_epoch)) if available > fixed else 0
 
 
+def fold_designs(rows: int, fold_choices: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(K, folds trained) in the order a plan tries them: every fold of each K in `fold_choices`, and
+    before the last (the fewest rows a model) one HOLDOUT_K fold when it holds HOLDOUT_MIN_ROWS rows."""
+    designs = [(k, k) for k in fold_choices if rows // k >= 2]
+    if HOLDOUT_K in fold_choices and rows // HOLDOUT_K >= HOLDOUT_MIN_ROWS and len(designs) > 1:
+        designs.insert(len(designs) - 1, (HOLDOUT_K, 1))
+    return designs
+
+
 def make_plan(budget_seconds: float, spent_seconds: float, rows: int, test_rows: int, probes: dict[float, Probe],
               tta_policies: list[tuple[str, int]], fold_choices: tuple[int, ...] = FOLD_CHOICES) -> Plan:
     """The plan for what is left of the budget (see the module docstring); `fold_choices` (K) is
@@ -214,20 +237,23 @@ def make_plan(budget_seconds: float, spent_seconds: float, rows: int, test_rows:
     for floor in EPOCH_FLOORS:
         for width in sorted(probes, reverse=True):
             probe = probes[width]
-            for k in fold_choices:
-                if rows // k < 2:
-                    continue
+            for k, trained in fold_designs(rows, fold_choices):
                 train_rows, val_rows = rows - rows // k, rows // k
                 # The policy is chosen at the floor's epochs, then epochs fill what the folds may take.
                 tta = choose_tta(probe, train_rows, val_rows + test_rows, floor, tta_policies)
                 views = dict(tta_policies)[tta]
-                fixed = k * fold_seconds(probe, train_rows, val_rows + test_rows, 0, views)
-                per_epoch = k * train_rows / probe.train_images_per_second
+                fixed = trained * fold_seconds(probe, train_rows, val_rows + test_rows, 0, views)
+                per_epoch = trained * train_rows / probe.train_images_per_second
                 epochs = epochs_that_fit(available, fixed, per_epoch)
                 if epochs < floor:
                     continue
-                notes = [f"{k} folds: the widest net with at least {floor} epochs on them (the out-of-fold "
-                         "estimate and the blend weights)"]
+                if trained == k:
+                    notes = [f"{k} folds: the widest net with at least {floor} epochs on them (the out-of-fold "
+                             "estimate and the blend weights)"]
+                else:
+                    notes = [f"fold 0 of {k} alone (a holdout of {val_rows:,} rows): every fold of a split "
+                             f"would not get {floor} epochs, and its model trains on {train_rows:,} rows, not "
+                             f"{rows - rows // 2:,} as on 2 folds"]
                 # The same epochs on one full-data fit beside the folds: what would the folds keep?
                 with_full = epochs_that_fit(available, fixed + fold_seconds(probe, rows, test_rows, 0, views),
                                             per_epoch + rows / probe.train_images_per_second)
@@ -241,16 +267,18 @@ def make_plan(budget_seconds: float, spent_seconds: float, rows: int, test_rows:
                                  f"(under {FULL_FIT_FROM_EPOCHS}); the estimate comes first")
                 per_fold = fold_seconds(probe, train_rows, val_rows + test_rows, epochs, views)
                 per_full = fold_seconds(probe, rows, test_rows, epochs, views)
-                left = available - k * per_fold
+                left = available - trained * per_fold
                 full_fits = max(0, min(MAX_FULL_FITS, math.floor(left / per_full + 1e-9)))
                 if epochs == MAX_EPOCHS and full_fits > (with_full >= FULL_FIT_FROM_EPOCHS):
                     notes.append(f"epochs at their cap ({MAX_EPOCHS}): the time left buys {full_fits} full-data "
                                  "fit(s) in all")
-                total = spent_seconds + k * per_fold + full_fits * per_full + ENSEMBLE_SECONDS
-                return Plan(width, k, epochs, tta, full_fits, per_fold, per_full, total, budget_seconds, notes)
+                total = spent_seconds + trained * per_fold + full_fits * per_full + ENSEMBLE_SECONDS
+                predict = (val_rows + test_rows) * views / probe.predict_images_per_second
+                return Plan(width, k, epochs, tta, full_fits, per_fold, per_full, total, budget_seconds, notes,
+                            0 if trained == k else trained, predict)
     smallest = min(probes)
     raise CompError(f"--time {describe_seconds(budget_seconds)}: too short for this data on this machine "
-                    f"(even width {smallest:g} cannot train {EPOCH_FLOORS[-1]} epochs on 2 folds); give more time "
+                    f"(even width {smallest:g} cannot train {EPOCH_FLOORS[-1]} epochs on the fewest folds); give more time "
                     "or use --limit")
 
 
@@ -260,8 +288,9 @@ def plan_table(plan: Plan, rows: int):
     table = Table(title=f"plan for {describe_seconds(plan.budget_seconds)} ({rows:,} train rows)")
     for column in ("stage", "what", "estimate"):
         table.add_column(column, justify="right" if column == "estimate" else "left")
-    table.add_row("train", f"{MODEL} width {plan.width:g}, {plan.epochs} epochs, {plan.folds} folds, TTA {plan.tta}",
-                  describe_seconds(plan.folds * plan.fold_seconds))
+    folds = f"{plan.folds} folds" if not plan.run_folds else f"fold 0 of {plan.folds} (holdout)"
+    table.add_row("train", f"{MODEL} width {plan.width:g}, {plan.epochs} epochs, {folds}, TTA {plan.tta}",
+                  describe_seconds(plan.trained_folds * plan.fold_seconds))
     if plan.full_fits:
         table.add_row("full-data fits", f"{plan.full_fits} seed(s) on every row (the submission's test predictions)",
                       describe_seconds(plan.full_fits * plan.full_fit_seconds))
@@ -365,14 +394,27 @@ def _run_plan(workspace, budget_seconds, out, force, state, state_path, clock, r
     base = base_config(workspace, dataset)
     k = existing_k(workspace, dataset.fingerprint)
     if "plan" not in state:  # a plan made earlier is continued as it is: nothing to measure again
-        probes = probe(workspace, dataset, base, WIDTHS if budget_seconds >= SHORT_BUDGET_SECONDS else (1.0, 0.5))
-        plan = make_plan(budget_seconds, clock.spent(), len(dataset.train_y), len(dataset.test_x), probes,
-                         tta_policies(base), (k,) if k else FOLD_CHOICES)
+        widths = WIDTHS if budget_seconds >= SHORT_BUDGET_SECONDS else (1.0, 0.5)
+
+        def plan_from(probes):
+            return make_plan(budget_seconds, clock.spent(), len(dataset.train_y), len(dataset.test_x), probes,
+                             tta_policies(base), (k,) if k else FOLD_CHOICES)
+
+        # The widest net first: when it reaches the first epoch floor, that is the plan whatever the
+        # narrower ones measure (make_plan tries it first), so they are not measured.
+        probes = probe(workspace, dataset, base, widths[:1])
+        try:
+            plan = plan_from(probes)
+        except CompError:
+            plan = None
+        if plan is None or plan.epochs < EPOCH_FLOORS[0]:
+            plan = plan_from(probe(workspace, dataset, base, widths))
         state["plan"] = asdict(plan)
     record("measure", started)
     plan = Plan(**state["plan"])
     console.print(plan_table(plan, len(dataset.train_y)))
-    config = base.replace(width=plan.width, epochs=plan.epochs, folds=plan.folds, tta=plan.tta)
+    config = base.replace(width=plan.width, epochs=plan.epochs, folds=plan.folds, run_folds=plan.run_folds,
+                          tta=plan.tta)
 
     started = begin("train folds")
     with training_deadlines(fold_deadlines(started, clock, plan)):
@@ -419,10 +461,11 @@ def training_deadlines(deadlines: dict[str, float]):
 def fold_deadlines(now: float, clock: Clock, plan: Plan) -> dict[str, float]:
     """Each fold's training deadline (unix seconds): the folds share the time left before
     FOLDS_END_BY of the budget (less the ensemble) in equal slots, one after the other, and each
-    slot keeps PREDICT_SHARE of itself for the fold's predictions. A fold that finishes early
-    leaves its time to the next."""
-    slot = max(0.0, training_time_left(clock)) / max(1, plan.folds)
-    return {str(fold): now + (fold + 1 - PREDICT_SHARE) * slot for fold in range(plan.folds)}
+    slot keeps time for the fold's predictions: twice their estimate (plans made before it was kept:
+    PREDICT_SHARE of the slot). A fold that finishes early leaves its time to the next."""
+    slot = max(0.0, training_time_left(clock)) / max(1, plan.trained_folds)
+    keep = min(PREDICT_SHARE * slot, 2 * plan.predict_seconds) if plan.predict_seconds else PREDICT_SHARE * slot
+    return {str(fold): now + (fold + 1) * slot - keep for fold in range(plan.trained_folds)}
 
 
 def full_fit_deadline(now: float, clock: Clock, plan: Plan, seed: int) -> dict[str, float]:
@@ -438,7 +481,7 @@ def full_fits_that_fit(plan: Plan, run, clock: Clock, done: int = 0) -> int:
     """How many full-data fits (in all, `done` of them finished) end in time at the pace the folds had;
     the last may have only FULL_FIT_MIN_SHARE of its time (its deadline shrinks its schedule)."""
     summary = run.summary
-    per_fold = summary.get("seconds", plan.fold_seconds * plan.folds) / max(1, plan.folds)
+    per_fold = summary.get("seconds", plan.fold_seconds * plan.trained_folds) / plan.trained_folds
     per_full = per_fold * plan.folds / max(1, plan.folds - 1)  # every row instead of (K-1)/K of them
     left = training_time_left(clock)
     more = max(0, math.floor(left / per_full + 1 - FULL_FIT_MIN_SHARE)) if per_full > 0 else 0

@@ -220,7 +220,7 @@ def require_finite(run: Run, tag: str, oof: np.ndarray, test: np.ndarray) -> Non
     if np.isfinite(oof).all() and np.isfinite(test).all():
         return
     files = [run.path / f"oof_probs{tag}.npy"] if not np.isfinite(oof).all() else [
-        run.fold_dir(k) / f"test_probs{tag}.npy" for k in range(run.k)]
+        run.fold_dir(k) / f"test_probs{tag}.npy" for k in run.folds]
     bad = next((f for f in files if not np.isfinite(np.load(f)).all()), files[0])
     raise CompError(f"{run.name}: {bad} holds non-finite probabilities (NaN or inf: its training diverged); "
                     f"retrain it ({run.retrain_hint()}, with a lower --lr if the loss blew up), or leave it out of --runs")
@@ -710,7 +710,7 @@ def ensemble(workspace, runs: list[str] | None = None, *, out=None, method: str 
     review_members(members, labels)
     for member in (m for m in members if m.full_fits):
         info(f"{member.name}: test predictions from its {member.full_fits} full-data fit(s), scored and weighted "
-             f"by its {member.run.k} folds' OOF predictions")
+             f"by its {len(member.run.folds)} folds' OOF predictions")
     # 3. How to combine them, decided on the OOF rows.
     choice = decide_blend(members, labels, method, metric)
     error_bars = blend_error_bars(members, labels, choice)

@@ -134,14 +134,14 @@ def summary_lock(workspace, run_name: str):
     return waiting_for(lock_path(workspace.folds, run_name, 0, "summary"))
 
 
-def summary_current(run_dir: Path, k: int, metric: str) -> bool:
+def summary_current(run_dir: Path, folds: list[int], metric: str) -> bool:
     """Whether summary.json (under `metric`) was written after every file the OOF file is made of
     (each fold's metrics.json and validation probabilities), by another worker: a fold file changed
     since (retrained, or damaged) makes it stale."""
     summary = run_dir / "summary.json"
     if not (summary.exists() and (run_dir / "oof_probs.npy").exists() and (run_dir / "oof_rows.npy").exists()):
         return False
-    sources = [path for f in range(k) for path in (run_dir / f"fold{f}").glob("*") if path.name == "metrics.json"
+    sources = [path for f in folds for path in (run_dir / f"fold{f}").glob("*") if path.name == "metrics.json"
                or (path.name.startswith("val_probs") and path.suffix == ".npy")]
     newest = max(path.stat().st_mtime for path in sources)
     try:

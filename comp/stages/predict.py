@@ -111,20 +111,22 @@ def repredict_run(run: Run, dataset, split: Split, policy: str, average: str) ->
     Variants: "none" (the first view alone), "probs" and "logits" (the two averages), so one
     pass measures both the TTA gain and which average is better on out-of-fold rows.
     """
-    rows = run_rows(run, dataset)
-    labels = dataset.train_y[rows]
-    oof = {name: np.zeros((len(rows), len(run.classes)), np.float32) for name in ("none", *AVERAGES)}
+    rows = run_rows(run, dataset, split)
+    covered = split.covered(rows, run.folds)  # the OOF rows: every row, or a holdout run's folds' rows
+    labels = dataset.train_y[rows[covered]]
+    oof = {name: np.zeros((len(covered), len(run.classes)), np.float32) for name in ("none", *AVERAGES)}
     tag = prediction_tag(policy, average)
-    for fold in range(run.k):
+    for fold in run.folds:
         _, val_pos = split.rows(fold, rows)
+        place = np.searchsorted(covered, val_pos)
         started = time.time()
         val_logits, test_logits = predict_fold(run, fold, dataset.train_x[rows[val_pos]], dataset.test_x, policy)
         multilabel = run.multilabel  # sigmoid per label, not softmax
-        oof["none"][val_pos] = average_views(val_logits[:1], multilabel=multilabel)
+        oof["none"][place] = average_views(val_logits[:1], multilabel=multilabel)
         for name in AVERAGES:
-            oof[name][val_pos] = average_views(val_logits, name, policy, multilabel)
+            oof[name][place] = average_views(val_logits, name, policy, multilabel)
         write_fold_predictions(run, fold, tag, average_views(val_logits, average, policy, multilabel),
-                               average_views(test_logits, average, policy, multilabel), labels[val_pos])
+                               average_views(test_logits, average, policy, multilabel), labels[place])
         info(f"fold {fold}: {len(val_pos):,} val + {len(dataset.test_x):,} test images x "
              f"{len(val_logits)} view(s) in {time.time() - started:.0f}s")
     save_npy(run.path / f"oof_probs{tag}.npy", oof[average])
@@ -243,11 +245,11 @@ def predict_images(run: Run, images: np.ndarray, policy: str, average: str) -> n
     import keras
 
     total = np.zeros((len(images), len(run.classes)), np.float64)
-    for fold in range(run.k):
+    for fold in run.folds:
         keras.backend.clear_session()
         net = load_net(run, fold)
         total += average_views(predict_logits(net, images, policy, PREDICT_BATCH), average, policy, run.multilabel)
-    return total / run.k
+    return total / len(run.folds)
 
 
 def default_images_out(workspace, run: Run, folder: Path) -> Path:
@@ -279,6 +281,6 @@ def label_images(workspace, run: Run, folder: Path, out=None, tta: str | None = 
     out = Path(out).expanduser() if out else default_images_out(workspace, run, folder)
     save_csv(out, frame)
     counts = frame["label"].value_counts()
-    info(f"labelled {len(frame):,} image(s) with run {run.name} ({run.k} folds, TTA {policy}): {out}")
+    info(f"labelled {len(frame):,} image(s) with run {run.name} ({len(run.folds)} folds, TTA {policy}): {out}")
     info("labels: " + ", ".join(f"{name} x{n}" for name, n in counts.items()))
     return out

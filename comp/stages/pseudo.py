@@ -47,9 +47,14 @@ def load_teachers(workspace, config, dataset, split) -> list:
             raise CompError(f"--pseudo {teacher.name}: trained on another fold split ({teacher.split_hash}, this "
                             f"run uses {split.hash}); its fold-k test predictions would carry labels of this "
                             "run's fold-k validation rows. Use teachers trained on the current folds/folds.csv")
-        if not np.array_equal(teacher.oof_rows(), dataset.rows):
+        if not np.array_equal(teacher.oof_rows(), dataset.rows[split.covered(dataset.rows, teacher.folds)]):
             raise CompError(f"--pseudo {teacher.name}: trained on other train rows (another --limit); "
                             "use teachers trained on the same rows")
+        missing = sorted(set(config.run_fold_indices) - set(teacher.folds))
+        if missing:
+            raise CompError(f"--pseudo {teacher.name}: a holdout run of {len(teacher.folds)} of {teacher.k} folds has "
+                            f"no fold-{missing[0]} test predictions for this run's fold {missing[0]}; use a teacher "
+                            "that trained every fold this run trains (or --run-folds to match it)")
     return teachers
 
 

@@ -17,7 +17,7 @@ COLUMNS = ["run", "unit", "index", "state", "owner", "since", "heartbeat", "sile
 def run_units(run) -> list[tuple[str, int]]:
     """A run's folds, then the full-data fits it has begun (full/seed<i>)."""
     seeds = sorted(int(p.name[4:]) for p in (run.path / "full").glob("seed*") if p.name[4:].isdigit())
-    return [("fold", k) for k in range(run.k)] + [("seed", s) for s in seeds]
+    return [("fold", k) for k in run.folds] + [("seed", s) for s in seeds]
 
 
 def unit_status(workspace, storage: str | None = None):

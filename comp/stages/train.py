@@ -389,8 +389,9 @@ def refuse_full_without_twin(run_dir: Path, config: RunConfig, split: Split) -> 
     """Full-data fits only beside a finished K-fold run of the same settings (its OOF file written)."""
     if (run_dir / "oof_probs.npy").exists() and (run_dir / "summary.json").exists():
         return
-    done = sum(fold_done(run_dir / f"fold{k}") for k in range(split.k))
-    raise NoKfoldTwin(f"--full: run {config.run_name} has {done} of {split.k} folds finished; its full-data fits "
+    folds = config.run_fold_indices
+    done = sum(fold_done(run_dir / f"fold{k}") for k in folds)
+    raise NoKfoldTwin(f"--full: run {config.run_name} has {done} of {len(folds)} folds finished; its full-data fits "
                       "would be scored and weighted by them, so train the folds first:", config.run_name)
 
 
@@ -403,7 +404,8 @@ def summarize_run(run_dir: Path, dataset, split: Split, metric: str | None = Non
     tta = manifest["config"].get("tta", "none")
     metric = metric or manifest.get("metric") or "accuracy"
     named = metric != "accuracy"
-    metrics = [(k, read_json(run_dir / f"fold{k}" / "metrics.json")) for k in range(split.k)
+    run_folds = list(range(int(manifest["config"].get("run_folds") or 0) or split.k))  # all K, or a holdout's
+    metrics = [(k, read_json(run_dir / f"fold{k}" / "metrics.json")) for k in run_folds
                if fold_done(run_dir / f"fold{k}")]
     table = Table(title=f"{run_dir.name}")
     for column in ("fold", *([f"val {metric}"] if named else []), "val acc", "val acc TTA", "val loss", "best epoch",
@@ -419,14 +421,14 @@ def summarize_run(run_dir: Path, dataset, split: Split, metric: str | None = Non
     full = sorted((run_dir / "full").glob("seed*/metrics.json"))
     if full:
         info(f"{len(full)} full-data fit(s) done: comp ensemble submits their test predictions for this run")
-    if len(metrics) < split.k:
-        info(f"{len(metrics)} of {split.k} folds done; the OOF file is written when all are")
+    if len(metrics) < len(run_folds):
+        info(f"{len(metrics)} of {len(run_folds)} folds done; the OOF file is written when all are")
         return None
-    if summary_current(run_dir, split.k, metric):  # written by another worker of this run since its last fold
+    if summary_current(run_dir, run_folds, metric):  # written by another worker of this run since its last fold
         summary = read_json(run_dir / "summary.json")
         info("the OOF file and summary are up to date (written after the last fold finished); kept")
     else:
-        summary = write_oof(run_dir, dataset, split, manifest, [m for _, m in metrics], metric)
+        summary = write_oof(run_dir, dataset, split, manifest, [m for _, m in metrics], metric, run_folds)
     if named:
         info(f"CV {metric} [bold]{summary['cv_metric']:.4f}[/bold] (OOF probabilities), with TTA {tta}: "
              f"{summary['cv_metric_tta']:.4f}")
@@ -437,23 +439,26 @@ def summarize_run(run_dir: Path, dataset, split: Split, metric: str | None = Non
 
 
 def write_oof(run_dir: Path, dataset, split: Split, manifest: dict, metrics: list[dict],
-              metric: str = "accuracy") -> dict:
-    """oof_probs[.<tta>].npy from the folds' validation predictions, oof_rows.npy, summary.json (with
-    the competition's metric of the OOF probabilities: cv_metric, cv_metric_tta)."""
+              metric: str = "accuracy", folds: list[int] | None = None) -> dict:
+    """oof_probs[.<tta>].npy from the validation predictions of the run's `folds` (default all K),
+    oof_rows.npy (the rows they validate on), summary.json (with the competition's metric of the OOF
+    probabilities: cv_metric, cv_metric_tta)."""
+    folds = list(range(split.k)) if folds is None else folds
     tta = manifest["config"].get("tta", "none")
     suffixes = [""] if tta == "none" else ["", f".{tta}"]
-    oof = {s: np.full((len(dataset.rows), dataset.num_classes), np.nan, np.float32) for s in suffixes}
-    for fold in range(split.k):
+    covered = split.covered(dataset.rows, folds)
+    oof = {s: np.full((len(covered), dataset.num_classes), np.nan, np.float32) for s in suffixes}
+    for fold in folds:
         _, val_pos = split.rows(fold, dataset.rows)
         fix = retrain_fold_fix(run_dir, fold)
         for s in suffixes:
-            oof[s][val_pos] = load_npy(run_dir / f"fold{fold}" / f"val_probs{s}.npy", fix)
+            oof[s][np.searchsorted(covered, val_pos)] = load_npy(run_dir / f"fold{fold}" / f"val_probs{s}.npy", fix)
     if np.isnan(oof[""]).any():
         raise CompError(f"{run_dir}: fold predictions do not cover every row; retrain with --force")
     for s, probs in oof.items():
         save_npy(run_dir / f"oof_probs{s}.npy", probs)
-    save_npy(run_dir / "oof_rows.npy", dataset.rows.astype(np.int64))
-    labels = dataset.train_y
+    save_npy(run_dir / "oof_rows.npy", dataset.rows[covered].astype(np.int64))
+    labels = dataset.train_y[covered]
     fold_acc = np.array([m["val_accuracy"] for m in metrics])
     plain = oof[""]
     summary = {
@@ -499,5 +504,11 @@ def train_config(workspace: Workdir, config=None, *, folds="all", k: int | None 
     folds_text = folds if isinstance(folds, str) else ",".join(map(str, folds if isinstance(folds, (list, tuple, set))
                                                                    else [folds]))
     chosen = parse_fold_selection(folds_text, split.k)
+    if folds_text.strip().lower() in ("", "all"):
+        chosen = run_config.run_fold_indices
+    elif not set(chosen) <= set(run_config.run_fold_indices):
+        trained = "fold 0" if run_config.run_folds == 1 else f"folds 0..{run_config.run_folds - 1}"
+        raise CompError(f"--fold {folds_text}: this run trains {trained} of {split.k} only "
+                        f"(run_folds = {run_config.run_folds}); choose among them, or set run_folds to 0 for all")
     return train_run(workspace, run_config, limited, split, chosen, force=force,
                      isolate=isolate, full_seeds=full, storage=storage, heartbeat=heartbeat)

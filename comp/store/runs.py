@@ -152,6 +152,12 @@ class Run:
         return int(self.manifest["split"]["k"])
 
     @property
+    def folds(self) -> list[int]:
+        """The folds that make the run: all K, or the first `run_folds` (a holdout estimate on N/K of the rows)."""
+        count = int(self.config.get("run_folds") or 0)
+        return list(range(count if 0 < count < self.k else self.k))
+
+    @property
     def split_hash(self) -> str:
         """What says two runs used the same folds: the hash of folds/folds.json."""
         return self.manifest["split"]["hash"]
@@ -174,7 +180,7 @@ class Run:
 
     @property
     def folds_done(self) -> bool:
-        return self.k > 0 and all(fold_done(self.fold_dir(k)) for k in range(self.k))
+        return self.k > 0 and all(fold_done(self.fold_dir(k)) for k in self.folds)
 
     @property
     def finished(self) -> bool:
@@ -202,7 +208,7 @@ class Run:
 
     def read_test(self, tag: str = "") -> np.ndarray:
         """Test probabilities for a prediction tag: the mean of the fold models' (each saw (K-1)/K of the rows)."""
-        paths = [self.fold_dir(k) / f"test_probs{tag}.npy" for k in range(self.k)]
+        paths = [self.fold_dir(k) / f"test_probs{tag}.npy" for k in self.folds]
         if not all(p.exists() for p in paths):
             raise missing_predictions(self, "test", tag)
         return np.mean([load_npy(p, f"re-predict it: comp predict --run {self.name}") for p in paths], axis=0)
@@ -322,7 +328,7 @@ def finished_runs(workspace) -> list[Run]:
 
 def require_finished(run: Run) -> None:
     if not run.folds_done:
-        missing = [k for k in range(run.k) if not fold_done(run.fold_dir(k))] or ["(no fold count)"]
+        missing = [k for k in run.folds if not fold_done(run.fold_dir(k))] or ["(no fold count)"]
         raise CompError(f"{run.name}: fold(s) {', '.join(map(str, missing))} not finished; "
                         f"finish the run first (comp train ... --name {run.path.name})")
     if not run.finished:
@@ -395,15 +401,22 @@ def oof_labels(run: Run) -> np.ndarray | None:
 
 
 def oof_folds(run: Run) -> np.ndarray | None:
-    """The fold of each of the run's OOF rows (decision rules are cross-fitted over them)."""
-    return _split_column(run, "fold")
+    """The fold of each of the run's OOF rows (decision rules are cross-fitted over them). A holdout
+    run's rows are all one fold: its two halves by row parity stand in, so a rule is still fitted on
+    rows other than those it is scored on."""
+    folds = _split_column(run, "fold")
+    if folds is not None and len(np.unique(folds)) < 2:
+        folds = run.oof_rows() % 2
+    return folds
 
 
-def run_rows(run: Run, dataset) -> np.ndarray:
-    """The train rows the run used (all, or its --limit subsample); checked against its OOF file."""
+def run_rows(run: Run, dataset, split: Split) -> np.ndarray:
+    """The train rows the run's split covers (all, or its --limit subsample); checked against its OOF
+    file, which holds those its folds validate on (all of them unless the run is a holdout)."""
     from comp.data.sources import limit_rows
 
     rows = limit_rows(dataset.train_y, int(run.data.get("limit") or 0))
-    if (run.path / "oof_rows.npy").exists() and not np.array_equal(rows, run.oof_rows()):
+    if (run.path / "oof_rows.npy").exists() and not np.array_equal(rows[split.covered(rows, run.folds)],
+                                                                    run.oof_rows()):
         raise CompError(f"{run.name}: its oof_rows.npy does not match its --limit subsample; retrain it")
     return rows
