@@ -108,6 +108,8 @@ def test_when_only_two_folds_would_fit_one_fold_of_five_trains_on_more_rows():
     # Its one fold trains on 40,000 rows for about as long as two folds of 25,000 would: more epochs, not fewer.
     two = make_plan(3600, 100.0, 50_000, 10_000, probes, POLICIES, fold_choices=(2,))
     assert (two.folds, two.run_folds) == (2, 0) and hour.epochs >= two.epochs
+    # A workdir already split five ways (comp train's default, or an earlier holdout) holds one out too.
+    assert make_plan(3600, 100.0, 50_000, 10_000, probes, POLICIES, fold_choices=(5,)) == hour
     # Time enough for every fold of a split: that comes first (the estimate on every row).
     assert make_plan(6 * 3600, 100.0, 50_000, 10_000, probes, POLICIES).run_folds == 0
     # A fold of five under HOLDOUT_MIN_ROWS rows is too small an estimate: every fold trains.

@@ -73,6 +73,14 @@ def test_finished_folds_are_skipped_and_changed_data_refused(tmp_path, capsys):
     assert main(args) == 0
     assert (run / "fold0" / "metrics.json").stat().st_mtime_ns == stamp
     assert (run / "oof_probs.npy").exists()
+    # A run made before the newer fields (sampler, class_weight, run_folds) existed continues as their defaults.
+    from comp.core.fileio import write_json
+    manifest = read_json(run / "config.json")
+    for key in ("sampler", "class_weight", "run_folds"):
+        del manifest["config"][key]
+    write_json(run / "config.json", manifest)
+    assert main(args) == 0
+    assert (run / "fold0" / "metrics.json").stat().st_mtime_ns == stamp
     # Another fold count on the same data: refused with the fix named.
     assert main(args[:-3] + ["--folds", "3", "--quiet"]) == 2
     # Relabel one image: the run refuses to continue on other data.
@@ -237,6 +245,11 @@ def test_a_holdout_run_trains_its_folds_only_and_its_oof_covers_their_rows(tmp_p
     assert "trains fold 0 of 4 only" in capsys.readouterr().err
     assert main(["train", *base, "--run-folds", "4"]) == 2
     assert "run_folds = 4 with folds = 4" in capsys.readouterr().err
+    # On a --limit subsample its OOF rows are a part of the limit's: comp ensemble --limit takes it.
+    assert main(["train", *base, "--run-folds", "1", "--limit", "40", "--name", "limited"]) == 0
+    assert main(["ensemble", "--workdir", str(work), "--limit", "40", "--out", "limited.csv", "--quiet"]) == 0
+    assert pd.read_csv(work / "submissions" / "index.csv")["runs"].iloc[-1] == "limited"
+    capsys.readouterr()
     # As a pseudo-labelling teacher it has fold-0 test predictions only: a run of every fold is refused.
     assert main(["train", *base, "--pseudo", run.name, "--name", "student"]) == 2
     assert "no fold-1 test predictions" in capsys.readouterr().err

@@ -133,6 +133,7 @@ class FoldCallback(keras.callbacks.Callback):
         self.started = self.last_checkpoint = time.time()
         self.best_weights = None  # keep=best: the best epoch's weights, if that epoch ran in this process
         self.deadline = training_deadline(fold)
+        self.epochs_seen = 0  # epochs this process ran (fit_deadline trusts the pace of later ones)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.time()
@@ -187,6 +188,9 @@ class FoldCallback(keras.callbacks.Callback):
         faster or slower to end exactly there (the schedule clock), so the fold ends annealed."""
         state, planned = self.state, self.validation.planned_last
         fastest = min(row["seconds"] for row in state["history"])
+        self.epochs_seen += 1
+        if self.epochs_seen == 1 and time.time() + fastest < self.deadline:
+            return  # this process's first epoch includes compiling: its pace would cut epochs that fit
         end = min(planned, epoch + 1 + epochs_in_time(self.deadline, fastest, time.time()))
         if end == state.get("end_epoch", planned):
             return
@@ -203,7 +207,9 @@ class FoldCallback(keras.callbacks.Callback):
             for norm in batch_norm_layers(self.net):  # the BatchNorm statistics' averaging ends there too
                 if isinstance(norm, AirbenchBatchNorm):
                     norm.last_step.assign(end_step)
-        warn(f"fold {self.fold}: {end} of {planned} epochs fit its time budget; the schedule's remaining "
+        fits = f"all {planned} epochs fit its time budget again" if end == planned else \
+            f"{end} of {planned} epochs fit its time budget"
+        warn(f"fold {self.fold}: {fits}; the schedule's remaining "
              f"{max(0, total - at):.0f} steps run in {max(0, end_step - step)}, so the fold still ends annealed")
 
 

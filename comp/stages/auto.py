@@ -223,8 +223,8 @@ def fold_designs(rows: int, fold_choices: tuple[int, ...]) -> list[tuple[int, in
     """(K, folds trained) in the order a plan tries them: every fold of each K in `fold_choices`, and
     before the last (the fewest rows a model) one HOLDOUT_K fold when it holds HOLDOUT_MIN_ROWS rows."""
     designs = [(k, k) for k in fold_choices if rows // k >= 2]
-    if HOLDOUT_K in fold_choices and rows // HOLDOUT_K >= HOLDOUT_MIN_ROWS and len(designs) > 1:
-        designs.insert(len(designs) - 1, (HOLDOUT_K, 1))
+    if HOLDOUT_K in fold_choices and rows // HOLDOUT_K >= HOLDOUT_MIN_ROWS:
+        designs.insert(max(len(designs) - 1, 1), (HOLDOUT_K, 1))  # after (5, 5) alone: a workdir split 5 ways
     return designs
 
 

@@ -132,7 +132,8 @@ def check_compatible(runs: list[Run], dataset) -> None:
         if not np.array_equal(run.oof_rows(), first.oof_rows()):
             raise CompError(
                 f"cannot combine {first.name} and {run.name}: different train rows ({len(first.oof_rows()):,} vs "
-                f"{len(run.oof_rows()):,}; another --limit); their OOF predictions cover different images"
+                f"{len(run.oof_rows()):,}; another --limit, or a holdout run of some folds beside one of all); their OOF "
+                "predictions cover different images"
             )
 
 
@@ -151,7 +152,7 @@ def default_runs(runs: list[Run], workspace, dataset, rows: np.ndarray | None) -
             warn(f"{run.name}: made from pretrained weights; left out (pass it in --runs with --allow-pretrained)")
         elif run.fingerprint != dataset.fingerprint:
             info(f"{run.name}: trained on other data; left out")
-        elif rows is not None and not np.array_equal(run.oof_rows(), rows):
+        elif rows is not None and not run.trained_on(rows):
             info(f"{run.name}: trained on other rows than --limit {len(rows)}; left out")
         else:
             candidates.append(run)
@@ -164,10 +165,11 @@ def default_runs(runs: list[Run], workspace, dataset, rows: np.ndarray | None) -
     groups: dict[tuple, list[Run]] = {}
     for run in candidates:
         groups.setdefault((run.split_hash, run.oof_rows().tobytes()), []).append(run)
-    best = max(groups.values(), key=lambda g: (g[0].split_hash == current, len(g), len(g[0].oof_rows())))
+    # The most OOF rows first (every fold over a holdout's, all rows over a --limit's), then the most runs.
+    best = max(groups.values(), key=lambda g: (g[0].split_hash == current, len(g[0].oof_rows()), len(g)))
     for group in groups.values():
         if group is not best:
-            info(f"{', '.join(r.name for r in group)}: another split or --limit than "
+            info(f"{', '.join(r.name for r in group)}: another split, --limit or holdout folds than "
                  f"{', '.join(r.name for r in best)}; left out")
     return best
 
@@ -199,7 +201,7 @@ def select_runs(workspace, dataset, candidates: list[Run], named: bool, limit: i
         refuse_pretrained(runs, allow_pretrained)  # before anything else: the rule, not a detail
         for run in runs:
             require_finished(run)
-            if rows is not None and not np.array_equal(run.oof_rows(), rows):
+            if rows is not None and not run.trained_on(rows):
                 raise CompError(f"{run.name}: trained on other rows than --limit {limit}; drop --limit or the run")
     check_compatible(runs, dataset)
     return runs

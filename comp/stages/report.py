@@ -145,9 +145,14 @@ def leaderboard_table(frame: pd.DataFrame, fingerprint: str | None):
     for column in ("run", "model", "ep", *([metric[:8]] if named else []), "OOF", "+TTA", "95% CI", "vs best", "time"):
         table.add_column(column, justify="left" if column in ("run", "model", "vs best") else "right",
                          overflow="fold", max_width=RUN_NAME_WIDTH if column == "run" else None)
+    top_of_data = set()  # the data whose best-ranked run was seen: another group's best is "other rows"
     for _, r in frame.iterrows():  # best first: the order is the rank
         other = " [dim](other data)[/dim]" if r["fingerprint"] != fingerprint else ""
-        gain = "best" if r["best_run"] == r["run"] else format_difference(row_interval(r, "gain", "gain"), compact=True)
+        if r["best_run"] != r["run"]:
+            gain = format_difference(row_interval(r, "gain", "gain"), compact=True)
+        else:  # its group's best; beside a better group on other rows (a holdout, a --limit) not comparable
+            gain = "other rows" if r["fingerprint"] in top_of_data else "best"
+        top_of_data.add(r["fingerprint"])
         value = [f"{r['cv_metric']:.3f}"] if named else []
         table.add_row(f"{r['run']}{other}", str(r["model"]), str(r["epochs"]), *value, f"{r['cv_accuracy']:.3f}",
                       f"{r['cv_accuracy_tta']:.3f}", format_interval(row_interval(r, "ci", "cv_accuracy_tta")),

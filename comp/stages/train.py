@@ -2,7 +2,8 @@
 
     folds/<run>/config.json          the run manifest (comp.store.runs): config, data, split
     folds/<run>/fold<k>/...          model.keras, history.csv, val/test probabilities, metrics.json
-    folds/<run>/oof_probs.npy        out-of-fold probabilities, every train row exactly once
+    folds/<run>/oof_probs.npy        out-of-fold probabilities, every train row exactly once (a holdout
+                                     run, run_folds = N < K: the rows its N folds hold out)
     folds/<run>/summary.json         CV accuracy and loss, mean +- std over folds
 
 `train_run` is the stage's entry; `Workspace.train` and `comp train` call it. On TensorFlow
@@ -18,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from comp.config.run_config import (
+    HASHED_WHEN_SET,
     MACHINE_PRESETS,
     RunConfig,
     build_config,
@@ -187,8 +189,9 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, dataset, split: Split, for
                             "Use --name for a new run, or --force to retrain it from scratch")
         if changed:
             remove_tree(run_dir, inside=run_dir.parent)
-        elif saved["config"] != manifest["config"]:
-            keys = sorted(k for k in manifest["config"] if saved["config"].get(k) != manifest["config"][k])
+        elif {**HASHED_WHEN_SET, **saved["config"]} != manifest["config"]:  # runs from before a field: its default
+            saved_config = {**HASHED_WHEN_SET, **saved["config"]}
+            keys = sorted(k for k in manifest["config"] if saved_config.get(k) != manifest["config"][k])
             raise CompError(f"{config_path}: run {config.run_name} exists with other settings ({', '.join(keys)}); "
                             "use another --name")
     write_manifest(run_dir, manifest)
@@ -345,7 +348,10 @@ def train_run(workspace, config: RunConfig, dataset, split: Split, folds: list[i
     prepare_run_dir(run_dir, config, dataset, split, force, metric)
     unit, one = ("seed", train_one_full) if full_seeds else ("fold", train_one_fold)
     units = list(range(full_seeds)) if full_seeds else folds
-    what = f"{full_seeds} full-data fit(s)" if full_seeds else f"folds {','.join(map(str, folds))} of {split.k}"
+    covers = "this fold's" if config.run_folds == 1 else "these folds'"
+    holdout = f" (a holdout run: its OOF covers {covers} rows)" if config.run_folds else ""
+    what = f"{full_seeds} full-data fit(s)" if full_seeds else \
+        f"fold{'s' if len(folds) > 1 else ''} {','.join(map(str, folds))} of {split.k}{holdout}"
     info(f"run [bold]{config.run_name}[/bold]: {config.model}, {config.epochs} epochs, {what}, "
          f"{len(dataset.rows):,} rows -> {run_dir}")
     isolate = isolate_by_default() if isolate is None else isolate
@@ -432,8 +438,9 @@ def summarize_run(run_dir: Path, dataset, split: Split, metric: str | None = Non
     if named:
         info(f"CV {metric} [bold]{summary['cv_metric']:.4f}[/bold] (OOF probabilities), with TTA {tta}: "
              f"{summary['cv_metric_tta']:.4f}")
-    info(f"CV accuracy {summary['cv_accuracy']:.4f} (folds {summary['fold_accuracy_mean']:.4f} "
-         f"± {summary['fold_accuracy_std']:.4f}), with TTA {tta}: {summary['cv_accuracy_tta']:.4f}; "
+    spread = f"folds {summary['fold_accuracy_mean']:.4f} ± {summary['fold_accuracy_std']:.4f}" if len(metrics) > 1 \
+        else f"one fold of {split.k}: a holdout of {summary['rows']:,} rows"
+    info(f"CV accuracy {summary['cv_accuracy']:.4f} ({spread}), with TTA {tta}: {summary['cv_accuracy_tta']:.4f}; "
          f"OOF: {run_dir / 'oof_probs.npy'}")
     return summary
 

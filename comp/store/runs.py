@@ -14,7 +14,8 @@ A run is a folder with a `config.json` manifest, written by the stage that made 
 
 Beside it, every run writes the same prediction files: fold<k>/val_probs[.<tta>].npy,
 fold<k>/test_probs[.<tta>].npy, fold<k>/metrics.json (written last: "fold done"), and when all
-folds are done oof_probs[.<tta>].npy + oof_rows.npy (rows of the full train set) + summary.json.
+folds are done oof_probs[.<tta>].npy + oof_rows.npy (rows of the full train set: every one, or those
+a holdout run's folds hold out) + summary.json. A run's folds are `Run.folds`: all K, or run_folds of them.
 `predict`, `ensemble` and `report` read runs only through this module.
 """
 
@@ -186,6 +187,13 @@ class Run:
     def finished(self) -> bool:
         """Every fold done and the OOF file written (written with summary.json)."""
         return self.folds_done and (self.path / "oof_probs.npy").exists() and (self.path / "oof_rows.npy").exists()
+
+    def trained_on(self, rows: np.ndarray) -> bool:
+        """Whether the run trained on exactly these train rows (a --limit subsample): its OOF rows are
+        them, or, for a holdout run, the part of them its folds hold out."""
+        if len(self.folds) == self.k:
+            return np.array_equal(self.oof_rows(), rows)
+        return int(self.data.get("rows", -1)) == len(rows) and bool(np.isin(self.oof_rows(), rows).all())
 
     def oof_rows(self) -> np.ndarray:
         """Which train rows the OOF predictions cover, in their order (read once, then kept)."""
