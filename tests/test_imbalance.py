@@ -139,12 +139,13 @@ def test_the_balanced_sampler_meets_every_class_equally_and_replays():
 def test_new_fields_at_their_defaults_keep_old_run_names():
     config = build_config({}, {"model": "baseline"})
     values = config.to_dict()
-    for key in ("name", "class_weight", "sampler", "devices"):  # devices: never part of the identity
+    for key in ("name", "class_weight", "sampler", "run_folds", "devices"):  # devices: never part of the identity
         values.pop(key)
     old_hash = hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     assert config.identity_hash() == old_hash
     assert config.replace(class_weight="balanced").identity_hash() != old_hash
     assert config.replace(sampler="balanced").identity_hash() != old_hash
+    assert config.replace(run_folds=1).identity_hash() != old_hash  # a holdout run is another run
 
 
 def test_bad_values_are_one_line_errors():
