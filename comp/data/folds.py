@@ -150,10 +150,12 @@ def ensure_split(workspace: Workdir, labels: np.ndarray, fingerprint: str, k: in
     return Split(folds, k, seed, fingerprint, split_hash)
 
 
-def parse_fold_selection(text: str | None, k: int) -> list[int]:
-    """`all`, `0` or `0,2` -> sorted fold indices, each checked against the split's k folds."""
+def parse_fold_selection(text: str | None, k: int, run_folds: int = 0) -> list[int]:
+    """`all`, `0` or `0,2` -> sorted fold indices, each checked against the split's k folds and, for
+    a holdout run (`run_folds` = N < k), against the N it trains: "all" is those."""
+    trained = list(range(run_folds or k))
     if text is None or text.strip().lower() in ("", "all"):
-        return list(range(k))
+        return trained
     try:
         chosen = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
@@ -161,4 +163,8 @@ def parse_fold_selection(text: str | None, k: int) -> list[int]:
     bad = [f for f in chosen if not 0 <= f < k]
     if bad or not chosen:
         raise CompError(f"--fold {text}: {f'fold {bad[0]} does not exist; ' if bad else ''}folds are 0..{k - 1}")
+    if chosen[-1] >= len(trained):
+        which = "fold 0" if run_folds == 1 else f"folds 0..{run_folds - 1}"
+        raise CompError(f"--fold {text}: this run trains {which} of {k} only (run_folds = {run_folds}); choose "
+                        "among them, or set run_folds to 0 for all")
     return chosen

@@ -200,16 +200,20 @@ class Plan:
         return self.run_folds or self.folds
 
 
+def predict_seconds(probe: Probe, predict_rows: int, views: int) -> float:
+    return predict_rows * views / probe.predict_images_per_second
+
+
 def fold_seconds(probe: Probe, train_rows: int, predict_rows: int, epochs: int, views: int) -> float:
     return (probe.compile_seconds + probe.fold_overhead_seconds + epochs * train_rows / probe.train_images_per_second
-            + predict_rows * views / probe.predict_images_per_second)
+            + predict_seconds(probe, predict_rows, views))
 
 
 def choose_tta(probe: Probe, train_rows: int, predict_rows: int, epochs: int, policies: list[tuple[str, int]]) -> str:
     """The richest TTA policy whose predictions stay within PREDICT_SHARE of the fold's time."""
     for policy, views in policies:
         total = fold_seconds(probe, train_rows, predict_rows, epochs, views)
-        if predict_rows * views / probe.predict_images_per_second <= PREDICT_SHARE * total:
+        if predict_seconds(probe, predict_rows, views) <= PREDICT_SHARE * total:
             return policy
     return policies[-1][0]
 
@@ -273,9 +277,8 @@ def make_plan(budget_seconds: float, spent_seconds: float, rows: int, test_rows:
                     notes.append(f"epochs at their cap ({MAX_EPOCHS}): the time left buys {full_fits} full-data "
                                  "fit(s) in all")
                 total = spent_seconds + trained * per_fold + full_fits * per_full + ENSEMBLE_SECONDS
-                predict = (val_rows + test_rows) * views / probe.predict_images_per_second
                 return Plan(width, k, epochs, tta, full_fits, per_fold, per_full, total, budget_seconds, notes,
-                            0 if trained == k else trained, predict)
+                            0 if trained == k else trained, predict_seconds(probe, val_rows + test_rows, views))
     smallest = min(probes)
     raise CompError(f"--time {describe_seconds(budget_seconds)}: too short for this data on this machine "
                     f"(even width {smallest:g} cannot train {EPOCH_FLOORS[-1]} epochs on the fewest folds); give more time "

@@ -189,8 +189,7 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, dataset, split: Split, for
                             "Use --name for a new run, or --force to retrain it from scratch")
         if changed:
             remove_tree(run_dir, inside=run_dir.parent)
-        elif {**HASHED_WHEN_SET, **saved["config"]} != manifest["config"]:  # runs from before a field: its default
-            saved_config = {**HASHED_WHEN_SET, **saved["config"]}
+        elif (saved_config := {**HASHED_WHEN_SET, **saved["config"]}) != manifest["config"]:  # older runs: defaults
             keys = sorted(k for k in manifest["config"] if saved_config.get(k) != manifest["config"][k])
             raise CompError(f"{config_path}: run {config.run_name} exists with other settings ({', '.join(keys)}); "
                             "use another --name")
@@ -410,7 +409,7 @@ def summarize_run(run_dir: Path, dataset, split: Split, metric: str | None = Non
     tta = manifest["config"].get("tta", "none")
     metric = metric or manifest.get("metric") or "accuracy"
     named = metric != "accuracy"
-    run_folds = list(range(int(manifest["config"].get("run_folds") or 0) or split.k))  # all K, or a holdout's
+    run_folds = Run(run_dir.name, run_dir, manifest).folds  # all K, or a holdout's
     metrics = [(k, read_json(run_dir / f"fold{k}" / "metrics.json")) for k in run_folds
                if fold_done(run_dir / f"fold{k}")]
     table = Table(title=f"{run_dir.name}")
@@ -510,12 +509,6 @@ def train_config(workspace: Workdir, config=None, *, folds="all", k: int | None 
     run_config = fit_to_rows(run_config, min(len(split.rows(f, limited.rows)[0]) for f in range(split.k)))
     folds_text = folds if isinstance(folds, str) else ",".join(map(str, folds if isinstance(folds, (list, tuple, set))
                                                                    else [folds]))
-    chosen = parse_fold_selection(folds_text, split.k)
-    if folds_text.strip().lower() in ("", "all"):
-        chosen = run_config.run_fold_indices
-    elif not set(chosen) <= set(run_config.run_fold_indices):
-        trained = "fold 0" if run_config.run_folds == 1 else f"folds 0..{run_config.run_folds - 1}"
-        raise CompError(f"--fold {folds_text}: this run trains {trained} of {split.k} only "
-                        f"(run_folds = {run_config.run_folds}); choose among them, or set run_folds to 0 for all")
+    chosen = parse_fold_selection(folds_text, split.k, run_config.run_folds)
     return train_run(workspace, run_config, limited, split, chosen, force=force,
                      isolate=isolate, full_seeds=full, storage=storage, heartbeat=heartbeat)
